@@ -1,0 +1,79 @@
+"""Losses as small objects: ``loss(model, x0) -> per-example loss (B,)``; the trainer reduces.
+
+Both losses draw t on [t_min, t_max] (so a truncated diffusion or one interval of a piecewise model
+is just another range), perturb x_t = alpha_t x0 + sigma_t z, and weight in the epsilon form:
+
+    DSM:         w(t) * mean || sigma_t s_theta(x_t, t) + z ||^2
+    regression:  w(t) * mean || sigma_t (s_theta(x_t, t) - s*(x_t, t)) ||^2
+
+Weightings: 'epsilon' (w = 1, the "simple" loss, lambda = sigma^2), 'likelihood' (w = g^2 / sigma^2,
+an ELBO bound), 'inv_g2' (w = 1 / (2 g^2), the score-embedding code's choice).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from .sde import SDE, ScoreFn, append_dims
+
+Tensor = torch.Tensor
+
+WEIGHTINGS: dict[str, Callable[[SDE, Tensor], Tensor]] = {
+    "epsilon": lambda sde, t: torch.ones_like(t),
+    "likelihood": lambda sde, t: sde.g2(t) / sde.sigma(t) ** 2,
+    "inv_g2": lambda sde, t: 0.5 / sde.g2(t),
+}
+
+
+class DSMLoss:
+    """Denoising score matching on t ~ U[t_min, t_max] (stratified over the batch if asked)."""
+
+    def __init__(self, sde: SDE, weighting: str = "epsilon", t_min: float | None = None,
+                 t_max: float | None = None, stratified: bool = False):
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting '{weighting}'; choose one of {sorted(WEIGHTINGS)}")
+        self.sde = sde
+        self.weighting = weighting
+        self.t_min = sde.eps if t_min is None else float(t_min)
+        self.t_max = sde.T if t_max is None else float(t_max)
+        if not (0 < self.t_min < self.t_max):
+            raise ValueError(f"need 0 < t_min < t_max, got [{self.t_min}, {self.t_max}]")
+        self.stratified = stratified
+
+    def sample_t(self, n: int, device=None) -> Tensor:
+        u = torch.rand(n, device=device)
+        if self.stratified:
+            u = (torch.arange(n, device=device) + u) / n
+        return self.t_min + (self.t_max - self.t_min) * u
+
+    def weight(self, t: Tensor) -> Tensor:
+        return WEIGHTINGS[self.weighting](self.sde, t)
+
+    def residual(self, model, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """sigma (s_theta - target) in the epsilon form; for DSM the target is -z / sigma."""
+        return noise - model.eps(xt, t)
+
+    def __call__(self, model, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        if t is None:
+            t = self.sample_t(x0.shape[0], x0.device)
+        if noise is None:
+            noise = torch.randn_like(x0)
+        xt = self.sde.perturb(x0, t, noise)
+        r = self.residual(model, x0, xt, t, noise)
+        return self.weight(t) * r.pow(2).flatten(1).mean(1)
+
+
+class ScoreRegressionLoss(DSMLoss):
+    """Regression onto a given score field s*(x, t): a zero-variance target when s* is exact."""
+
+    def __init__(self, sde: SDE, target: ScoreFn, **kwargs):
+        super().__init__(sde, **kwargs)
+        self.target = target
+
+    def residual(self, model, x0, xt, t, noise):
+        sigma = append_dims(self.sde.sigma(t), xt.ndim)
+        with torch.no_grad():
+            target = self.target(xt, t)
+        return -model.eps(xt, t) - sigma * target

@@ -1,0 +1,196 @@
+"""Samplers with one calling convention, and the time grids and ODE integration they share.
+
+Every sampler is ``sampler(model, sde, x, ts, *, callback=None, progress=True, **options) -> x``:
+``model(x, t)`` returns the score, ``x`` holds prior samples at ts[0], and ``ts`` is the decreasing
+time grid (a tensor: the schedule is data, decoupled from the solver). ``callback`` receives
+``{'i', 't', 'x'}`` after each step.
+
+Piecewise models (parallel score matching) expose ``edges`` (increasing times) and ``piece(k)``
+(the score model on [edges[k], edges[k+1]]). Every integration here is split at those edges: each
+fixed step lies inside one piece, an adaptive solver restarts at each edge, and the state is carried
+across. A plain model is one piece.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torchdiffeq import odeint
+from tqdm.auto import tqdm
+
+from .sde import SDE, ScoreFn
+
+Tensor = torch.Tensor
+State = tuple[Tensor, ...]
+
+FIXED_METHODS = ("euler", "heun", "rk4")
+ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
+
+
+def time_grid(t_start: float, t_end: float, steps: int, edges: Sequence[float] | None = None,
+              device=None) -> Tensor:
+    """``steps`` uniform steps from t_start to t_end (either direction), with every edge strictly
+    between them placed exactly on the grid (each piece gets steps in proportion to its length)."""
+    if steps < 1:
+        raise ValueError(f"need at least one step, got {steps}")
+    lo, hi = sorted((float(t_start), float(t_end)))
+    knots = [lo] + sorted(e for e in (edges or ()) if lo < e < hi) + [hi]
+    lengths = [b - a for a, b in zip(knots[:-1], knots[1:])]
+    counts = [max(1, round(steps * ln / (hi - lo))) for ln in lengths]
+    parts = [torch.linspace(a, b, n + 1, dtype=torch.float64)[:-1] for a, b, n in zip(knots[:-1], knots[1:], counts)]
+    grid = torch.cat(parts + [torch.tensor([hi], dtype=torch.float64)])
+    if t_start > t_end:
+        grid = grid.flip(0)
+    return grid.to(device=device, dtype=torch.get_default_dtype())
+
+
+def pieces(model: ScoreFn, ts: Tensor) -> list[tuple[ScoreFn, Tensor]]:
+    """Split the grid ``ts`` at the model's edges: [(score model of the piece, its sub-grid)].
+
+    Raises if an edge inside the grid's range is not a grid point: no step may cross an edge.
+    """
+    edges = getattr(model, "edges", None)
+    if edges is None:
+        return [(model, ts)]
+    out = []
+    lo, hi = float(ts.min()), float(ts.max())
+    edges = [float(e) for e in edges]
+    tol = 1e-9 * max(1.0, hi)
+    for k in range(len(edges) - 1):
+        a, b = max(edges[k], lo), min(edges[k + 1], hi)
+        if b - a <= tol:
+            continue
+        mask = (ts >= a - tol) & (ts <= b + tol)
+        sub = ts[mask]
+        if sub.numel() < 2 or abs(float(sub.min()) - a) > tol or abs(float(sub.max()) - b) > tol:
+            raise ValueError(f"time grid is not aligned to the edge(s) of piece {k} [{a}, {b}]; "
+                             "build it with time_grid(..., edges=model.edges)")
+        out.append((model.piece(k), sub))
+    if ts[0] > ts[-1]:
+        out.reverse()
+    return out
+
+
+def _step(fn: Callable[[Tensor, State], State], t0: Tensor, t1: Tensor, y: State, method: str) -> State:
+    h = t1 - t0
+    add = lambda y, k, c: tuple(a + c * b for a, b in zip(y, k))  # noqa: E731
+    k1 = fn(t0, y)
+    if method == "euler":
+        return add(y, k1, h)
+    if method == "heun":
+        k2 = fn(t1, add(y, k1, h))
+        return tuple(a + 0.5 * h * (b + c) for a, b, c in zip(y, k1, k2))
+    if method == "rk4":
+        tm = t0 + 0.5 * h
+        k2 = fn(tm, add(y, k1, 0.5 * h))
+        k3 = fn(tm, add(y, k2, 0.5 * h))
+        k4 = fn(t1, add(y, k3, h))
+        return tuple(a + h / 6 * (b1 + 2 * b2 + 2 * b3 + b4) for a, b1, b2, b3, b4 in zip(y, k1, k2, k3, k4))
+    raise ValueError(f"unknown fixed-grid method '{method}'; choose one of {FIXED_METHODS}")
+
+
+def integrate(make_fn: Callable[[ScoreFn], Callable[[Tensor, State], State]], model: ScoreFn, y: State,
+              ts: Tensor, method: str = "rk4", rtol: float = 1e-5, atol: float = 1e-5,
+              callback: Callable[[dict], None] | None = None, progress: bool = False) -> State:
+    """Integrate dy/dt = make_fn(piece)(t, y) along ts, piece by piece.
+
+    Fixed methods step on the grid itself; adaptive methods (torchdiffeq) are restarted at every
+    piece boundary and never step across one.
+    """
+    segs = pieces(model, ts)
+    n_steps = sum(len(s) - 1 for _, s in segs)
+    bar = tqdm(total=n_steps, disable=not progress, desc=f"ode:{method}", leave=False)
+    i = 0
+    for piece, sub in segs:
+        fn = make_fn(piece)
+        if method in FIXED_METHODS:
+            for t0, t1 in zip(sub[:-1], sub[1:]):
+                y = _step(fn, t0, t1, y, method)
+                i += 1
+                bar.update()
+                if callback is not None:
+                    callback({"i": i, "t": t1, "x": y[0]})
+        elif method in ADAPTIVE_METHODS:
+            y = tuple(v[-1] for v in odeint(fn, y, sub[[0, -1]], method=method, rtol=rtol, atol=atol))
+            i += len(sub) - 1
+            bar.update(len(sub) - 1)
+            if callback is not None:
+                callback({"i": i, "t": sub[-1], "x": y[0]})
+        else:
+            raise ValueError(f"unknown ODE method '{method}'; choose one of {FIXED_METHODS + ADAPTIVE_METHODS}")
+    bar.close()
+    return y
+
+
+def _tvec(t: Tensor, x: Tensor) -> Tensor:
+    return t.to(x.dtype).expand(x.shape[0])
+
+
+@torch.no_grad()
+def sample_ode(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None, progress: bool = True,
+               method: str = "rk4", rtol: float = 1e-5, atol: float = 1e-5, generator=None) -> Tensor:
+    """Probability-flow ODE dx/dt = f - g^2/2 s, fixed-grid (euler, heun, rk4) or adaptive (dopri5...)."""
+    def make_fn(piece):
+        return lambda t, y: (sde.ode_drift(y[0], t, piece(y[0], _tvec(t, y[0]))),)
+    return integrate(make_fn, model, (x,), ts, method, rtol, atol, callback, progress)[0]
+
+
+@torch.no_grad()
+def sample_em(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None, progress: bool = True,
+              generator: torch.Generator | None = None, corrector_steps: int = 0, snr: float = 0.16) -> Tensor:
+    """Euler-Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dW; with ``corrector_steps`` > 0,
+    each step is preceded by Langevin corrector steps (predictor-corrector). The last step adds no
+    noise (it returns the mean)."""
+    segs = pieces(model, ts)
+    n = sum(len(s) - 1 for _, s in segs)
+    bar = tqdm(total=n, disable=not progress, desc="sde", leave=False)
+    i = 0
+    for piece, sub in segs:
+        for t0, t1 in zip(sub[:-1], sub[1:]):
+            tv = _tvec(t0, x)
+            for _ in range(corrector_steps):
+                s = piece(x, tv)
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                ratio = z.flatten(1).norm(dim=1) / s.flatten(1).norm(dim=1).clamp_min(1e-12)
+                step = (2 * (snr * ratio) ** 2).reshape(-1, *([1] * (x.ndim - 1)))
+                x = x + step * s + (2 * step).sqrt() * z
+            f, g = sde.sde(x, tv)
+            dt = t1 - t0
+            mean = x + (f - g**2 * piece(x, tv)) * dt
+            i += 1
+            if i == n:
+                x = mean
+            else:
+                z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = mean + g * (-dt).sqrt() * z
+            bar.update()
+            if callback is not None:
+                callback({"i": i, "t": t1, "x": x})
+    bar.close()
+    return x
+
+
+def sample_pc(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None, progress: bool = True,
+              generator: torch.Generator | None = None, corrector_steps: int = 1, snr: float = 0.16) -> Tensor:
+    """Predictor-corrector (Song et al. 2021): Langevin corrector + Euler-Maruyama predictor."""
+    return sample_em(model, sde, x, ts, callback=callback, progress=progress, generator=generator,
+                     corrector_steps=corrector_steps, snr=snr)
+
+
+SAMPLERS = {"ode": sample_ode, "em": sample_em, "pc": sample_pc}
+
+
+def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler: str = "ode", steps: int = 100,
+           prior=None, generator: torch.Generator | None = None, device=None, progress: bool = True,
+           **options) -> Tensor:
+    """Draw n samples: x_T from ``prior`` (an object with ``sample(n, generator)``) or the SDE's
+    reference prior, then the chosen sampler from sde.T to sde.eps on a grid aligned to any edges."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}'; choose one of {sorted(SAMPLERS)}")
+    if prior is not None:
+        x = prior.sample(n, generator=generator).reshape(n, *shape).to(device)
+    else:
+        x = sde.prior_sampling((n, *shape), generator=generator, device=device)
+    ts = time_grid(sde.T, sde.eps, steps, getattr(model, "edges", None), device=device)
+    return SAMPLERS[sampler](model, sde, x, ts, progress=progress, generator=generator, **options)
