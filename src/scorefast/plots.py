@@ -1,0 +1,84 @@
+"""Every picture, drawn from arrays that live in a run directory (so any run can be re-plotted)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .checkpoint import atomic_write  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> None:
+    atomic_write(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=110,
+                                             bbox_inches="tight"))
+    plt.close(fig)
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> one (H', W', C) array in [0, 1] with 1-pixel gaps."""
+    images = np.clip((np.asarray(images) + 1) / 2, 0, 1)
+    n, c, h, w = images.shape
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = np.ones((nrow * (h + 1) + 1, ncol * (w + 1) + 1, c))
+    for i, im in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = im.transpose(1, 2, 0)
+    return grid
+
+
+def plot_samples(samples: np.ndarray, path: str | Path, reference: np.ndarray | None = None,
+                 title: str = "samples") -> None:
+    """A scatter/density plot for 2-D points (beside the reference data), an image grid for images."""
+    samples = np.asarray(samples)
+    if samples.ndim == 4:
+        grid = image_grid(samples[:64])
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        ax.set_axis_off()
+        ax.set_title(title)
+        _save(fig, path)
+        return
+    pts = samples.reshape(len(samples), -1)[:, :2]
+    panels = [(pts, title)] + ([(np.asarray(reference).reshape(len(reference), -1)[:, :2], "data")]
+                               if reference is not None else [])
+    lo = np.percentile(np.concatenate([p for p, _ in panels]), 0.5, axis=0)
+    hi = np.percentile(np.concatenate([p for p, _ in panels]), 99.5, axis=0)
+    pad = 0.1 * (hi - lo)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (p, name) in zip(axes[0], panels):
+        box = [[lo[0] - pad[0], hi[0] + pad[0]], [lo[1] - pad[1], hi[1] + pad[1]]]
+        ax.hist2d(p[:, 0], p[:, 1], bins=120, range=box, cmap="magma")
+        ax.set_title(f"{name} (n={len(p)})")
+        ax.set_aspect("equal")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    _save(fig, path)
+
+
+def plot_metrics(metrics_path: str | Path, path: str | Path) -> None:
+    """Training loss and the evaluation metric against wall-clock seconds, from metrics.jsonl."""
+    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    loss = [(r["wall"], r["loss"]) for r in rows if r.get("loss") is not None]
+    if loss:
+        axes[0].plot(*zip(*loss), lw=1)
+        axes[0].set_yscale("log")
+    axes[0].set_xlabel("training wall-clock [s]")
+    axes[0].set_ylabel("loss (EMA of batches)")
+    evals = [(r["wall"], r["metric"]) for r in rows if r.get("metric") is not None]
+    if evals:
+        axes[1].plot(*zip(*evals), "o-")
+        axes[1].set_ylabel(rows[-1].get("metric_name", "metric"))
+    axes[1].set_xlabel("training wall-clock [s]")
+    fig.tight_layout()
+    _save(fig, path)
