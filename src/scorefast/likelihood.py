@@ -66,7 +66,7 @@ def log_likelihood(model: ScoreFn, sde: SDE, x: Tensor, *, steps: int = 100, met
             return drift, d * sde.drift_coef(t).to(xt.dtype).expand(xt.shape[0]) - 0.5 * sde.g2(t) * div_s
         return fn
 
-    ts = time_grid(sde.eps, sde.T, steps, getattr(model, "edges", None), device=x.device)
+    ts = time_grid(sde.eps, sde.T, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     xT, delta = integrate(make_fn, model, (x, zero), ts, method, rtol, atol, progress=progress)
     logp = (prior_logp or sde.prior_logp)(xT) + delta

@@ -42,10 +42,11 @@ class DSMLoss:
             raise ValueError(f"need 0 < t_min < t_max, got [{self.t_min}, {self.t_max}]")
         self.stratified = stratified
 
-    def sample_t(self, n: int, device=None) -> Tensor:
-        u = torch.rand(n, device=device)
+    def sample_t(self, n: int, device=None, dtype: torch.dtype | None = None) -> Tensor:
+        """n times in [t_min, t_max]; stratified puts exactly one in each of n equal bins."""
+        u = torch.rand(n, device=device, dtype=dtype)
         if self.stratified:
-            u = (torch.arange(n, device=device) + u) / n
+            u = (torch.arange(n, device=device, dtype=u.dtype) + u) / n
         return self.t_min + (self.t_max - self.t_min) * u
 
     def weight(self, t: Tensor) -> Tensor:
@@ -57,7 +58,7 @@ class DSMLoss:
 
     def __call__(self, model, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
         if t is None:
-            t = self.sample_t(x0.shape[0], x0.device)
+            t = self.sample_t(x0.shape[0], x0.device, x0.dtype)
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.sde.perturb(x0, t, noise)

@@ -29,9 +29,10 @@ ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
 
 
 def time_grid(t_start: float, t_end: float, steps: int, edges: Sequence[float] | None = None,
-              device=None) -> Tensor:
+              device=None, dtype: torch.dtype | None = None) -> Tensor:
     """``steps`` uniform steps from t_start to t_end (either direction), with every edge strictly
-    between them placed exactly on the grid (each piece gets steps in proportion to its length)."""
+    between them placed exactly on the grid (each piece gets steps in proportion to its length).
+    The grid is built in float64 and cast to ``dtype`` (default: torch's default dtype)."""
     if steps < 1:
         raise ValueError(f"need at least one step, got {steps}")
     lo, hi = sorted((float(t_start), float(t_end)))
@@ -42,13 +43,15 @@ def time_grid(t_start: float, t_end: float, steps: int, edges: Sequence[float] |
     grid = torch.cat(parts + [torch.tensor([hi], dtype=torch.float64)])
     if t_start > t_end:
         grid = grid.flip(0)
-    return grid.to(device=device, dtype=torch.get_default_dtype())
+    return grid.to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
 def pieces(model: ScoreFn, ts: Tensor) -> list[tuple[ScoreFn, Tensor]]:
     """Split the grid ``ts`` at the model's edges: [(score model of the piece, its sub-grid)].
 
-    Raises if an edge inside the grid's range is not a grid point: no step may cross an edge.
+    Raises if an edge inside the grid's range is not a grid point (no step may cross an edge), or if
+    the grid reaches outside [edges[0], edges[-1]], where the model has no piece. Grid points match
+    edges up to the rounding of the grid's dtype (a float32 grid holds float32(edge)).
     """
     edges = getattr(model, "edges", None)
     if edges is None:
@@ -56,7 +59,9 @@ def pieces(model: ScoreFn, ts: Tensor) -> list[tuple[ScoreFn, Tensor]]:
     out = []
     lo, hi = float(ts.min()), float(ts.max())
     edges = [float(e) for e in edges]
-    tol = 1e-9 * max(1.0, hi)
+    tol = 8 * torch.finfo(ts.dtype).eps * max(1.0, abs(hi))
+    if lo < edges[0] - tol or hi > edges[-1] + tol:
+        raise ValueError(f"time grid [{lo}, {hi}] reaches outside the model's edges [{edges[0]}, {edges[-1]}]")
     for k in range(len(edges) - 1):
         a, b = max(edges[k], lo), min(edges[k + 1], hi)
         if b - a <= tol:
@@ -90,6 +95,21 @@ def _step(fn: Callable[[Tensor, State], State], t0: Tensor, t1: Tensor, y: State
     raise ValueError(f"unknown fixed-grid method '{method}'; choose one of {FIXED_METHODS}")
 
 
+def _adaptive(fn: Callable[[Tensor, State], State], y: State, t0: Tensor, t1: Tensor, method: str,
+              rtol: float, atol: float) -> State:
+    """One adaptive solve from t0 to t1 that evaluates ``fn`` only inside [t0, t1].
+
+    torchdiffeq would otherwise step past t1 and interpolate back, and its initial-step probe may
+    land beyond t1: ``step_t`` makes the last step end exactly at t1, and clamping t keeps the probe
+    inside (it only sets the first step size, not the solution).
+    """
+    lo, hi = torch.minimum(t0, t1), torch.maximum(t0, t1)
+    ts = torch.stack([t0, t1])
+    sol = odeint(lambda t, v: fn(t.clamp(lo, hi), v), y, ts, method=method, rtol=rtol, atol=atol,
+                 options={"step_t": ts[1:]})
+    return tuple(v[-1] for v in sol)
+
+
 def integrate(make_fn: Callable[[ScoreFn], Callable[[Tensor, State], State]], model: ScoreFn, y: State,
               ts: Tensor, method: str = "rk4", rtol: float = 1e-5, atol: float = 1e-5,
               callback: Callable[[dict], None] | None = None, progress: bool = False) -> State:
@@ -112,7 +132,7 @@ def integrate(make_fn: Callable[[ScoreFn], Callable[[Tensor, State], State]], mo
                 if callback is not None:
                     callback({"i": i, "t": t1, "x": y[0]})
         elif method in ADAPTIVE_METHODS:
-            y = tuple(v[-1] for v in odeint(fn, y, sub[[0, -1]], method=method, rtol=rtol, atol=atol))
+            y = _adaptive(fn, y, sub[0], sub[-1], method, rtol, atol)
             i += len(sub) - 1
             bar.update(len(sub) - 1)
             if callback is not None:
@@ -140,8 +160,9 @@ def sample_ode(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None
 def sample_em(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None, progress: bool = True,
               generator: torch.Generator | None = None, corrector_steps: int = 0, snr: float = 0.16) -> Tensor:
     """Euler-Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dW; with ``corrector_steps`` > 0,
-    each step is preceded by Langevin corrector steps (predictor-corrector). The last step adds no
-    noise (it returns the mean)."""
+    each step is preceded by Langevin corrector steps (predictor-corrector). The corrector's step size
+    2 (snr |z| / |s|)^2 uses batch-mean norms, as score_sde does: a per-example step would be huge where
+    the score is small and would not leave p_t invariant. The last step adds no noise (it returns the mean)."""
     segs = pieces(model, ts)
     n = sum(len(s) - 1 for _, s in segs)
     bar = tqdm(total=n, disable=not progress, desc="sde", leave=False)
@@ -152,8 +173,8 @@ def sample_em(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None,
             for _ in range(corrector_steps):
                 s = piece(x, tv)
                 z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                ratio = z.flatten(1).norm(dim=1) / s.flatten(1).norm(dim=1).clamp_min(1e-12)
-                step = (2 * (snr * ratio) ** 2).reshape(-1, *([1] * (x.ndim - 1)))
+                ratio = z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean().clamp_min(1e-12)
+                step = 2 * (snr * ratio) ** 2
                 x = x + step * s + (2 * step).sqrt() * z
             f, g = sde.sde(x, tv)
             dt = t1 - t0
@@ -192,5 +213,5 @@ def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler:
         x = prior.sample(n, generator=generator).reshape(n, *shape).to(device)
     else:
         x = sde.prior_sampling((n, *shape), generator=generator, device=device)
-    ts = time_grid(sde.T, sde.eps, steps, getattr(model, "edges", None), device=device)
+    ts = time_grid(sde.T, sde.eps, steps, getattr(model, "edges", None), device=device, dtype=x.dtype)
     return SAMPLERS[sampler](model, sde, x, ts, progress=progress, generator=generator, **options)

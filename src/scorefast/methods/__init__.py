@@ -1,0 +1,1 @@
+"""The three methods of METHODS.md, each a module that plugs into the one trainer."""
