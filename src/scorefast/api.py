@@ -21,7 +21,7 @@ from .errors import UserError
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .sampling import SAMPLERS, sample
 from .sde import SDE
-from .train import TrainConfig, _read_config, build_sde, load_model, load_prior, resolve_device, run_shape
+from .trainer import TrainConfig, _read_config, build_sde, load_model, load_prior, resolve_device, run_shape
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Run:
         """The data to evaluate on: the run's own held-out split when ``spec`` is the training data."""
         cfg = self.config
         if spec == cfg.data:
-            from .train import load_dataset
+            from .trainer import load_dataset
             ds = load_dataset(cfg)[1]
         else:
             ds = load_data(spec, seed=cfg.seed + 1)

@@ -60,12 +60,13 @@ TRAIN_HELP = {
     "partition": "how --intervals splits [eps, T]: logsnr (equal in log-SNR) or equal (equal in t)",
     "per_time_point": "N time-unconditioned networks, one per time point (the paper's extreme case)",
     "workers": "processes for torch.distributed training (intervals in parallel, DDP inside a group)",
+    "max_restarts": "with --workers: let torchrun restart failed workers this many times (they resume)",
     "warm_start": "train a shared network this many steps first, then split it into the intervals",
 }
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    from .train import TrainConfig
+    from .trainer import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         if f.name == "extra":
             continue
@@ -78,13 +79,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _given(args: argparse.Namespace) -> dict:
-    from .train import TrainConfig
+    from .trainer import TrainConfig
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .trainer import TrainConfig, train
     given = _given(args)
     if "out" not in given:
         raise UserError("--out DIR is required")

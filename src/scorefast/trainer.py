@@ -97,6 +97,7 @@ class TrainConfig:
     partition: str = "logsnr"
     per_time_point: int = 0
     workers: int = 1
+    max_restarts: int = 0
     warm_start: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -134,7 +135,7 @@ class TrainConfig:
         for name in ("eval_every", "ckpt_every", "eval_samples", "eval_steps", "intervals", "workers"):
             if getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("per_time_point", "warm_start", "warmup"):
+        for name in ("per_time_point", "warm_start", "warmup", "max_restarts"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -296,6 +297,28 @@ def edges_for(cfg: TrainConfig, sde: SDE) -> list[float]:
     return edges
 
 
+class LossModule(torch.nn.Module):
+    """model + loss as one module, so that DistributedDataParallel sees the whole step in forward."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.model = model
+        self.loss_fn = loss_fn
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, x0)
+
+
+def _group_max(value: float, job: NetworkJob) -> float:
+    """The largest value over a data-parallel group, so that all its ranks stop at the same step."""
+    if job.group_size == 1:
+        return value
+    import torch.distributed as dist
+    v = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(v, op=dist.ReduceOp.MAX, group=job.group)
+    return float(v)
+
+
 # -- one network ----------------------------------------------------------------------------------
 
 @dataclass
@@ -349,9 +372,9 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         torch.set_rng_state(state["rng"])
         if state.get("done"):
             return {"index": job.index, "step": step, "wall": wall, "loss": loss_avg, "resumed_done": True}
-    train_model = model
+    step_loss: torch.nn.Module = LossModule(model, loss_fn)
     if job.group_size > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(model, process_group=job.group)
+        step_loss = torch.nn.parallel.DistributedDataParallel(step_loss, process_group=job.group)
 
     def checkpoint(done: bool = False) -> None:
         if not is_writer:
@@ -371,14 +394,14 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
     while True:
         if cfg.steps is not None and step >= cfg.steps:
             break
-        if cfg.time_budget is not None and wall >= cfg.time_budget:
+        if cfg.time_budget is not None and _group_max(wall, job) >= cfg.time_budget:
             break
         t0 = time.perf_counter()
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup else cfg.lr
         for g in opt.param_groups:
             g["lr"] = lr
         idx = torch.randint(0, x_train.shape[0], (per_rank_batch,), device=device)
-        loss = loss_fn(train_model, x_train[idx]).mean()
+        loss = step_loss(x_train[idx]).mean()
         if not torch.isfinite(loss):
             bar.close()
             raise UserError(f"training diverged at step {step + 1} (net {job.index}): the loss is {loss.item()}; "
@@ -397,7 +420,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss_avg:.4f}")
         done = cfg.steps is not None and step >= cfg.steps
-        last = done or (cfg.time_budget is not None and wall >= cfg.time_budget)
+        last = done or (cfg.time_budget is not None and _group_max(wall, job) >= cfg.time_budget)
         row = None
         if step % cfg.eval_every == 0 or last:
             row = {"step": step, "wall": round(wall, 4), "loss": loss_avg, "net": job.index}
@@ -458,14 +481,11 @@ def train(cfg: TrainConfig | dict, resume: bool = False, given: set[str] | None 
     sde = build_sde(cfg)
     edges = edges_for(cfg, sde)
     train_ds, test_ds = load_dataset(cfg)
-    if cfg.workers > 1:
-        from .distributed import launch
-        _write_config(cfg)
-        launch(cfg, resume=resume)
-        return finish_run(cfg, train_ds, test_ds, progress)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     _write_config(cfg)
+    t_start = time.perf_counter()
+    warm_start(cfg, edges, train_ds, progress)
     prior_thread, prior_box = None, {}
     prior_path = run / "checkpoints" / "prior.pt"
     if needs_prior(cfg) and not prior_path.exists():
@@ -479,28 +499,37 @@ def train(cfg: TrainConfig | dict, resume: bool = False, given: set[str] | None 
                     prior_box["error"] = exc
             prior_thread = threading.Thread(target=work, daemon=True)
             prior_thread.start()
-    for job in jobs_for(cfg, edges, train_ds, test_ds, progress):
-        train_network(cfg, job, train_ds, test_ds, progress)
+    if cfg.workers > 1:
+        from .distributed import launch
+        launch(cfg)
+    else:
+        for job in jobs_for(cfg, edges):
+            train_network(cfg, job, train_ds, test_ds, progress)
     if prior_thread is not None:
         prior_thread.join()
         if "error" in prior_box:
             raise prior_box["error"]
     if needs_prior(cfg) and not prior_path.exists():
         _fit_prior(cfg, sde, train_ds, progress)
-    return finish_run(cfg, train_ds, test_ds, progress)
+    return finish_run(cfg, train_ds, test_ds, progress, elapsed=time.perf_counter() - t_start)
 
 
-def jobs_for(cfg: TrainConfig, edges: list[float], train_ds: Dataset, test_ds: Dataset, progress: bool,
-             indices: list[int] | None = None):
-    """The networks of a run, with an optional shared warm start split into the intervals."""
+def warm_start(cfg: TrainConfig, edges: list[float], train_ds: Dataset, progress: bool) -> None:
+    """Train the shared network of a warm-started piecewise run (once; it is split into the intervals)."""
+    if not (cfg.piecewise and cfg.warm_start and not cfg.per_time_point):
+        return
+    warm = Path(cfg.out) / "checkpoints" / "net-warm.pt"
+    if warm.exists() and load_checkpoint(warm).get("done"):
+        return
+    shared = dataclasses.replace(cfg, steps=cfg.warm_start, time_budget=None, intervals=1, edges=None)
+    train_network(shared, NetworkJob(index="warm", t_min=edges[0], t_max=edges[-1]), train_ds, None, progress)
+
+
+def jobs_for(cfg: TrainConfig, edges: list[float], indices: list[int] | None = None):
+    """The networks of a run (all, or the given interval indices), warm-started if asked."""
     init = None
     if cfg.piecewise and cfg.warm_start and not cfg.per_time_point:
-        shared = dataclasses.replace(cfg, steps=cfg.warm_start, time_budget=None, intervals=1, edges=None)
-        warm = Path(cfg.out) / "checkpoints" / "net-warm.pt"
-        if not (warm.exists() and load_checkpoint(warm).get("done")):
-            train_network(dataclasses.replace(shared, out=cfg.out),
-                          NetworkJob(index="warm", t_min=edges[0], t_max=edges[-1]), train_ds, None, progress)
-        init = load_checkpoint(warm)["ema"]
+        init = load_checkpoint(Path(cfg.out) / "checkpoints" / "net-warm.pt")["ema"]
     for k in indices if indices is not None else range(len(edges) - 1):
         fixed = edges[k + 1] if cfg.per_time_point else None
         yield NetworkJob(index=k, t_min=edges[k], t_max=edges[k + 1], fixed_t=fixed, init_state=init)
@@ -546,7 +575,8 @@ def load_prior(cfg: TrainConfig, run: Path, sde: SDE):
     return prior.eval()
 
 
-def finish_run(cfg: TrainConfig, train_ds: Dataset, test_ds: Dataset, progress: bool = True) -> dict:
+def finish_run(cfg: TrainConfig, train_ds: Dataset, test_ds: Dataset, progress: bool = True,
+               elapsed: float | None = None) -> dict:
     """Assemble the trained model, sample with it, evaluate, plot, and write summary.json."""
     from .plots import plot_metrics, plot_samples
     run = Path(cfg.out)
@@ -563,7 +593,7 @@ def finish_run(cfg: TrainConfig, train_ds: Dataset, test_ds: Dataset, progress: 
     summary = {"run": str(run), "data": cfg.data, "shape": list(train_ds.shape), "method": cfg.method,
                "sde": cfg.sde, "T": cfg.T, "prior": cfg.prior, "networks": len(walls), "steps": steps,
                "train_seconds": sum(float(s["wall"]) for s in walls),
-               "max_network_seconds": max(float(s["wall"]) for s in walls),
+               "max_network_seconds": max(float(s["wall"]) for s in walls), "elapsed_seconds": elapsed,
                "metric_name": mname, "metric": quality(mname, samples, test_ds.x),
                "sample_seconds": sample_seconds, "eval_samples": cfg.eval_samples, "eval_steps": cfg.eval_steps,
                "scorefast_version": __version__}
