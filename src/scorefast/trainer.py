@@ -370,8 +370,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         opt.load_state_dict(state["optimizer"])
         step, wall, loss_avg = int(state["step"]), float(state["wall"]), state.get("loss_avg")
         torch.set_rng_state(state["rng"])
-        if state.get("done"):
-            return {"index": job.index, "step": step, "wall": wall, "loss": loss_avg, "resumed_done": True}
+    start_step = step
     step_loss: torch.nn.Module = LossModule(model, loss_fn)
     if job.group_size > 1:
         step_loss = torch.nn.parallel.DistributedDataParallel(step_loss, process_group=job.group)
@@ -434,7 +433,8 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         if row is not None and is_writer:
             _append_metrics(run, row)
     bar.close()
-    checkpoint(done=cfg.steps is not None and step >= cfg.steps)
+    if step > start_step:
+        checkpoint(done=cfg.steps is not None and step >= cfg.steps)
     return {"index": job.index, "step": step, "wall": wall, "loss": loss_avg, "precompute": info,
             "precompute_seconds": precompute}
 
