@@ -422,7 +422,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         last = done or (cfg.time_budget is not None and _group_max(wall, job) >= cfg.time_budget)
         row = None
         if step % cfg.eval_every == 0 or last:
-            row = {"step": step, "wall": round(wall, 4), "loss": loss_avg, "net": job.index}
+            row = {"step": step, "wall": round(wall, 4), "loss": loss_avg, "net": job.index, "time": time.time()}
             if single and test_ds is not None and is_writer:
                 row["metric"] = quality(mname, _eval_samples(cfg, ema, sde, train_ds.shape, device), test_ds.x)
                 row["metric_name"] = mname
@@ -481,6 +481,9 @@ def train(cfg: TrainConfig | dict, resume: bool = False, given: set[str] | None 
     sde = build_sde(cfg)
     edges = edges_for(cfg, sde)
     train_ds, test_ds = load_dataset(cfg)
+    if cfg.workers > 1:
+        from .distributed import layout
+        layout(cfg.workers, len(edges) - 1)
     run = Path(cfg.out)
     run.mkdir(parents=True, exist_ok=True)
     _write_config(cfg)

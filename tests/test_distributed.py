@@ -1,0 +1,130 @@
+"""Interval-parallel training on torch.distributed (gloo, 2 CPU processes), and its failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scorefast.checkpoint import load_checkpoint
+from scorefast.distributed import assignment, layout
+from scorefast.errors import UserError
+
+SMALL = ["--data", "moons", "--n-data", "600", "--batch-size", "64", "--width", "32", "--eval-samples", "200",
+         "--eval-steps", "10", "--quiet"]
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "scorefast.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def worker_pids(run: Path) -> list[int]:
+    """PIDs of this run's torch.distributed workers (python -m scorefast.distributed RUN)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"scorefast.distributed" in cmd and str(run).encode() in cmd and b"torch.distributed.run" not in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def wait_for_checkpoints(run: Path, k: int, min_step: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if all(load_checkpoint(run / "checkpoints" / f"net-{i}.pt")["step"] >= min_step for i in range(k)):
+                return
+        except UserError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError("workers did not checkpoint in time")
+
+
+def test_layout_and_assignment():
+    assert layout(2, 2) == (2, 1)
+    assert layout(2, 1) == (1, 2)  # one network: plain DDP over both workers
+    assert layout(4, 2) == (2, 2)
+    assert layout(2, 8) == (2, 1)
+    assert assignment(8, 2) == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    for bad in [(3, 2), (0, 2)]:
+        with pytest.raises(UserError):
+            layout(*bad)
+
+
+def test_bad_layout_fails_before_any_process(tmp_path):
+    run = tmp_path / "bad"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "3", "--steps", "10", *SMALL)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "--workers 3" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_two_intervals_train_concurrently_and_assemble(tmp_path):
+    from scorefast.api import open_run
+    run = tmp_path / "par"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "200",
+                  "--eval-every", "20", *SMALL)
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    for k in (0, 1):
+        assert load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] == 200
+    r = rows(run)
+    spans = {k: (min(x["time"] for x in r if x["net"] == k), max(x["time"] for x in r if x["net"] == k))
+             for k in (0, 1)}
+    assert spans[0][0] < spans[1][1] and spans[1][0] < spans[0][1], f"intervals did not overlap in time: {spans}"
+    model_run = open_run(run)
+    edges = list(model_run.model.edges)
+    assert len(edges) == 3 and edges[0] == pytest.approx(1e-3) and edges[-1] == pytest.approx(1.0)
+    x = model_run.sample(100, steps=10, progress=False)
+    assert x.shape == (100, 2) and np.isfinite(x.numpy()).all()
+    res = model_run.nll("moons", n=50, steps=10, progress=False)
+    assert np.isfinite(res["nll_nats"])
+
+
+@pytest.mark.slow
+def test_dying_worker_stops_cleanly_then_resume_finishes(tmp_path):
+    run = tmp_path / "die"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "100000",
+                  "--ckpt-every", "20", "--eval-every", "100000", *SMALL)
+    wait_for_checkpoints(run, 2, 20)
+    victims = worker_pids(run)
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    _, err = p.communicate(timeout=120)  # no hang: torchrun stops the other worker
+    assert p.returncode == 2 and "--resume" in err
+    saved = [load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)]
+    target = max(saved) + 20
+    p = cli("train", "--out", str(run), "--resume", "--steps", str(target), "--quiet")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert [load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)] == [target, target]
+
+
+@pytest.mark.slow
+def test_max_restarts_recovers_by_itself(tmp_path):
+    run = tmp_path / "restart"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "1500",
+                  "--ckpt-every", "20", "--eval-every", "100000", "--max-restarts", "1", *SMALL)
+    wait_for_checkpoints(run, 2, 20)
+    os.kill(worker_pids(run)[1], signal.SIGKILL)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert [load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)] == [1500, 1500]
