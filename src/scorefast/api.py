@@ -113,8 +113,9 @@ class Run:
         return out
 
 
-def open_run(path: str | Path, device: str | None = None) -> Run:
-    """Open a run directory written by ``scorefast.train``; one clear error if it is not one."""
+def open_run(path: str | Path, device: str | None = None, step: int | None = None) -> Run:
+    """Open a run directory written by ``scorefast.train``; one clear error if it is not one.
+    ``step`` opens the EMA snapshot taken at that step instead of the final weights."""
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"run directory '{path}' does not exist")
@@ -123,6 +124,6 @@ def open_run(path: str | Path, device: str | None = None) -> Run:
     dev = resolve_device(device or cfg.device)
     sde = build_sde(cfg)
     shape = run_shape(path, cfg)
-    model = load_model(cfg, path, sde, shape).to(dev)
+    model = load_model(cfg, path, sde, shape, step=step).to(dev)
     prior = load_prior(cfg, path, sde)
     return Run(path, cfg, sde, model, prior, shape, dev)

@@ -45,6 +45,7 @@ TRAIN_HELP = {
     "eval_steps": "sampler steps for each evaluation and for the final samples",
     "sampler": "sampler for the final samples: ode (probability flow), em (Euler-Maruyama), pc",
     "ckpt_every": "steps between checkpoints (a killed run loses at most this many)",
+    "snapshot_every": "keep the EMA weights every N steps in snapshots/ (0: never), for quality-vs-time curves",
     "threads": "torch CPU threads in this process (default: all cores; 1 per worker when distributed)",
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "fp_grid": "Fokker-Planck grid points per dimension",

@@ -13,6 +13,7 @@ A run directory holds everything needed to resume, sample, evaluate and re-plot:
     metrics.jsonl    one JSON object per log line: step, wall (training seconds, precomputation
                      included, evaluation excluded), loss, and the periodic metric
     checkpoints/     net-K.pt per network (weights, EMA, optimiser, RNG, step, wall), prior.pt
+    snapshots/       net-K-STEP.pt: EMA weights every --snapshot-every steps (for quality-vs-time curves)
     samples.npy / samples.png / metrics.png / summary.json
 """
 
@@ -79,6 +80,7 @@ class TrainConfig:
     eval_steps: int = 100
     sampler: str = "ode"
     ckpt_every: int = 500
+    snapshot_every: int = 0
     threads: int | None = None
     device: str = "auto"
     # score embedding
@@ -135,7 +137,7 @@ class TrainConfig:
         for name in ("eval_every", "ckpt_every", "eval_samples", "eval_steps", "intervals", "workers"):
             if getattr(self, name) < 1:
                 bad(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("per_time_point", "warm_start", "warmup", "max_restarts"):
+        for name in ("per_time_point", "warm_start", "warmup", "max_restarts", "snapshot_every"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -427,6 +429,9 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
                 row["metric"] = quality(mname, _eval_samples(cfg, ema, sde, train_ds.shape, device), test_ds.x)
                 row["metric_name"] = mname
                 bar.set_postfix(loss=f"{loss_avg:.4f}", **{mname: f"{row['metric']:.4f}"})
+        if cfg.snapshot_every and step % cfg.snapshot_every == 0 and is_writer:
+            save_checkpoint(run / "snapshots" / f"net-{job.index}-{step:08d}.pt",
+                            {"ema": ema.state_dict(), "step": step, "wall": wall})
         if step % cfg.ckpt_every == 0 or last:
             checkpoint(done=done)
             last_good = step
@@ -545,14 +550,15 @@ def run_shape(run: Path, cfg: TrainConfig) -> tuple[int, ...]:
     return tuple(load_data(cfg.data, n=cfg.n_data, seed=cfg.seed).shape)
 
 
-def load_model(cfg: TrainConfig, run: Path, sde: SDE | None = None, shape=None):
-    """The EMA model of a run: one network, or the assembled piecewise model."""
+def load_model(cfg: TrainConfig, run: Path, sde: SDE | None = None, shape=None, step: int | None = None):
+    """The EMA model of a run: one network, or the assembled piecewise model; with ``step``, the
+    EMA weights of the snapshots taken at that step (``--snapshot-every``)."""
     sde = sde or build_sde(cfg)
     shape = tuple(shape) if shape is not None else run_shape(run, cfg)
     edges = edges_for(cfg, sde)
     nets = []
     for k in range(len(edges) - 1):
-        path = run / "checkpoints" / f"net-{k}.pt"
+        path = run / "checkpoints" / f"net-{k}.pt" if step is None else run / "snapshots" / f"net-{k}-{step:08d}.pt"
         state = load_checkpoint(path)
         m = _new_model(cfg, sde, shape, time_conditioned=not cfg.per_time_point)
         try:
