@@ -21,7 +21,16 @@ from .errors import UserError
 from .likelihood import bits_per_dim, dequantize, log_likelihood
 from .sampling import SAMPLERS, sample
 from .sde import SDE
-from .trainer import TrainConfig, _read_config, build_sde, load_model, load_prior, resolve_device, run_shape
+from .trainer import (
+    TrainConfig,
+    _read_config,
+    build_sde,
+    load_model,
+    load_prior,
+    resolve_device,
+    run_shape,
+    sample_steps,
+)
 
 
 @dataclass
@@ -44,7 +53,7 @@ class Run:
             raise UserError(f"--n must be >= 1, got {n}")
         if sampler not in SAMPLERS:
             raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(sorted(SAMPLERS))}")
-        steps = steps or max(1, round(self.config.eval_steps * self.sde.T))
+        steps = steps or sample_steps(self.config.eval_steps, self.sde)
         if steps < 1:
             raise UserError(f"--steps must be >= 1, got {steps}")
         g = torch.Generator(device=self.device).manual_seed(seed)

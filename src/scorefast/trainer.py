@@ -444,12 +444,18 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
             "precompute_seconds": precompute}
 
 
+def sample_steps(steps_at_T1: int, sde: SDE) -> int:
+    """Steps for [eps, T] at the step size that ``steps_at_T1`` steps have on [eps, 1]: a truncated
+    diffusion samples in about T of the steps."""
+    return max(1, round(steps_at_T1 * (sde.T - sde.eps) / (1.0 - sde.eps)))
+
+
 def _eval_samples(cfg: TrainConfig, model, sde: SDE, shape, device, prior=None) -> torch.Tensor:
     """Fixed-seed samples for the periodic metric (its own generator: training RNG is untouched)."""
     g = torch.Generator(device=device).manual_seed(12345)
     model.eval()
-    out = sample(model, sde, cfg.eval_samples, tuple(shape), sampler="ode", steps=cfg.eval_steps, prior=prior,
-                 generator=g, device=device, progress=False)
+    out = sample(model, sde, cfg.eval_samples, tuple(shape), sampler="ode", steps=sample_steps(cfg.eval_steps, sde),
+                 prior=prior, generator=g, device=device, progress=False)
     model.train()
     return out.cpu()
 
@@ -604,7 +610,8 @@ def finish_run(cfg: TrainConfig, train_ds: Dataset, test_ds: Dataset, progress: 
                "train_seconds": sum(float(s["wall"]) for s in walls),
                "max_network_seconds": max(float(s["wall"]) for s in walls), "elapsed_seconds": elapsed,
                "metric_name": mname, "metric": quality(mname, samples, test_ds.x),
-               "sample_seconds": sample_seconds, "eval_samples": cfg.eval_samples, "eval_steps": cfg.eval_steps,
+               "sample_seconds": sample_seconds, "eval_samples": cfg.eval_samples,
+               "eval_steps": sample_steps(cfg.eval_steps, sde),
                "scorefast_version": __version__}
     prior_path = run / "checkpoints" / "prior.pt"
     if prior_path.exists():
