@@ -91,7 +91,7 @@ class Run:
         for xb in x.split(batch_size):
             parts.append(log_likelihood(self.model, self.sde, xb.to(self.device), steps=steps, hutchinson=probes,
                                         prior_logp=prior_logp, generator=g if self.device.type == "cpu" else None,
-                                        progress=progress).cpu())
+                                        progress=progress).detach().cpu())
         logp = torch.cat(parts)
         out = {"nll_nats": float(-logp.mean()), "nll_nats_sem": float(logp.std() / len(logp) ** 0.5),
                "n": len(logp), "dim": ds.dim, "T": self.sde.T, "prior": self.config.prior,

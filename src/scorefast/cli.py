@@ -66,10 +66,10 @@ TRAIN_HELP = {
 }
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     from .trainer import TrainConfig
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra":
+        if f.name == "extra" or f.name in skip:
             continue
         default = f.default
         kind = {"int": int, "float": float, "str": str}
@@ -148,6 +148,23 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_sweep_T(args) -> int:
+    from .sweep import format_table, parse_Ts, sweep_T
+    from .trainer import TrainConfig
+    given = _given(args)
+    if "out" not in given:
+        raise UserError("--out DIR is required (one run per T is written under it)")
+    Ts = parse_Ts(args.T)
+    base = TrainConfig(**{**given, "T": 1.0})
+    result = sweep_T(base, Ts, given["out"], n_eval=args.n_eval, progress=not (args.quiet or args.json))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_table(result))
+        print(f"picture: {Path(given['out']) / 'sweep.png'}   numbers: {Path(given['out']) / 'sweep.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="scorefast", description="Train score-based diffusion models fast: score "
                                 "embedding, shorter diffusion times, parallel score matching.")
@@ -192,6 +209,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     e.set_defaults(func=cmd_evaluate)
+    w = sub.add_parser("sweep-T", help="train one model per end time T and choose T by the validation ELBO",
+                       description="Same budget for every T; NLL/ELBO parts, sample quality and sampling cost vs T.")
+    w.add_argument("--T", default="auto", help="comma-separated end times, or auto (0.2,0.3,0.4,0.6,1.0); "
+                   "the chosen T has the best validation ELBO")
+    w.add_argument("--n-eval", type=int, default=1000, help="held-out examples for NLL and ELBO")
+    w.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_train_flags(w, skip=("T",))
+    w.add_argument("--quiet", action="store_true", help="no progress bars")
+    w.set_defaults(func=cmd_sweep_T, resume=False)
     return p
 
 

@@ -82,3 +82,25 @@ def plot_metrics(metrics_path: str | Path, path: str | Path) -> None:
     axes[1].set_xlabel("training wall-clock [s]")
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> None:
+    """NLL and ELBO parts, sample quality and sampling cost against the end time T."""
+    Ts = [r["T"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    axes[0].plot(Ts, [r["nll_nats"] for r in rows], "o-", label="NLL (PF-ODE + prior)")
+    axes[0].plot(Ts, [-r["elbo"] for r in rows], "s--", label="-ELBO")
+    axes[0].plot(Ts, [-r["prior_term"] for r in rows], ":", label="-prior term")
+    axes[0].plot(Ts, [-r["score_term"] for r in rows], ":", label="-score term")
+    axes[0].set_xlabel("T")
+    axes[0].set_ylabel("nats")
+    axes[0].legend(fontsize=7)
+    axes[1].plot(Ts, [r["metric"] for r in rows], "o-")
+    axes[1].set_xlabel("T")
+    axes[1].set_ylabel(rows[0]["metric_name"])
+    axes[2].plot(Ts, [r["sample_steps"] for r in rows], "o-")
+    axes[2].set_xlabel("T")
+    axes[2].set_ylabel("sampler steps (same step size)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -583,9 +583,9 @@ def load_prior(cfg: TrainConfig, run: Path, sde: SDE):
     """The run's fitted prior at T, or None for the SDE's reference prior."""
     if not needs_prior(cfg):
         return None
-    from .methods.truncation import make_prior
+    from .methods.truncation import prior_from_config
     state = load_checkpoint(run / "checkpoints" / "prior.pt")
-    prior = make_prior(state["prior"], int(state["dim"]), sde, **state["config"])
+    prior = prior_from_config(state["config"], sde)
     prior.load_state_dict(state["state"])
     return prior.eval()
 
