@@ -91,7 +91,7 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> None:
     axes[0].plot(Ts, [r["nll_nats"] for r in rows], "o-", label="NLL (PF-ODE + prior)")
     axes[0].plot(Ts, [-r["elbo"] for r in rows], "s--", label="-ELBO")
     axes[0].plot(Ts, [-r["prior_term"] for r in rows], ":", label="-prior term")
-    axes[0].plot(Ts, [-r["score_term"] for r in rows], ":", label="-score term")
+    axes[0].plot(Ts, [-(r["score_term"] + r["theta_free"]) for r in rows], ":", label="-(score + theta-free terms)")
     axes[0].set_xlabel("T")
     axes[0].set_ylabel("nats")
     axes[0].legend(fontsize=7)
