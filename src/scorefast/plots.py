@@ -104,3 +104,32 @@ def plot_sweep(rows: list[dict], path: str | Path, title: str = "") -> None:
     fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_fp(axes_: list[np.ndarray], t: np.ndarray, logp: np.ndarray, score: np.ndarray, path: str | Path,
+            n_times: int = 4) -> None:
+    """log p_t and the score field of a Fokker-Planck solution at a few times (1-D: curves; 2-D: image
+    and arrows; 3-D: the middle slice along the last axis)."""
+    idx = np.unique(np.linspace(0, len(t) - 1, n_times).round().astype(int))
+    d = len(axes_)
+    fig, axs = plt.subplots(1, len(idx), figsize=(3.6 * len(idx), 3.4), squeeze=False)
+    for ax, n in zip(axs[0], idx):
+        if d == 1:
+            ax.plot(axes_[0], logp[n], label="log p")
+            ax.plot(axes_[0], score[n, :, 0], label="score")
+            ax.legend(fontsize=7)
+        else:
+            lp, sc = logp[n], score[n]
+            if d == 3:
+                mid = lp.shape[-1] // 2
+                lp, sc = lp[..., mid], sc[..., mid, :2]
+            x, y = axes_[0], axes_[1]
+            ax.imshow(lp.T, origin="lower", extent=(x[0], x[-1], y[0], y[-1]), cmap="viridis",
+                      vmin=max(lp.min(), lp.max() - 12), aspect="auto")
+            step = max(1, len(x) // 16)
+            X, Y = np.meshgrid(x[::step], y[::step], indexing="ij")
+            ax.quiver(X, Y, sc[::step, ::step, 0], sc[::step, ::step, 1], color="white", scale=None, width=0.004)
+        ax.set_title(f"t = {t[n]:.3g}")
+    fig.suptitle("log p_t (colour) and its score (arrows)" if d > 1 else "log p_t and its score")
+    fig.tight_layout()
+    _save(fig, path)
