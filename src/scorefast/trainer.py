@@ -431,7 +431,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
                 bar.set_postfix(loss=f"{loss_avg:.4f}", **{mname: f"{row['metric']:.4f}"})
         if cfg.snapshot_every and step % cfg.snapshot_every == 0 and is_writer:
             save_checkpoint(run / "snapshots" / f"net-{job.index}-{step:08d}.pt",
-                            {"ema": ema.state_dict(), "step": step, "wall": wall})
+                            {"ema": ema.state_dict(), "step": step, "wall": wall, "time": time.time()})
         if step % cfg.ckpt_every == 0 or last:
             checkpoint(done=done)
             last_good = step
@@ -487,8 +487,16 @@ def train(cfg: TrainConfig | dict, resume: bool = False, given: set[str] | None 
         cfg = TrainConfig.from_dict(cfg)
     cfg.validate()
     cfg = prepare_run(cfg, resume, given)
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    try:
+        return _train(cfg, resume, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
     sde = build_sde(cfg)
     edges = edges_for(cfg, sde)
     train_ds, test_ds = load_dataset(cfg)
