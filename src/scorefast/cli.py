@@ -93,6 +93,14 @@ def cmd_train(args) -> int:
     cfg = TrainConfig(**given)
     if "time_budget" in given and "steps" not in given:
         cfg.steps = None
+    if args.prepare:
+        from .trainer import prepare, prepare_run
+        cfg.validate()
+        prepare(prepare_run(cfg, False))
+        print(f"prepared {cfg.out}; run it on every node with\n  torchrun --nnodes N --nproc-per-node M "
+              f"--rdzv-backend c10d --rdzv-endpoint HOST:29500 -m scorefast.distributed {cfg.out}\n"
+              f"then assemble, sample and evaluate with: scorefast train --out {cfg.out} --resume")
+        return 0
     summary = train(cfg, resume=args.resume, given=set(given), progress=not args.quiet)
     print(f"run directory: {summary['run']}")
     print(f"  {summary['metric_name']} = {summary['metric']:.4f}   training {summary['train_seconds']:.1f} s"
@@ -198,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--prepare", action="store_true",
+                   help="only check the configuration and write the run directory, for an external torchrun")
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="draw samples from a trained run (writes FILE.npy and FILE.png)")
@@ -257,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--json", action="store_true", help="print one JSON object")
     _add_train_flags(w, skip=("T",))
     w.add_argument("--quiet", action="store_true", help="no progress bars")
-    w.set_defaults(func=cmd_sweep_T, resume=False)
+    w.set_defaults(func=cmd_sweep_T, resume=False, prepare=False)
     return p
 
 

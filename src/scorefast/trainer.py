@@ -496,16 +496,22 @@ def train(cfg: TrainConfig | dict, resume: bool = False, given: set[str] | None 
         torch.set_num_threads(threads)
 
 
-def _train(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
+def prepare(cfg: TrainConfig) -> tuple[SDE, list[float], Dataset, Dataset]:
+    """Check everything a run needs (data, partition, worker layout) and write its config.json."""
     sde = build_sde(cfg)
     edges = edges_for(cfg, sde)
     train_ds, test_ds = load_dataset(cfg)
     if cfg.workers > 1:
         from .distributed import layout
         layout(cfg.workers, len(edges) - 1)
-    run = Path(cfg.out)
-    run.mkdir(parents=True, exist_ok=True)
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
     _write_config(cfg)
+    return sde, edges, train_ds, test_ds
+
+
+def _train(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
+    sde, edges, train_ds, test_ds = prepare(cfg)
+    run = Path(cfg.out)
     t_start = time.perf_counter()
     warm_start(cfg, edges, train_ds, progress)
     prior_thread, prior_box = None, {}
