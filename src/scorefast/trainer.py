@@ -11,7 +11,8 @@ A run directory holds everything needed to resume, sample, evaluate and re-plot:
 
     config.json      the resolved configuration (and the scorefast version that wrote it)
     metrics.jsonl    one JSON object per log line: step, wall (training seconds, precomputation
-                     included, evaluation excluded), loss, and the periodic metric
+                     included: FP solve, a prior fitted before training; evaluation excluded), loss,
+                     and the periodic metric
     checkpoints/     net-K.pt per network (weights, EMA, optimiser, RNG, step, wall), prior.pt
     snapshots/       net-K-STEP.pt: EMA weights every --snapshot-every steps (for quality-vs-time curves)
     samples.npy / samples.png / metrics.png / summary.json
@@ -358,6 +359,9 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
     else:
         loss_fn, info = _make_loss(cfg, sde, x_train, job.t_min, job.t_max)
     precompute = time.perf_counter() - t_wall0
+    prior_path = run / "checkpoints" / "prior.pt"
+    if cfg.prior_fit == "before" and needs_prior(cfg) and prior_path.exists() and job.fixed_t is None:
+        precompute += float(load_checkpoint(prior_path)["fit"].get("seconds", 0.0))
 
     model = _new_model(cfg, sde, train_ds.shape, time_conditioned=job.fixed_t is None).to(device)
     if job.init_state is not None:
@@ -388,6 +392,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
 
     mname = metric_name(train_ds)
     single = not cfg.piecewise
+    prior_cache: dict = {}
     per_rank_batch = max(1, cfg.batch_size // job.group_size)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and is_writer), dynamic_ncols=True,
                desc=f"train net {job.index}" if cfg.piecewise else "train")
@@ -425,8 +430,10 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         row = None
         if step % cfg.eval_every == 0 or last:
             row = {"step": step, "wall": round(wall, 4), "loss": loss_avg, "net": job.index, "time": time.time()}
-            if single and test_ds is not None and is_writer:
-                row["metric"] = quality(mname, _eval_samples(cfg, ema, sde, train_ds.shape, device), test_ds.x)
+            prior, ready = _prior_for_eval(cfg, sde, prior_cache)
+            if single and test_ds is not None and is_writer and ready:
+                row["metric"] = quality(mname, _eval_samples(cfg, ema, sde, train_ds.shape, device, prior),
+                                        test_ds.x)
                 row["metric_name"] = mname
                 bar.set_postfix(loss=f"{loss_avg:.4f}", **{mname: f"{row['metric']:.4f}"})
         if cfg.snapshot_every and step % cfg.snapshot_every == 0 and is_writer:
@@ -442,6 +449,18 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         checkpoint(done=cfg.steps is not None and step >= cfg.steps)
     return {"index": job.index, "step": step, "wall": wall, "loss": loss_avg, "precompute": info,
             "precompute_seconds": precompute}
+
+
+def _prior_for_eval(cfg: TrainConfig, sde: SDE, cache: dict):
+    """(prior, ready): the fitted prior at T once it exists; the periodic metric waits for it, since
+    samples from the reference prior at T < 1 would misstate the quality."""
+    if not needs_prior(cfg):
+        return None, True
+    if "prior" not in cache:
+        if not (Path(cfg.out) / "checkpoints" / "prior.pt").exists():
+            return None, False
+        cache["prior"] = load_prior(cfg, Path(cfg.out), sde)
+    return cache["prior"], True
 
 
 def sample_steps(steps_at_T1: int, sde: SDE) -> int:
