@@ -360,7 +360,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         loss_fn, info = _make_loss(cfg, sde, x_train, job.t_min, job.t_max)
     precompute = time.perf_counter() - t_wall0
     prior_path = run / "checkpoints" / "prior.pt"
-    if cfg.prior_fit == "before" and needs_prior(cfg) and prior_path.exists() and job.fixed_t is None:
+    if cfg.prior_fit == "before" and needs_prior(cfg) and prior_path.exists() and not cfg.piecewise:
         precompute += float(load_checkpoint(prior_path)["fit"].get("seconds", 0.0))
 
     model = _new_model(cfg, sde, train_ds.shape, time_conditioned=job.fixed_t is None).to(device)
