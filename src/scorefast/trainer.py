@@ -328,7 +328,7 @@ def _group_max(value: float, job: NetworkJob) -> float:
 class NetworkJob:
     """One network to train: its index, its time range, and (under torch.distributed) its group."""
 
-    index: int
+    index: int | str
     t_min: float
     t_max: float
     group: object = None
@@ -350,7 +350,8 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
     sde = build_sde(cfg)
     ckpt_path = run / "checkpoints" / f"net-{job.index}.pt"
     is_writer = job.rank_in_group == 0
-    torch.manual_seed(cfg.seed * 1000 + job.index * 17 + job.rank_in_group)
+    net_seed = job.index if isinstance(job.index, int) else 997  # the shared warm-start network
+    torch.manual_seed(cfg.seed * 1000 + net_seed * 17 + job.rank_in_group)
     x_train = train_ds.x.to(device)
     t_wall0 = time.perf_counter()
     if job.fixed_t is not None:
