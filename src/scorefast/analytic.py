@@ -67,13 +67,14 @@ class GaussianScore(torch.nn.Module):
 class MixtureScore(torch.nn.Module):
     """Exact score of a diffused Gaussian KDE: centres x_i, bandwidth h, any data shape.
 
-    Evaluated in chunks of centres with log-sum-exp, so memory is O(batch x chunk).
+    ``bandwidth = 0`` is the empirical distribution of the centres itself (DSM's target; defined for
+    t > 0). Evaluated in chunks of centres with log-sum-exp, so memory is O(batch x chunk x d).
     """
 
     def __init__(self, sde: SDE, centres: Tensor, bandwidth: float, chunk: int = 4096):
         super().__init__()
-        if bandwidth <= 0:
-            raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+        if not bandwidth >= 0:
+            raise ValueError(f"bandwidth must be >= 0, got {bandwidth}")
         self.sde = sde
         self.bandwidth = float(bandwidth)
         self.chunk = chunk

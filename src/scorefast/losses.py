@@ -62,8 +62,8 @@ class DSMLoss:
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.sde.perturb(x0, t, noise)
-        r = self.residual(model, x0, xt, t, noise)
-        return self.weight(t) * r.pow(2).flatten(1).mean(1)
+        loss = self.residual(model, x0, xt, t, noise).pow(2).flatten(1).mean(1)
+        return loss if self.weighting == "epsilon" else self.weight(t) * loss  # w = 1: skip a multiply per step
 
 
 class ScoreRegressionLoss(DSMLoss):
