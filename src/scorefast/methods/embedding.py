@@ -1,0 +1,213 @@
+"""Training on pre-computed scores (score embedding, METHODS.md 1.3-1.4), as loss objects.
+
+Every loss here follows losses.py: ``loss(model, x0) -> per-example loss (B,)``.
+
+- ``fp-regress``: ``ScoreRegressionLoss`` onto the Fokker-Planck grid score (d <= 3):
+  w(t) || sigma_t (s_theta(x_t, t) - s_grid(x_t, t)) ||^2, x_t = alpha_t x0 + sigma_t z.
+- ``empirical``: the same regression onto the closed-form score of the diffused KDE
+  (1/N) sum_i N(alpha_t x_i, (alpha_t^2 h^2 + sigma_t^2) I), any dimension, over the whole data set
+  or, when it has more than ``reference_size`` points, over a reference batch made of the current
+  batch plus random other points (the Stable Target Field estimator, Xu et al. 2023). Its default
+  bandwidth is h = 0, the empirical distribution itself: the target DSM estimates with noise.
+- ``fp-embed``: the paper's transport embedding. Per batch, ``bins`` stratified times
+  t_1 < ... < t_N (one per equal bin of [t_min, t_max]) are drawn, every example gets a bin n
+  (stratified over the batch), and x0 is carried by forward Euler steps of the probability-flow ODE
+  with the pre-computed score s*:  x^0 = x0,  x^k = x^(k-1) + (t_k - t_(k-1)) [f(t_k) x^(k-1) -
+  g(t_k)^2/2 s*(x^(k-1), t_k)]  (t_0 = 0; for f = 0 this is the paper's x^(k-1) - dt/2 g^2 s*).
+  The network sees y = x^n + sigma(t_n) z at time t_n and the loss is DSM, w(t_n) || sigma s_theta(y,
+  t_n) + z ||^2. Exactly what that learns: E[-z / sigma | y] = grad log q_n(y), the score of
+  q_n = law(x^n) * N(0, sigma_n^2 I). If the transport were exact, law(x^n) = p_(t_n), so q_n is p_(t_n)
+  smoothed once more by sigma_n (for VE: the marginal at the time where sigma^2 is 2 sigma_n^2), not
+  p_(t_n): the embedded loss does not target the diffusion's score. It is kept because it is the
+  published method; ``fp-regress`` / ``empirical`` are the consistent uses of a pre-computed score.
+  Score sources: the grid (d <= 3), the closed-form mixture (d > 3), or, with variant 'paper', the
+  published per-image feature ``paper_image_score`` (which depends on the image only, not on x).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..analytic import MixtureScore
+from ..errors import UserError
+from ..losses import DSMLoss, ScoreRegressionLoss
+from ..sde import SDE, ScoreFn
+from .fokker_planck import MAX_DIM, paper_image_score, scott_bandwidth, solve_fp
+
+Tensor = torch.Tensor
+
+METHODS = ("empirical", "fp-embed", "fp-regress")
+VARIANTS = ("paper", "sound")
+_MIXTURE_ELEMENTS = 2**25
+
+
+class FixedTarget:
+    """A score field that does not depend on the batch (the grid score, a full-data mixture)."""
+
+    def __init__(self, fn: ScoreFn):
+        self.fn = fn
+
+    def for_batch(self, x0: Tensor) -> ScoreFn:
+        return self.fn
+
+
+class ReferenceMixture:
+    """Closed-form KDE-mixture score over the data, or over the batch plus random other points.
+
+    With N <= ``reference_size`` the centres are the whole data set (the exact score of the diffused
+    KDE); otherwise each batch gets centres = x0 batch + (reference_size - B) random data points, so
+    every example's own x0 is among them (Stable Target Field).
+    """
+
+    def __init__(self, sde: SDE, data: Tensor, bandwidth: float, reference_size: int, seed: int = 0):
+        self.sde, self.data, self.bandwidth = sde, data, float(bandwidth)
+        self.reference_size = int(reference_size)
+        self.generator = torch.Generator(device=data.device).manual_seed(seed)
+        self.full = self._mixture(data) if len(data) <= self.reference_size else None
+
+    def _mixture(self, centres: Tensor, batch: int = 512) -> MixtureScore:
+        chunk = max(1, _MIXTURE_ELEMENTS // (batch * centres[0].numel()))
+        return MixtureScore(self.sde, centres, self.bandwidth, chunk=chunk).to(centres.device)
+
+    def for_batch(self, x0: Tensor) -> ScoreFn:
+        if self.full is not None:
+            return self.full
+        extra = max(0, self.reference_size - len(x0))
+        idx = torch.randint(0, len(self.data), (extra,), generator=self.generator, device=self.data.device)
+        return self._mixture(torch.cat([x0, self.data[idx]]), batch=len(x0))
+
+
+class PaperImageTarget:
+    """The published per-image 'score' (``paper_image_score``) of each training image, looked up by
+    the nearest training image to x0 and the nearest solve time; it ignores the point x."""
+
+    def __init__(self, sde: SDE, images: Tensor, steps: int):
+        feats = [paper_image_score(img.detach().cpu().numpy(), sde, steps) for img in images]
+        self.images = images
+        self.t = torch.as_tensor(feats[0][0], dtype=images.dtype, device=images.device)
+        self.scores = torch.as_tensor(np.stack([f[1] for f in feats]), dtype=images.dtype, device=images.device)
+
+    def for_batch(self, x0: Tensor) -> ScoreFn:
+        which = torch.cdist(x0.flatten(1), self.images.flatten(1)).argmin(1)
+
+        def score(x: Tensor, t: Tensor) -> Tensor:
+            n = (torch.as_tensor(t, device=x.device).reshape(-1, 1) - self.t).abs().argmin(1)
+            return self.scores[which, n.expand(len(x))].reshape(x.shape)
+
+        return score
+
+
+class TargetRegressionLoss(ScoreRegressionLoss):
+    """``ScoreRegressionLoss`` whose target depends on the batch: provider.for_batch(x0)."""
+
+    def __init__(self, sde: SDE, provider, **kwargs):
+        super().__init__(sde, target=None, **kwargs)
+        self.provider = provider
+
+    def residual(self, model, x0, xt, t, noise):
+        self.target = self.provider.for_batch(x0)
+        return super().residual(model, x0, xt, t, noise)
+
+
+class FPEmbedLoss(DSMLoss):
+    """DSM on transported samples (the paper's embedding); see the module docstring for the target."""
+
+    def __init__(self, sde: SDE, provider, bins: int = 10, **kwargs):
+        super().__init__(sde, **kwargs)
+        if bins < 1:
+            raise UserError(f"fp-embed needs at least one time bin, got {bins}")
+        self.provider = provider
+        self.bins = int(bins)
+
+    def sample_bins(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+        """One stratified time per bin (bins,), and a bin index per example, stratified over the batch."""
+        u = torch.rand(self.bins, device=device)
+        times = self.t_min + (self.t_max - self.t_min) * (torch.arange(self.bins, device=device) + u) / self.bins
+        which = torch.randperm(n, device=device) % self.bins
+        return times, which
+
+    def transport(self, x0: Tensor, times: Tensor, which: Tensor, score: ScoreFn) -> Tensor:
+        """x^(which) by forward Euler PF-ODE steps from t = 0 through times[0..which], per example."""
+        x, out, t_prev = x0, x0.clone(), 0.0
+        for k in range(int(which.max()) + 1):
+            tk = times[k].expand(len(x))
+            x = x + (times[k] - t_prev) * self.sde.ode_drift(x, tk, score(x, tk))
+            t_prev = times[k]
+            out[which == k] = x[which == k]
+        return out
+
+    def __call__(self, model, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
+        """Per-example loss (B,); the times are the embedding's own (one per bin), so ``t`` must be None."""
+        if t is not None:
+            raise UserError("fp-embed draws its own times (one stratified time per bin); t cannot be given")
+        times, which = self.sample_bins(len(x0), x0.device)
+        with torch.no_grad():
+            xn = self.transport(x0, times, which, self.provider.for_batch(x0))
+        t = times[which]
+        if noise is None:
+            noise = torch.randn_like(x0)
+        sigma = self.sde.sigma(t).reshape((-1,) + (1,) * (x0.ndim - 1))
+        r = self.residual(model, x0, xn + sigma * noise, t, noise)
+        return self.weight(t) * r.pow(2).flatten(1).mean(1)
+
+
+def make_loss(method: str, sde: SDE, x: Tensor, *, t_min: float, t_max: float, weighting: str = "epsilon",
+              grid: int = 129, fp_steps: int = 48, bandwidth: float | None = None, variant: str = "sound",
+              reference_size: int = 1024, embed_bins: int = 10, seed: int = 0,
+              progress: bool = True) -> tuple[DSMLoss, dict]:
+    """The loss object for ``method`` on data x (N, ...) and a dict of what was pre-computed.
+
+    fp-regress / fp-embed (sound) with d <= 3 solve the FP equation on a ``grid``^d grid with
+    ``fp_steps`` steps (``solve_fp``); fp-embed with d > 3 uses the closed-form mixture, variant
+    'paper' the published per-image feature (images only, ``embed_bins`` solve steps).
+    """
+    if method not in METHODS:
+        raise UserError(f"unknown score-embedding method '{method}'; choose one of {', '.join(METHODS)}")
+    if variant not in VARIANTS:
+        raise UserError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
+    if bandwidth is not None and not (bandwidth >= 0 and math.isfinite(bandwidth)):
+        raise UserError(f"the KDE bandwidth must be >= 0, got {bandwidth}")
+    if reference_size < 1:
+        raise UserError(f"reference_size must be >= 1, got {reference_size}")
+    d = x[0].numel()
+    image = x.ndim == 4 and x.shape[-1] == x.shape[-2]
+    if variant == "paper" and not (method == "fp-embed" and image):
+        raise UserError("variant 'paper' is the published per-image construction: it needs method fp-embed and "
+                        f"square images (N, C, H, W), got method {method} and data of shape {tuple(x.shape)}")
+    if method == "fp-regress" and d > MAX_DIM:
+        raise UserError(f"fp-regress needs a grid, so d <= {MAX_DIM} (got d = {d}); method 'empirical' regresses "
+                        "on the same closed-form score in any dimension")
+    kw = {"weighting": weighting, "t_min": t_min, "t_max": t_max}
+    t0 = time.perf_counter()
+    info: dict = {"method": method, "variant": variant, "grid": None, "fp_steps": None}
+    if method == "empirical" or (method == "fp-embed" and variant == "sound" and d > MAX_DIM):
+        h = 0.0 if bandwidth is None else float(bandwidth)
+        provider = ReferenceMixture(sde, x, h, reference_size, seed)
+        info.update(source="mixture", bandwidth=h, reference_size=min(reference_size, len(x)))
+    elif variant == "paper":
+        provider = PaperImageTarget(sde, x, embed_bins)
+        info.update(source="paper-image", bandwidth=None, fp_steps=embed_bins)
+    else:
+        flat = x.flatten(1)
+        h = scott_bandwidth(flat.detach().cpu().double().numpy()) if bandwidth is None else float(bandwidth)
+        stats: dict = {}
+        sol = solve_fp(flat, sde, grid=grid, steps=fp_steps, bandwidth=h, progress=progress, stats=stats)
+        provider = FixedTarget(sol.score_at)
+        info.update(source="grid", bandwidth=h, grid=grid, fp_steps=fp_steps,
+                    box=[[float(a[0]), float(a[-1])] for a in sol.axes], factorizations=stats["factorizations"])
+    if method == "fp-embed":
+        loss = FPEmbedLoss(sde, provider, bins=embed_bins, **kw)
+    elif isinstance(provider, FixedTarget) or getattr(provider, "full", None) is not None:
+        loss = ScoreRegressionLoss(sde, target=provider.for_batch(x[:1]), **kw)
+    else:
+        loss = TargetRegressionLoss(sde, provider, **kw)
+    info["precompute_seconds"] = time.perf_counter() - t0
+    return loss, info
+
+
+__all__ = ["FPEmbedLoss", "FixedTarget", "METHODS", "PaperImageTarget", "ReferenceMixture", "TargetRegressionLoss",
+           "make_loss"]

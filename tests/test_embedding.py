@@ -1,0 +1,99 @@
+"""Losses on pre-computed scores: shapes, exactness of the regression target, the transport step."""
+
+import pytest
+import torch
+
+from scorefast.analytic import MixtureScore
+from scorefast.errors import UserError
+from scorefast.methods.embedding import FixedTarget, FPEmbedLoss, make_loss
+from scorefast.nets import ScoreParam, make_model
+from scorefast.sde import make_sde
+
+SMALL_FP = {"grid": 33, "fp_steps": 8, "progress": False}
+# a 33^2 x 8 grid is deliberately coarse (fast): its solve warns of unconverged steps and a coarse spacing
+pytestmark = [pytest.mark.filterwarnings("ignore:FP solve:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:FP grid spacing:UserWarning")]
+
+
+def toy(n=64, d=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * 0.5 + torch.randint(0, 2, (n, 1), generator=g) * 1.5
+
+
+class Wrap(torch.nn.Module):
+    """A callable score field as the network of a ScoreParam model."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x, t):
+        return self.fn(x, t.expand(x.shape[0]))
+
+
+@pytest.mark.parametrize("method, variant, shape", [
+    ("fp-regress", "sound", (64, 2)),
+    ("fp-embed", "sound", (64, 2)),
+    ("empirical", "sound", (64, 2)),
+    ("empirical", "sound", (40, 1, 4, 4)),
+    ("fp-embed", "sound", (40, 1, 4, 4)),
+    ("fp-embed", "paper", (3, 1, 8, 8)),
+])
+def test_every_method_gives_finite_per_example_losses(method, variant, shape):
+    sde = make_sde("ve-power" if variant == "paper" else "vp")
+    x = toy(shape[0], int(torch.tensor(shape[1:]).prod())).reshape(shape)
+    loss, info = make_loss(method, sde, x, t_min=sde.eps, t_max=sde.T, variant=variant, reference_size=16,
+                           **SMALL_FP)
+    model = make_model(sde, shape[1:], "eps", width=16, depth=1) if len(shape) == 2 else \
+        make_model(sde, shape[1:], "eps", arch="mlp", width=16, depth=1)
+    out = loss(model, x[:12])
+    assert out.shape == (min(12, len(x)),) and torch.isfinite(out).all()
+    assert info["precompute_seconds"] >= 0 and info["method"] == method
+
+
+@pytest.mark.parametrize("method", ["empirical", "fp-regress"])
+def test_regression_loss_vanishes_when_the_model_is_the_target(method):
+    sde, x = make_sde("vp"), toy()
+    loss, info = make_loss(method, sde, x, t_min=0.05, t_max=sde.T, **SMALL_FP)
+    target = MixtureScore(sde, x, info["bandwidth"]) if method == "empirical" else loss.target
+    model = ScoreParam(Wrap(target), sde)
+    assert loss(model, x[:32]).abs().max() < 1e-10
+    other = ScoreParam(Wrap(MixtureScore(sde, x, 0.3)), sde)
+    assert loss(other, x[:32]).mean() > 1e-4
+
+
+def test_empirical_reference_batch_contains_the_batch():
+    sde, x = make_sde("vp"), toy(200)
+    loss, info = make_loss("empirical", sde, x, t_min=0.01, t_max=sde.T, reference_size=50)
+    assert info["reference_size"] == 50
+    target = loss.provider.for_batch(x[:10])
+    assert target.centres.shape == (50, 2) and torch.equal(target.centres[:10], x[:10])
+
+
+def test_fp_embed_transport_is_forward_euler_of_the_probability_flow():
+    sde = make_sde("vp")
+    score = MixtureScore(sde, toy(), 0.2)
+    loss = FPEmbedLoss(sde, FixedTarget(score), bins=4, t_min=0.1, t_max=0.9)
+    times, which = loss.sample_bins(8)
+    assert ((times[1:] - times[:-1]) > 0).all() and torch.equal(torch.bincount(which, minlength=4), torch.full((4,), 2))
+    edges = torch.linspace(0.1, 0.9, 5)
+    assert ((times >= edges[:-1]) & (times <= edges[1:])).all()
+    x0 = toy(8)
+    moved = loss.transport(x0, times, which, score)
+    x, t_prev = x0, 0.0
+    for k in range(4):
+        tk = times[k].expand(8)
+        x = x + (times[k] - t_prev) * (-0.5 * sde.beta(tk)[:, None] * x - 0.5 * sde.g2(tk)[:, None] * score(x, tk))
+        t_prev = times[k]
+        assert torch.allclose(moved[which == k], x[which == k], atol=1e-6)
+
+
+def test_factory_rejects_bad_methods_and_dimensions():
+    sde = make_sde("vp")
+    with pytest.raises(UserError, match="empirical, fp-embed, fp-regress"):
+        make_loss("dsm-ish", sde, toy(), t_min=0.01, t_max=1.0)
+    with pytest.raises(UserError, match="'empirical'") as err:
+        make_loss("fp-regress", sde, toy(d=5), t_min=0.01, t_max=1.0)
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="paper"):
+        make_loss("fp-regress", sde, toy(), t_min=0.01, t_max=1.0, variant="paper")
