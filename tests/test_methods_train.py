@@ -123,3 +123,35 @@ def test_partition_errors_before_training(tmp_path, capsys, extra, needle):
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("data, extra", [
+    ("moons", ["--method", "fp-regress", "--fp-grid", "65", "--fp-steps", "16"]),
+    ("moons", ["--method", "fp-embed", "--fp-grid", "65", "--fp-steps", "16"]),
+    ("moons", ["--method", "empirical", "--reference-size", "128"]),
+])
+def test_score_embedding_methods_train_and_count_the_solve(tmp_path, data, extra):
+    run = tmp_path / "fp"
+    assert main(["train", "--data", data, "--out", str(run), "--steps", "20", *TINY, *extra]) == 0
+    state = load_checkpoint(run / "checkpoints" / "net-0.pt")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # the run's wall-clock starts at the precomputation (the FP solve for the grid methods)
+    assert rows[0]["wall"] >= state["precompute"]["precompute_seconds"] > 0
+    assert np.isfinite(open_run(run).sample(50, steps=5, progress=False).numpy()).all()
+
+
+@pytest.mark.slow
+def test_paper_variant_on_one_photograph(tmp_path):
+    run = tmp_path / "paper"
+    assert main(["train", "--data", "photos32", "--n-data", "1", "--out", str(run), "--steps", "4", "--method",
+                 "fp-embed", "--fp-variant", "paper", "--sde", "ve-power", "--weighting", "inv_g2", "--batch-size",
+                 "1", "--width", "8", "--eval-samples", "2", "--eval-steps", "4", "--eval-every", "4", "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["shape"] == [1, 32, 32]
+
+
+def test_grid_methods_refuse_high_dimensions(tmp_path, capsys):
+    out = tmp_path / "d64"
+    assert main(["train", "--data", "digits", "--out", str(out), "--steps", "5", "--method", "fp-regress",
+                 "--batch-size", "32", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "empirical" in err and len(err.strip().splitlines()) == 1

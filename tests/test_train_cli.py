@@ -121,8 +121,8 @@ def test_sigkill_and_resume(tmp_path):
 def test_divergence_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     real = trainmod._make_loss
 
-    def exploding(cfg, sde, x, t_min, t_max):
-        loss, info = real(cfg, sde, x, t_min, t_max)
+    def exploding(cfg, sde, x, t_min, t_max, progress=True):
+        loss, info = real(cfg, sde, x, t_min, t_max, progress)
         calls = {"n": 0}
 
         def f(model, x0):

@@ -50,7 +50,8 @@ TRAIN_HELP = {
     "device": "auto (CUDA when present), cpu, cuda, cuda:N",
     "fp_grid": "Fokker-Planck grid points per dimension",
     "fp_steps": "Fokker-Planck time steps",
-    "bandwidth": "KDE bandwidth of the initial density (default: Scott's rule)",
+    "bandwidth": "KDE bandwidth of the initial density (default: Scott's rule for the grid methods, 0 - the "
+                 "data's own distribution - for empirical)",
     "fp_variant": "sound (consistent scheme, default) or paper (the published construction, defects included)",
     "reference_size": "data points in the closed-form mixture target of --method empirical",
     "prior": "prior at T: standard (N(0, I)), gaussian (moment-matched), gmm, flow (zuko normalizing flow)",

@@ -237,8 +237,6 @@ def build_sde(cfg: TrainConfig) -> SDE:
 def load_dataset(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     """The data set split into train and held-out parts (the split is seeded, so reproducible)."""
     ds = load_data(cfg.data, n=cfg.n_data, seed=cfg.seed)
-    if len(ds) < 2:
-        raise UserError(f"data '{cfg.data}': needs at least 2 examples, got {len(ds)}")
     if len(ds) < 10:  # memorisation runs: train and evaluate on the same few examples
         train, test = ds, ds
     else:
@@ -261,14 +259,14 @@ def quality(name: str, samples: torch.Tensor, reference: torch.Tensor) -> float:
     return float(metrics.sliced_wasserstein(samples.flatten(1), reference.flatten(1), seed=0))
 
 
-def _make_loss(cfg: TrainConfig, sde: SDE, x: torch.Tensor, t_min: float, t_max: float):
+def _make_loss(cfg: TrainConfig, sde: SDE, x: torch.Tensor, t_min: float, t_max: float, progress: bool = True):
     """The loss object for one network on [t_min, t_max], and what its precomputation cost."""
     if cfg.method == "dsm":
         return DSMLoss(sde, cfg.weighting, t_min, t_max), {"precompute_seconds": 0.0}
     from .methods.embedding import make_loss
     return make_loss(cfg.method, sde, x, t_min=t_min, t_max=t_max, weighting=cfg.weighting, grid=cfg.fp_grid,
                      fp_steps=cfg.fp_steps, bandwidth=cfg.bandwidth, variant=cfg.fp_variant,
-                     reference_size=cfg.reference_size, seed=cfg.seed)
+                     reference_size=cfg.reference_size, seed=cfg.seed, progress=progress)
 
 
 def _new_model(cfg: TrainConfig, sde: SDE, shape, time_conditioned: bool = True):
@@ -358,7 +356,7 @@ def train_network(cfg: TrainConfig, job: NetworkJob, train_ds: Dataset, test_ds:
         from .methods.parallel import interval_loss
         loss_fn, info = interval_loss(sde, [job.t_min, job.t_max], 0, cfg.weighting, fixed_t=job.fixed_t), {}
     else:
-        loss_fn, info = _make_loss(cfg, sde, x_train, job.t_min, job.t_max)
+        loss_fn, info = _make_loss(cfg, sde, x_train, job.t_min, job.t_max, progress and is_writer)
     precompute = time.perf_counter() - t_wall0
     prior_path = run / "checkpoints" / "prior.pt"
     if cfg.prior_fit == "before" and needs_prior(cfg) and prior_path.exists() and not cfg.piecewise:
