@@ -62,7 +62,11 @@ class DSMLoss:
         if noise is None:
             noise = torch.randn_like(x0)
         xt = self.sde.perturb(x0, t, noise)
-        loss = self.residual(model, x0, xt, t, noise).pow(2).flatten(1).mean(1)
+        return self.reduce(self.residual(model, x0, xt, t, noise), t)
+
+    def reduce(self, residual: Tensor, t: Tensor) -> Tensor:
+        """w(t) * mean over all but the batch dimension of residual^2."""
+        loss = residual.pow(2).flatten(1).mean(1)
         return loss if self.weighting == "epsilon" else self.weight(t) * loss  # w = 1: skip a multiply per step
 
 

@@ -35,7 +35,7 @@ import torch
 from ..analytic import MixtureScore
 from ..errors import UserError
 from ..losses import DSMLoss, ScoreRegressionLoss
-from ..sde import SDE, ScoreFn
+from ..sde import SDE, ScoreFn, append_dims
 from .fokker_planck import MAX_DIM, paper_image_score, scott_bandwidth, solve_fp
 
 Tensor = torch.Tensor
@@ -150,9 +150,8 @@ class FPEmbedLoss(DSMLoss):
         t = times[which]
         if noise is None:
             noise = torch.randn_like(x0)
-        sigma = self.sde.sigma(t).reshape((-1,) + (1,) * (x0.ndim - 1))
-        r = self.residual(model, x0, xn + sigma * noise, t, noise)
-        return self.weight(t) * r.pow(2).flatten(1).mean(1)
+        sigma = append_dims(self.sde.sigma(t), x0.ndim)
+        return self.reduce(self.residual(model, x0, xn + sigma * noise, t, noise), t)
 
 
 def make_loss(method: str, sde: SDE, x: Tensor, *, t_min: float, t_max: float, weighting: str = "epsilon",

@@ -41,8 +41,6 @@ defects included, for comparison only.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +51,7 @@ import scipy.sparse.linalg as spla
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import atomic_write
 from ..errors import UserError
 from ..sde import SDE
 
@@ -134,15 +133,9 @@ class FPSolution:
         path = Path(path)
         if not path.parent.is_dir():
             raise UserError(f"cannot save the FP solution: folder {path.parent} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, axes=np.stack(self.axes), t=self.t, alpha=self.alpha, sigma=self.sigma,
-                         bandwidth=np.float64(self.bandwidth), logp=self.logp, score=self.score)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: np.savez(fh, axes=np.stack(self.axes), t=self.t, alpha=self.alpha,
+                                               sigma=self.sigma, bandwidth=np.float64(self.bandwidth),
+                                               logp=self.logp, score=self.score))
 
     @classmethod
     def load(cls, path: str | Path) -> FPSolution:
