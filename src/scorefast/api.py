@@ -78,7 +78,10 @@ class Run:
     def nll(self, spec: str, n: int | None = 1000, steps: int = 100, hutchinson: int | None = None,
             batch_size: int = 1000, seed: int = 0, progress: bool = True) -> dict:
         """Test NLL in nats per example (PF-ODE + the prior at T), and bits/dim for discrete images
-        (uniformly dequantised). Exact divergence for d <= 64 unless ``hutchinson`` probes are asked for."""
+        (uniformly dequantised). Exact divergence for d <= 64 unless ``hutchinson`` probes are asked for.
+        ``steps`` RK4 steps would span [eps, 1]: a truncated run uses the same step size, so about T of them.
+        The ELBO (truncated or fitted-prior runs) bounds the reverse-SDE model, the NLL is the PF-ODE model's:
+        the two are different models, so -ELBO can fall below the NLL."""
         ds = self.heldout(spec, n)
         g = torch.Generator().manual_seed(seed)
         x = ds.x
@@ -89,8 +92,9 @@ class Run:
         t0 = time.perf_counter()
         parts = []
         for xb in x.split(batch_size):
-            parts.append(log_likelihood(self.model, self.sde, xb.to(self.device), steps=steps, hutchinson=probes,
-                                        prior_logp=prior_logp, generator=g if self.device.type == "cpu" else None,
+            gen = g if self.device.type == "cpu" else None
+            parts.append(log_likelihood(self.model, self.sde, xb.to(self.device), steps=sample_steps(steps, self.sde),
+                                        hutchinson=probes, prior_logp=prior_logp, generator=gen,
                                         progress=progress).detach().cpu())
         logp = torch.cat(parts)
         out = {"nll_nats": float(-logp.mean()), "nll_nats_sem": float(logp.std() / len(logp) ** 0.5),
@@ -100,7 +104,8 @@ class Run:
             out["bpd"] = float(bits_per_dim(logp, ds.dim, ds.levels).mean())
         if self.config.T < 1.0 or self.config.prior != "standard":
             from .methods.truncation import elbo
-            parts = elbo(self.model, self.sde, x[:batch_size].to(self.device), self.prior)
+            parts = elbo(self.model, self.sde, x[:batch_size].to(self.device), self.prior,
+                         generator=g if self.device.type == "cpu" else None)
             out["elbo"] = {k: float(v.mean()) for k, v in parts.items()}
         out["seconds"] = time.perf_counter() - t0
         return out
