@@ -1,7 +1,24 @@
 """Score embedding (METHODS.md section 1): time-to-quality against plain DSM, FP solve counted.
 
-    python benchmarks/embedding.py --quick                     # smoke test, about 2-3 minutes
-    python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse   # the real run
+    python benchmarks/embedding.py --quick       # smoke test, under a minute (its numbers mean nothing)
+
+    # one run of about 15-20 min on a quiet 2-core machine (estimated from per-step timings measured here):
+    python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse \
+        --steps 1500 --snapshot-every 150 --eval-n 3000 --sample-steps 40 \
+        --mem-data photos32:1,digits32:3 --mem-methods dsm,paper,paper-off --mem-seeds 1 \
+        --digits-seeds 2 --digits-steps 1000 --digits-snapshot-every 100
+
+    # the fuller run, one part at a time (about 10, 15 and 6 min), each into its own --out:
+    python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse --parts toy \
+        --steps 2000 --snapshot-every 200 --eval-n 4000 --out benchmarks/results/embedding/toy
+    python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse --parts memorise \
+        --mem-data photos32:1,digits32:3 --mem-methods dsm,paper,paper-off --mem-seeds 2 \
+        --out benchmarks/results/embedding/memorise
+    python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse --parts digits \
+        --digits-seeds 3 --digits-steps 1500 --digits-snapshot-every 150 --out benchmarks/results/embedding/digits
+
+Timing needs a quiet machine: with --threads 2 on a 2-core machine that other processes load, a step costs
+up to 30x more (measured here); on a shared machine use --threads 1.
 
 Three parts (--parts toy,memorise,digits):
 
@@ -44,8 +61,8 @@ memorise (the paper's protocol at small scale)
   budget is used instead and the ratio is marked as a lower bound. 'paper' vs 'paper-off' isolates the
   embedding itself. The runs are driven through
   ``trainer.train_network`` (the trainer's own loop, precomputation counted the same way), because
-  ``trainer.load_dataset`` refuses data sets of fewer than 2 examples and batches larger than the data
-  set (see the report).
+  ``trainer.load_dataset`` refuses a batch larger than the data set (a batch of 1 for one image), although
+  the loop draws the batch with replacement.
 
 digits (8x8 scikit-learn digits; VP)
   dsm vs empirical (and any --digits-methods); quality = digits Frechet distance of --digits-eval-n
@@ -284,7 +301,7 @@ def train_run(cfg: TrainConfig, reuse: bool) -> tuple[bool, str | None, list[str
 def train_direct(cfg: TrainConfig, x: torch.Tensor, reuse: bool, embedding_off: bool = False
                  ) -> tuple[bool, str | None, list[str]]:
     """One network through the trainer's own loop (``train_network``) on the given examples, bypassing
-    ``load_dataset`` (which refuses 1-example data sets and batches larger than the set)."""
+    ``load_dataset`` (which refuses batches larger than the set; the loop draws with replacement)."""
     run = Path(cfg.out)
     if reuse and _finished(run, cfg):
         return True, None, []

@@ -255,7 +255,7 @@ def quality(name: str, samples: torch.Tensor, reference: torch.Tensor) -> float:
     """The cheap periodic metric: digits Frechet distance for digits, sliced Wasserstein otherwise."""
     from . import metrics
     if name == "digits_fd":
-        return float(metrics.digits_frechet(samples, reference))
+        return float(metrics.digits_frechet(samples.clamp(-1, 1), reference))  # pixels live in [-1, 1]
     return float(metrics.sliced_wasserstein(samples.flatten(1), reference.flatten(1), seed=0))
 
 
