@@ -17,7 +17,7 @@ from .errors import UserError
 from .trainer import TrainConfig, train
 
 
-def run_demo(out: str | None = None, steps: int = 4000, data: str = "checkerboard") -> dict:
+def run_demo(out: str | None = None, steps: int = 12000, data: str = "checkerboard") -> dict:
     out = out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = TrainConfig(data=data, out=out, steps=steps, eval_every=max(1, steps // 4), batch_size=512, lr=1e-3,
                       width=128, depth=3, eval_samples=4000)
@@ -43,7 +43,7 @@ def run_demo(out: str | None = None, steps: int = 4000, data: str = "checkerboar
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scorefast.demo", description=__doc__)
     p.add_argument("--out", default=None, help="run directory (default: runs/demo-<timestamp>)")
-    p.add_argument("--steps", type=int, default=4000, help="training steps (default: 4000)")
+    p.add_argument("--steps", type=int, default=12000, help="training steps (default: 12000)")
     p.add_argument("--data", default="checkerboard", help="data set (default: checkerboard)")
     args = p.parse_args(argv)
     try:
