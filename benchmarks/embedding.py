@@ -80,8 +80,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -96,6 +94,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the FP solve's progress bar (read 
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import Report, command_line, machine_info, same_config
 
 import scorefast.trainer as trainer_module  # noqa: E402
 from scorefast.checkpoint import load_checkpoint
@@ -214,13 +213,6 @@ def speedup(base_t: float, t: float) -> float:
     return base_t / max(t, 1e-9)
 
 
-def _same_config(run: Path, cfg: TrainConfig) -> bool:
-    try:
-        saved = json.loads((run / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return {**saved, "out": ""} == {**cfg.to_dict(), "out": ""}
-
 
 def _fresh_dir(run: Path) -> None:
     if run.exists():
@@ -232,7 +224,7 @@ def _fresh_dir(run: Path) -> None:
 
 def _finished(run: Path, cfg: TrainConfig) -> bool:
     ck = run / "checkpoints" / "net-0.pt"
-    return _same_config(run, cfg) and ck.is_file() and bool(load_checkpoint(ck).get("done"))
+    return same_config(run, cfg) and ck.is_file() and bool(load_checkpoint(ck).get("done"))
 
 
 class _ZeroScore:
@@ -1016,7 +1008,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])])
+    command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -1027,15 +1019,10 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = Path(tmp)
     else:
         runs_dir = args.runs_dir
-    report: list[str] = []
+    say = Report()
+    report = say.lines
 
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        report.append(text)
-
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-               "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+    machine = machine_info(threads=torch.get_num_threads(), device=str(device))
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
     say(f"command: {command}")

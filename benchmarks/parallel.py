@@ -35,9 +35,7 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import re
-import shlex
 import shutil
 import sys
 import tempfile
@@ -47,13 +45,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Report, command_line, machine_info, train_run
 
 from scorefast.api import open_run
 from scorefast.checkpoint import load_checkpoint
 from scorefast.data import BUILTIN_2D
 from scorefast.distributed import assignment, layout
 from scorefast.methods.parallel import PiecewiseModel
-from scorefast.trainer import TrainConfig, build_sde, edges_for, train
+from scorefast.trainer import TrainConfig, build_sde, edges_for
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "parallel"
 
@@ -131,30 +130,6 @@ def queues(m: Method) -> list[list[int]]:
 
 # -- training -------------------------------------------------------------------------------------
 
-def _same_config(run: Path, cfg: TrainConfig) -> bool:
-    try:
-        saved = json.loads((run / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return {**saved, "out": ""} == {**cfg.to_dict(), "out": ""}
-
-
-def train_run(cfg: TrainConfig, reuse: bool) -> tuple[dict, bool]:
-    """Train one configuration (or reuse a finished identical run); returns (summary, reused)."""
-    run = Path(cfg.out)
-    if reuse and (run / "summary.json").is_file() and _same_config(run, cfg):
-        return json.loads((run / "summary.json").read_text()), True
-    if run.exists():
-        if any(run.iterdir()) and not (run / "config.json").is_file():
-            raise SystemExit(f"refusing to delete '{run}': it is not a scorefast run directory")
-        shutil.rmtree(run)
-    run.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        summary = train(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)  # a 1-worker run trains in this process and sets its own threads
-    return summary, False
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -478,7 +453,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])])
+    command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     tmp = None
     if args.runs_dir is None:
@@ -486,14 +461,10 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = Path(tmp)
     else:
         runs_dir = args.runs_dir
-    report: list[str] = []
+    say = Report()
+    report = say.lines
 
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        report.append(text)
-
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+    machine = machine_info()
     say(f"command: {command}")
     say(f"machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, "
         f"load average at start {', '.join(f'{x:.2f}' for x in machine['loadavg_start'])}")

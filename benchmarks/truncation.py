@@ -61,8 +61,6 @@ import argparse
 import json
 import math
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
@@ -72,6 +70,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import Report, command_line, machine_info, train_run
 
 from scorefast.checkpoint import load_checkpoint, save_checkpoint
 from scorefast.data import BUILTIN_2D, load_data
@@ -87,7 +86,6 @@ from scorefast.trainer import (
     quality,
     resolve_device,
     sample_steps,
-    train,
 )
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "truncation"
@@ -136,30 +134,6 @@ def train_config(args: argparse.Namespace, ds: DataSettings, T: float, seed: int
 
 # -- training and prior fits ----------------------------------------------------------------------
 
-def _same_config(run: Path, cfg: TrainConfig) -> bool:
-    try:
-        saved = json.loads((run / "config.json").read_text())["config"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return {**saved, "out": ""} == {**cfg.to_dict(), "out": ""}
-
-
-def train_run(cfg: TrainConfig, reuse: bool) -> tuple[dict, bool]:
-    """Train one score network (or reuse a finished identical run); returns (summary, reused)."""
-    run = Path(cfg.out)
-    if reuse and (run / "summary.json").is_file() and _same_config(run, cfg):
-        return json.loads((run / "summary.json").read_text()), True
-    if run.exists():
-        if any(run.iterdir()) and not (run / "config.json").is_file():
-            raise SystemExit(f"refusing to delete '{run}': it is not a scorefast run directory")
-        shutil.rmtree(run)
-    run.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    try:
-        summary = train(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return summary, False
 
 
 def fit_prior(name: str, cfg: TrainConfig, train_x: torch.Tensor, sde, device, prior_steps: int, reuse: bool,
@@ -705,7 +679,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = shlex.join([sys.executable, *(sys.argv if argv is None else [__file__, *argv])])
+    command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -716,15 +690,10 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = Path(tmp)
     else:
         runs_dir = args.runs_dir
-    report: list[str] = []
+    say = Report()
+    report = say.lines
 
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        report.append(text)
-
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
-               "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+    machine = machine_info(threads=torch.get_num_threads(), device=str(device))
     say(f"command: {command}")
     say(f"machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']} with "
         f"{machine['threads']} thread(s) on {device}, load average at start "
