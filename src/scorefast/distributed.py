@@ -71,8 +71,12 @@ def worker(run_dir: str) -> None:
     cfg = TrainConfig.from_dict(_read_config(Path(run_dir))["config"])
     use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
     backend = "nccl" if use_cuda else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(minutes=30))
-    rank, world = dist.get_rank(), dist.get_world_size()
+    # torchrun's workers share the agent's key-value store across restarts, so a restarted gloo group can read a
+    # dead worker's address left from the previous attempt; a prefix per attempt keeps every attempt's keys apart.
+    store, rank, world = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"scorefast/attempt-{attempt}", store), rank=rank,
+                            world_size=world, timeout=timedelta(minutes=30))
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
