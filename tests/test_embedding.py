@@ -97,3 +97,39 @@ def test_factory_rejects_bad_methods_and_dimensions():
     assert "\n" not in str(err.value)
     with pytest.raises(UserError, match="paper"):
         make_loss("fp-regress", sde, toy(), t_min=0.01, t_max=1.0, variant="paper")
+
+
+def reference_mixture_logp(sde, centres, h, x, t):
+    """-log of the diffused KDE by torch.distributions, independent of MixtureScore."""
+    tt = torch.tensor(t, dtype=torch.float64)
+    a, s = sde.alpha(tt), sde.sigma(tt)
+    comp = torch.distributions.Independent(torch.distributions.Normal(a * centres, (a * a * h * h + s * s).sqrt()), 1)
+    mix = torch.distributions.Categorical(torch.ones(len(centres), dtype=centres.dtype))
+    return torch.distributions.MixtureSameFamily(mix, comp).log_prob(x)
+
+
+@pytest.mark.parametrize("t", [0.01, 0.3, 1.0])
+def test_mixture_score_matches_an_independent_mixture_in_chunks(t):
+    sde = make_sde("vp")
+    g = torch.Generator().manual_seed(3)
+    centres = torch.randn(10, 5, generator=g, dtype=torch.float64)
+    x = torch.randn(7, 5, generator=g, dtype=torch.float64).requires_grad_()
+    ref = reference_mixture_logp(sde, centres, 0.2, x, t)
+    (ref_score,) = torch.autograd.grad(ref.sum(), x)
+    mix = MixtureScore(sde, centres, 0.2, chunk=3)  # 4 chunks, the last one short
+    tt = torch.full((7,), t, dtype=torch.float64)
+    assert torch.allclose(mix.log_prob(x.detach(), tt), ref.detach(), rtol=1e-10, atol=1e-10)
+    assert torch.allclose(mix(x.detach(), tt), ref_score, rtol=1e-9, atol=1e-9)
+
+
+def test_mixture_score_in_float32_on_image_scale_data_at_small_times():
+    # the distances are expanded |x|^2 - 2 a x.c + a^2 |c|^2: check float32 keeps the score close to float64
+    sde = make_sde("vp")
+    g = torch.Generator().manual_seed(4)
+    centres = torch.rand(300, 64, generator=g, dtype=torch.float64) * 2 - 1
+    t = torch.full((50,), 0.01, dtype=torch.float64)
+    noise = torch.randn(50, 64, generator=g, dtype=torch.float64)
+    x = sde.alpha(t)[:, None] * centres[:50] + sde.sigma(t)[:, None] * noise
+    exact = MixtureScore(sde, centres, 0.0)(x, t)
+    single = MixtureScore(sde, centres.float(), 0.0)(x.float(), t.float()).double()
+    assert (single - exact).norm() / exact.norm() < 1e-3

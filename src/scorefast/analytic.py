@@ -68,7 +68,7 @@ class MixtureScore(torch.nn.Module):
     """Exact score of a diffused Gaussian KDE: centres x_i, bandwidth h, any data shape.
 
     ``bandwidth = 0`` is the empirical distribution of the centres itself (DSM's target; defined for
-    t > 0). Evaluated in chunks of centres with log-sum-exp, so memory is O(batch x chunk x d).
+    t > 0). Evaluated in chunks of centres with log-sum-exp, so memory is O(batch x chunk).
     """
 
     def __init__(self, sde: SDE, centres: Tensor, bandwidth: float, chunk: int = 4096):
@@ -91,13 +91,14 @@ class MixtureScore(torch.nn.Module):
         a, var = self._var(t)
         c_all = self.centres.to(xf.dtype)
         lse_parts, means = [], []
+        # -|x - a c|^2 / (2 var) expanded, so that the work is one matrix product, not a (B, N, d) tensor
+        xs, half_x2 = xf * (a / var)[:, None], 0.5 * xf.pow(2).sum(1, keepdim=True) / var[:, None]
+        half_a2 = 0.5 * (a * a / var)[:, None]
         for c in c_all.split(self.chunk):
-            ac = a[:, None, None] * c[None]
-            logits = -(xf[:, None, :] - ac).pow(2).sum(-1) / (2 * var[:, None])
+            logits = torch.addmm(-half_x2 - half_a2 * c.pow(2).sum(1)[None], xs, c.T)
             lse = torch.logsumexp(logits, dim=1)
-            w = torch.softmax(logits, dim=1)
             lse_parts.append(lse)
-            means.append(torch.einsum("bn,bnd->bd", w, ac))
+            means.append(a[:, None] * (torch.exp(logits - lse[:, None]) @ c))
         lse = torch.stack(lse_parts, 1)
         total = torch.logsumexp(lse, dim=1)
         mix = torch.softmax(lse, dim=1)

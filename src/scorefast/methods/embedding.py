@@ -42,7 +42,7 @@ Tensor = torch.Tensor
 
 METHODS = ("empirical", "fp-embed", "fp-regress")
 VARIANTS = ("paper", "sound")
-_MIXTURE_ELEMENTS = 2**25
+_MIXTURE_ELEMENTS = 2**24  # batch x centres per chunk of the mixture score
 
 
 class FixedTarget:
@@ -70,7 +70,7 @@ class ReferenceMixture:
         self.full = self._mixture(data) if len(data) <= self.reference_size else None
 
     def _mixture(self, centres: Tensor, batch: int = 512) -> MixtureScore:
-        chunk = max(1, _MIXTURE_ELEMENTS // (batch * centres[0].numel()))
+        chunk = max(1, _MIXTURE_ELEMENTS // batch)
         return MixtureScore(self.sde, centres, self.bandwidth, chunk=chunk).to(centres.device)
 
     def for_batch(self, x0: Tensor) -> ScoreFn:
