@@ -327,20 +327,24 @@ def table(summary: dict, scaling: dict | None) -> str:
              "wall-clock = the networks' training seconds, summed along each worker's queue, max over workers; "
              "elapsed = median of summary['elapsed_seconds'] (launch included) =="]
     head = (f"{'method':<38} {'seeds':>5}  {'final NLL':>23}  {'NLL @ equal wall':>23}  {'vs SA':>23}  "
-            f"{'wall-clock s':>17}  {'elapsed s':>9}  {'t to SA final s':>17}  {'ratio (<=0.6)':>14}")
+            f"{'wall-clock s':>17}  {'elapsed s':>9}  {'t to SA final s':>17}  {'ratio (<=0.6) (reached)':>20}")
     lines += [head, "-" * len(head)]
     for r in summary["rows"]:
         main = r["role"] == "main"
         eq = fmt3(r["at_equal_wall"]) if main else ""
         delta = fmt3(r["delta_at_equal_wall"], "+.3f") if main and r["key"] != "sa-ddp" else ""
         elapsed = "SIMULATED" if r["simulated"] else format(r["elapsed"][1], ".1f")
+        times = [p.get("time_to_sa_final") for p in r["per_seed"]]
+        reached = sum(t is not None and math.isfinite(t) for t in times)
+        ratio = f"{fmt3(r['ratio'], '.2f')} ({reached}/{len(times)})"
         lines.append(f"{r['view']:<38} {len(r['seeds']):>5}  {fmt3(r['final']):>23}  {eq:>23}  {delta:>23}  "
                      f"{fmt3(r['wall'], '.1f'):>17}  {elapsed:>9}  "
-                     f"{fmt3(r['time_to_sa_final'], '.1f'):>17}  {fmt3(r['ratio'], '.2f'):>14}")
+                     f"{fmt3(r['time_to_sa_final'], '.1f'):>17}  {ratio:>20}")
     lines.append("NLL @ equal wall: each curve at the shortest final wall-clock of the main methods of the same seed; "
                  "vs SA: difference to SA-DDP there (negative = better).")
     lines.append("t to SA final: first wall-clock at which the curve reaches SA-DDP's final NLL of the same seed "
-                 "(linear between snapshots; n/a = never); ratio = that / SA-DDP's final wall-clock.")
+                 "(linear between snapshots); ratio = that / SA-DDP's final wall-clock, min/median/max over "
+                 "the seeds that reached it (reached = how many of them did).")
     steps = [r for r in summary["rows"] if r["role"] == "scaling" or r["key"] == "tpsm2"]
     if len(steps) > 1:
         lines.append(f"{'total steps/s (all networks)':<58} {'on wall-clock':>20}  {'on elapsed':>20}")
