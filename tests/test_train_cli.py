@@ -226,3 +226,16 @@ def test_python_api_mirrors_cli(trained):
     x = run.sample(50, steps=10, progress=False)
     assert x.shape == (50, 2)
     assert run.nll("moons", n=50, steps=10, progress=False)["n"] == 50
+
+
+def test_run_command_turns_bad_input_into_one_line_and_exit_2(capsys):
+    from scorefast.errors import UserError, run_command
+
+    def bad():
+        raise UserError("--steps must be >= 1, got 0")
+
+    assert run_command(bad) == 2
+    assert capsys.readouterr().err == "scorefast: error: --steps must be >= 1, got 0\n"
+    assert run_command(lambda: 3) == 3 and run_command(lambda: {"nll": 1.0}) == 0
+    with pytest.raises(RuntimeError):  # a bug is not bad input: it keeps its traceback
+        run_command(lambda: (_ for _ in ()).throw(RuntimeError("bug")))

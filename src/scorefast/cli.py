@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, run_command
 
 TRAIN_HELP = {
     "data": "built-in data set (moons, 8gaussians, checkerboard, swissroll, pinwheel, rings, offcentre, gaussian2d, "
@@ -275,14 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except UserError as exc:
-        print(f"scorefast: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("scorefast: interrupted", file=sys.stderr)
-        return 130
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .api import open_run
-from .errors import UserError
+from .errors import run_command
 from .trainer import TrainConfig, train
 
 
@@ -46,12 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=12000, help="training steps (default: 12000)")
     p.add_argument("--data", default="checkerboard", help="data set (default: checkerboard)")
     args = p.parse_args(argv)
-    try:
-        run_demo(args.out, args.steps, args.data)
-    except UserError as exc:
-        print(f"scorefast: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: run_demo(args.out, args.steps, args.data))
 
 
 if __name__ == "__main__":

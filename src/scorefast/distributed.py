@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from .errors import UserError, run_command
 
 
 def layout(workers: int, intervals: int) -> tuple[int, int]:
@@ -101,12 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                                 description="torch.distributed worker of an interval-parallel scorefast run")
     p.add_argument("run_dir", help="run directory whose config.json describes the job")
     args = p.parse_args(argv)
-    try:
-        worker(args.run_dir)
-    except UserError as exc:
-        print(f"scorefast: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_command(lambda: worker(args.run_dir))
 
 
 if __name__ == "__main__":
