@@ -454,6 +454,54 @@ def toy_config(args, data: str, method: str, seed: int, out: Path) -> TrainConfi
                        reference_size=args.reference_size)
 
 
+def compare_to_dsm(args, say, ev: Evaluator, data: str, shape, metric: str, fmt: str,
+                   configs: dict[str, TrainConfig]) -> list[dict]:
+    """Train the methods of one seed (``configs``), evaluate each final snapshot, then time every method's
+    curve to DSM's final value; returns the seed's records (a failed run's record carries 'error')."""
+    records, recs, known = [], {}, {}
+    for method, cfg in configs.items():
+        label = f"{data} seed {cfg.seed} {method:<10}"
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        reused, err, warns = train_run(cfg, args.reuse)
+        rec = {"data": data, "method": method, "seed": cfg.seed, "run": cfg.out, "reused": reused,
+               "loadavg_before": load, "elapsed_seconds": time.perf_counter() - t0, "warnings": warns}
+        records.append(rec)
+        for w in warns:
+            say(f"  {label}: warning: {w}")
+        if err:
+            rec["error"] = err
+            say(f"  {label}: FAILED: {err}")
+            continue
+        rec.update(run_info(Path(cfg.out)))
+        step, fin = final_eval(Path(cfg.out), shape, ev)
+        rec["final"] = fin["value"]
+        known[method] = {step: fin}
+        recs[method] = rec
+        say(f"  {label}: {rec['wall']:7.1f} s wall (precompute {rec['precompute_seconds']:.1f} s, "
+            f"{rec['ms_per_step']:.2f} ms/step){' (reused)' if reused else ''}, final {metric} "
+            f"{rec['final']:{fmt}}, load {load:.2f}")
+    base = recs.get("dsm")
+    if base is None:
+        return records
+    target = base["final"]
+    for method, rec in recs.items():
+        rec["target"] = target
+        rec["curve"] = quality_curve(Path(rec["run"]), shape, ev, lambda v: v <= target, args.full_curves,
+                                     known[method])
+        rec["t_target"] = time_to(rec["curve"], target)
+        rec["steps_target"] = time_to(rec["curve"], target, key="step")
+    for method, rec in recs.items():
+        rec["speedup"] = speedup(base["t_target"], rec["t_target"])
+        rec["step_ratio"] = speedup(base["steps_target"], rec["steps_target"])
+        say(f"    {method:<10} target {metric} {target:{fmt}} (DSM final): reached at "
+            f"{'never' if math.isinf(rec['t_target']) else format(rec['t_target'], '.1f') + ' s'}"
+            f" / step {'-' if math.isinf(rec['steps_target']) else format(rec['steps_target'], '.0f')}"
+            f" -> speed-up {fmt_ratio([rec['speedup']])} (steps {fmt_ratio([rec['step_ratio']])}), "
+            f"{len(rec['curve'])} curve point(s)")
+    return records
+
+
 def run_part_toy(args, runs_dir: Path, device, say) -> dict:
     say(f"\n== part toy: {', '.join(args.toy_data)}; methods {', '.join(args.methods)}; seeds {args.seeds}; "
         f"MLP {args.width}x{args.depth}, batch {args.batch}, Adam {args.lr:g}, EMA {args.ema}, {args.steps} steps, "
@@ -467,48 +515,9 @@ def run_part_toy(args, runs_dir: Path, device, say) -> dict:
         ev = Evaluator("swd", args.eval_n, args.sample_steps, device, reference)
         records = []
         for seed in range(args.seeds):
-            recs = {}
-            for method in args.methods:
-                cfg = toy_config(args, data, method, seed, runs_dir / "toy" / data / method / f"seed{seed}")
-                load = os.getloadavg()[0]
-                t0 = time.perf_counter()
-                reused, err, warns = train_run(cfg, args.reuse)
-                rec = {"data": data, "method": method, "seed": seed, "run": cfg.out, "reused": reused,
-                       "loadavg_before": load, "elapsed_seconds": time.perf_counter() - t0, "warnings": warns}
-                for w in warns:
-                    say(f"  {data} seed {seed} {method:<10}: warning: {w}")
-                if err:
-                    rec["error"] = err
-                    say(f"  {data} seed {seed} {method:<10}: FAILED: {err}")
-                    records.append(rec)
-                    continue
-                rec.update(run_info(Path(cfg.out)))
-                step, fin = final_eval(Path(cfg.out), (2,), ev)
-                rec["final"] = fin["value"]
-                rec["_known"] = {step: fin}
-                recs[method] = rec
-                records.append(rec)
-                say(f"  {data} seed {seed} {method:<10}: {rec['wall']:7.1f} s wall (precompute "
-                    f"{rec['precompute_seconds']:.1f} s, {rec['ms_per_step']:.2f} ms/step)"
-                    f"{' (reused)' if reused else ''}, final SWD {rec['final']:.4f}, load {load:.2f}")
-            base = recs.get("dsm")
-            if base is None:
-                continue
-            target = base["final"]
-            for rec in recs.values():
-                rec["target"] = target
-                rec["curve"] = quality_curve(Path(rec["run"]), (2,), ev, lambda v, tg=target: v <= tg,
-                                             args.full_curves, rec.pop("_known"))
-                rec["t_target"] = time_to(rec["curve"], target)
-                rec["steps_target"] = time_to(rec["curve"], target, key="step")
-            for method, rec in recs.items():
-                rec["speedup"] = speedup(base["t_target"], rec["t_target"])
-                rec["step_ratio"] = speedup(base["steps_target"], rec["steps_target"])
-                say(f"    {method:<10} target SWD {target:.4f} (DSM final): reached at "
-                    f"{'never' if math.isinf(rec['t_target']) else format(rec['t_target'], '.1f') + ' s'}"
-                    f" / step {'-' if math.isinf(rec['steps_target']) else format(rec['steps_target'], '.0f')}"
-                    f" -> speed-up {fmt_ratio([rec['speedup']])} (steps {fmt_ratio([rec['step_ratio']])}), "
-                    f"{len(rec['curve'])} curve point(s)")
+            configs = {m: toy_config(args, data, m, seed, runs_dir / "toy" / data / m / f"seed{seed}")
+                       for m in args.methods}
+            records += compare_to_dsm(args, say, ev, data, (2,), "SWD", ".4f", configs)
         part[data] = {"records": records, "summary": summarise_toy(records, args.methods)}
     say(f"  evaluator: {ev.count} evaluations in {ev.seconds:.1f} s (last data set)")
     return part
@@ -789,51 +798,11 @@ def run_part_digits(args, runs_dir: Path, device, say) -> dict:
         f"{args.sample_steps} steps, seed {SAMPLE_SEED}, digits Frechet distance vs the held-out split ==")
     records = []
     for seed in range(args.digits_seeds):
-        recs = {}
-        ev = None
-        for method in args.digits_methods:
-            cfg = digits_config(args, method, seed, runs_dir / "digits" / method / f"seed{seed}")
-            if ev is None:
-                ev = Evaluator("digits_fd", args.digits_eval_n, args.sample_steps, device, load_dataset(cfg)[1].x)
-            load = os.getloadavg()[0]
-            t0 = time.perf_counter()
-            reused, err, warns = train_run(cfg, args.reuse)
-            rec = {"data": "digits", "method": method, "seed": seed, "run": cfg.out, "reused": reused,
-                   "loadavg_before": load, "elapsed_seconds": time.perf_counter() - t0, "warnings": warns}
-            for w in warns:
-                say(f"  digits seed {seed} {method:<10}: warning: {w}")
-            if err:
-                rec["error"] = err
-                say(f"  digits seed {seed} {method:<10}: FAILED: {err}")
-                records.append(rec)
-                continue
-            rec.update(run_info(Path(cfg.out)))
-            step, fin = final_eval(Path(cfg.out), (1, 8, 8), ev)
-            rec["final"] = fin["value"]
-            rec["_known"] = {step: fin}
-            recs[method] = rec
-            records.append(rec)
-            say(f"  digits seed {seed} {method:<10}: {rec['wall']:7.1f} s wall (precompute "
-                f"{rec['precompute_seconds']:.1f} s, {rec['ms_per_step']:.2f} ms/step){' (reused)' if reused else ''}, "
-                f"final FD {rec['final']:.3f}, load {load:.2f}")
-        base = recs.get("dsm")
-        if base is None:
-            continue
-        target = base["final"]
-        for rec in recs.values():
-            rec["target"] = target
-            rec["curve"] = quality_curve(Path(rec["run"]), (1, 8, 8), ev, lambda v, tg=target: v <= tg,
-                                         args.full_curves, rec.pop("_known"))
-            rec["t_target"] = time_to(rec["curve"], target)
-            rec["steps_target"] = time_to(rec["curve"], target, key="step")
-        for method, rec in recs.items():
-            rec["speedup"] = speedup(base["t_target"], rec["t_target"])
-            rec["step_ratio"] = speedup(base["steps_target"], rec["steps_target"])
-            say(f"    {method:<10} target FD {target:.3f} (DSM final): reached at "
-                f"{'never' if math.isinf(rec['t_target']) else format(rec['t_target'], '.1f') + ' s'} -> speed-up "
-                f"{fmt_ratio([rec['speedup']])} (steps {fmt_ratio([rec['step_ratio']])})")
-    for r in records:
-        r.pop("_known", None)
+        configs = {m: digits_config(args, m, seed, runs_dir / "digits" / m / f"seed{seed}")
+                   for m in args.digits_methods}
+        first = next(iter(configs.values()))
+        ev = Evaluator("digits_fd", args.digits_eval_n, args.sample_steps, device, load_dataset(first)[1].x)
+        records += compare_to_dsm(args, say, ev, "digits", (1, 8, 8), "FD", ".3f", configs)
     return {"digits": {"records": records, "summary": summarise_toy(records, args.digits_methods)}}
 
 
@@ -1042,8 +1011,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "toy" in args.parts:
             part = run_part_toy(args, runs_dir, device, say)
-            for r in (r for res in part.values() for r in res["records"]):
-                r.pop("_known", None)
             results["toy"] = part
             say()
             for data, res in part.items():
