@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorefast import trainer as trainmod
+import scorefast
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
 from scorefast.errors import UserError
+from scorefast.methods.targets import DSM, TARGETS
+from scorefast.run import RUN_FORMAT
 
 TINY = ["--steps", "40", "--eval-every", "20", "--eval-samples", "200", "--eval-steps", "10", "--batch-size", "64",
         "--n-data", "500", "--width", "32", "--quiet"]
@@ -53,7 +55,7 @@ def test_run_directory_contents(trained):
     assert state["step"] == 40 and state["done"]
     assert {"model", "ema", "optimizer", "rng", "wall"} <= set(state)
     cfg = json.loads((trained / "config.json").read_text())
-    assert cfg["config"]["steps"] == 40 and cfg["run_format"] == trainmod.RUN_FORMAT
+    assert cfg["config"]["budget"]["steps"] == 40 and cfg["run_format"] == RUN_FORMAT
 
 
 def test_sample_nll_evaluate(trained, tmp_path, capsys):
@@ -118,25 +120,28 @@ def test_sigkill_and_resume(tmp_path):
     assert rows[0]["step"] == saved + 5  # the first row logged after the resume
 
 
-def test_divergence_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = trainmod._make_loss
+@TARGETS.register("test-exploding")
+class Exploding(DSM):
+    """DSM whose loss turns NaN from its 26th evaluation on: a target handed to the trainer like any other."""
 
-    def exploding(cfg, sde, x, t_min, t_max, progress=True):
-        loss, info = real(cfg, sde, x, t_min, t_max, progress)
+    def build(self, sde, x, times, **kwargs):
+        loss, info = super().build(sde, x, times, **kwargs)
         calls = {"n": 0}
 
-        def f(model, x0):
+        def exploding(model, x0):
             calls["n"] += 1
             out = loss(model, x0)
             return out * float("nan") if calls["n"] > 25 else out
-        return f, info
+        return exploding, info
 
-    monkeypatch.setattr(trainmod, "_make_loss", exploding)
+
+def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):
     run = tmp_path / "div"
-    cfg = trainmod.TrainConfig(data="moons", out=str(run), steps=100, ckpt_every=10, eval_every=1000,
-                               batch_size=32, n_data=300, width=16)
-    with pytest.raises(UserError, match="diverged at step 26"):
-        trainmod.train(cfg, progress=False)
+    cfg = scorefast.Config(data="moons", out=str(run), steps=100, ckpt_every=10, eval_every=1000, batch_size=32,
+                           n_data=300, width=16, method="test-exploding")
+    with pytest.raises(UserError, match="diverged at step 26") as err:
+        scorefast.train(cfg, progress=False)
+    assert "step 20" in str(err.value) and "\n" not in str(err.value)
     state = load_checkpoint(run / "checkpoints" / "net-0.pt")
     assert state["step"] == 20
     assert all(torch.isfinite(v).all() for v in state["model"].values())
