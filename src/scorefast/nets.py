@@ -241,10 +241,12 @@ PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam)}
 
 
 # U-Net options of make_net and their defaults (the small network of the README's benchmarks);
-# channel_mults None means (1, 2) for image sides up to 16 and (1, 2, 2) above.
+# channel_mults None means (1, 2) for images up to 16 pixels wide and (1, 2, 2) above.
 UNET_DEFAULTS: dict[str, object] = dict(width=32, channel_mults=None, res_blocks=1, attention=(), dropout=0.0, heads=1)
 
-# Named U-Net sizes. cifar10: DDPM's CIFAR-10 network (Ho et al. 2020, appendix B), for 32x32 (and 64x64) images.
+# Named U-Net sizes. cifar10: the sizes of DDPM's CIFAR-10 network (Ho et al. 2020, appendix B), for 32x32 or
+# 64x64 images; 23.8 M parameters here, 35.7 M in DDPM, which adds an up block per level, a second middle
+# block, learned upsampling and a 512-wide time embedding.
 NET_PRESETS: dict[str, dict[str, object]] = {
     "cifar10": dict(width=128, channel_mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), dropout=0.1),
 }
