@@ -159,6 +159,14 @@ def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):
     (["--method", "magic"], "--method"),
     (["--lr", "-1"], "--lr"),
     (["--prior", "unicorn"], "--prior"),
+    (["--sde", "vp-foo"], "unknown SDE 'vp-foo'"),
+    (["--fp-grid", "65"], "--fp-grid is an option of target fp-regress, fp-embed, not of the selected --method dsm"),
+    (["--warm-start", "10"], "--warm-start is an option of partition intervals, edges"),
+    (["--edges", "0,0.5,1", "--intervals", "4"], "only one of the partition flags"),
+    (["--grad-clip", "-1"], "--grad-clip"),
+    (["--width", "0"], "--width must be >= 1"),
+    (["--time-budget", "nan"], "--time-budget must be a finite number"),
+    (["--steps", "ten"], "--steps expects int"),
 ])
 def test_train_bad_values(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
@@ -195,10 +203,38 @@ def test_missing_and_incompatible_run_directories(trained, tmp_path, capsys):
     old = tmp_path / "old"
     shutil.copytree(trained, old)
     cfg = json.loads((old / "config.json").read_text())
-    cfg["run_format"] = 99
-    (old / "config.json").write_text(json.dumps(cfg))
-    assert main(["nll", "--run", str(old), "--data", "moons"]) == 2
-    assert "incompatible" in capsys.readouterr().err
+    for version, needle in ((99, "not written by this scorefast"), (1, "scorefast 0.1 (run format 1)")):
+        cfg["run_format"] = version
+        (old / "config.json").write_text(json.dumps(cfg))
+        before = snapshot(old)
+        assert main(["nll", "--run", str(old), "--data", "moons"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+        assert main(["train", "--out", str(old), "--resume", "--steps", "50", "--quiet"]) == 2
+        assert needle in capsys.readouterr().err and snapshot(old) == before
+
+
+def test_config_file_and_print_config(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--data", "8gaussians", "--method", "empirical", "--reference-size", "64", "--steps", "30",
+                 "--intervals", "2", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "reference_size = 64" in text and "[partition]" in text
+    cfg.write_text(text)
+    run = tmp_path / "fromfile"
+    # flags given on the command line win over the file's
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--steps", "12", "--eval-every", "6", "--n-data",
+                 "300", "--batch-size", "32", "--width", "16", "--eval-samples", "50", "--eval-steps", "5",
+                 "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["target"] == {"name": "empirical", "reference_size": 64, "bandwidth": None}
+    assert saved["budget"]["steps"] == 12 and saved["partition"]["intervals"] == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlearning_rate = 0.1\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rate' in [optim]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
 
 
 def test_truncated_and_tampered_checkpoints(trained, tmp_path, capsys):

@@ -152,8 +152,7 @@ class RunDir:
 def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True) -> torch.nn.Module:
     """A fresh network of the run's architecture, wrapped in its parameterisation."""
     from .nets import make_model
-    return make_model(sde, tuple(shape), cfg.net.param, arch=cfg.net.arch, width=cfg.net.width,
-                      depth=cfg.net.depth, time_conditioned=time_conditioned)
+    return make_model(sde, tuple(shape), cfg.net.param, time_conditioned=time_conditioned, **cfg.net.options())
 
 
 def resolve_device(name: str) -> torch.device:

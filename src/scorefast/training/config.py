@@ -68,8 +68,18 @@ class NetSection:
     param: str = option("eps", "network output: eps (noise), score, or data (x0)")
     arch: str = option("auto", "network: mlp, unet, or auto (a U-Net for images, an MLP otherwise)",
                        choices=("auto", "mlp", "unet"))
-    width: int | None = option(None, "hidden width of the MLP / base channels of the U-Net (default 128 / 32)")
+    width: int | None = option(None, "hidden width of the MLP / base channels of the U-Net (default 128 / 32, or "
+                               "the preset's)")
     depth: int = option(3, "hidden layers of the MLP")
+    preset: str | None = option(None, "U-Net preset: cifar10 (DDPM's CIFAR-10 settings, 23.8 M parameters)",
+                                flag="net_preset")
+    channel_mults: tuple[int, ...] | None = option(None, "U-Net channel multiplier per level, e.g. 1,2,2,2 (default "
+                                                   "1,2 up to 16 pixels, else 1,2,2)")
+    res_blocks: int | None = option(None, "U-Net residual blocks per level (default 1)")
+    attention: tuple[int, ...] | None = option(None, "U-Net levels (image side in pixels) with self-attention, e.g. "
+                                               "16 (default none)")
+    dropout: float | None = option(None, "U-Net dropout in the residual blocks (default 0)")
+    heads: int | None = option(None, "U-Net attention heads (default 1)")
 
     def validate(self) -> None:
         from ..nets import PARAMETERISATIONS
@@ -77,6 +87,12 @@ class NetSection:
         _choice(self, "arch", ("auto", "mlp", "unet"))
         _at_least(self, "width", 1)
         _at_least(self, "depth", 1)
+
+    def options(self) -> dict:
+        """Keyword arguments of ``nets.make_net`` (U-Net options left at None take the preset's or default)."""
+        return {"arch": self.arch, "width": self.width, "depth": self.depth, "preset": self.preset,
+                "channel_mults": self.channel_mults, "res_blocks": self.res_blocks, "attention": self.attention,
+                "dropout": self.dropout, "heads": self.heads}
 
 
 @dataclass
@@ -243,15 +259,17 @@ class Config:
         unknown = sorted(set(flags) - set(FLAGS) - set(SELECTORS))
         if unknown:
             raise UserError(f"unknown configuration key(s): {', '.join(unknown)}")
-        flags = {k: v for k, v in flags.items() if v is not None}
+        flags = {k: v if k in SELECTORS else coerce(*FLAGS[k].owners[0], v, "configuration")
+                 for k, v in flags.items() if v is not None}
         self.given: frozenset[str] = frozenset(flags)
         for name, cls in SECTIONS.items():
-            values = {f.name: coerce(cls, f, flags[flag_of(f)], "configuration")
-                      for f in dataclasses.fields(cls) if flag_of(f) in flags}
-            setattr(self, name, cls(**values))
+            fields = dataclasses.fields(cls)
+            setattr(self, name, cls(**{f.name: flags[flag_of(f)] for f in fields if flag_of(f) in flags}))
         chosen = {"target": flags.get("method", DEFAULT_PLUGIN["target"]),
                   "prior": flags.get("prior", DEFAULT_PLUGIN["prior"]),
                   "partition": select_partition(flags)}
+        if chosen["partition"] == "single":
+            flags.pop("intervals", None)  # --intervals 1 is one network
         for slot, registry in SLOTS.items():
             cls = registry.get(chosen[slot])
             mine = {flag_of(f): f for f in dataclasses.fields(cls)}

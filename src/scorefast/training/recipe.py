@@ -72,6 +72,8 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     cfg.partition.check_steps(edges, cfg.budget.max_steps)
     train, test = split_data(cfg)
     cfg.target.check(train.shape)
+    with torch.device("meta"):  # the network's options are checked without allocating it
+        new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
     if cfg.launch.workers > 1:
         launcher.layout(cfg.launch.workers, len(edges) - 1)
     return RunContext(cfg, run, sde, edges, train, test, resolve_device(cfg.launch.device))
