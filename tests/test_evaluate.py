@@ -28,6 +28,11 @@ def test_time_to_at_the_first_snapshot_and_never():
     assert time_to([], 1.0) is None
 
 
+def test_time_to_for_higher_is_better_metrics():
+    assert time_to([(1.0, 0.5), (3.0, 0.9)], 0.8, lower_is_better=False) == pytest.approx(2.5)
+    assert time_to([(1.0, 0.5)], 0.8, lower_is_better=False) is None
+
+
 def test_time_to_ignores_non_finite_values_and_takes_the_first_crossing():
     assert time_to([(1.0, math.nan), (2.0, 0.1)], 0.3) == 2.0
     assert time_to([(1.0, math.inf), (2.0, 0.5), (3.0, 0.1)], 0.3) == pytest.approx(2.5)

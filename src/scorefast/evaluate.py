@@ -131,14 +131,17 @@ def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: in
     return out
 
 
-def time_to(curve: Sequence[tuple[float, float]], target: float) -> float | None:
-    """The wall-clock at which a quality curve (lower is better) first reaches ``target``.
+def time_to(curve: Sequence[tuple[float, float]], target: float, lower_is_better: bool = True) -> float | None:
+    """The wall-clock at which a quality curve first reaches ``target``.
 
-    ``curve`` is [(seconds, value), ...] in increasing time (snapshots). Linear interpolation between the
-    last point above the target and the first point at or below it; the first point's time if it already
-    meets the target (nothing earlier is known); None if the curve never reaches it (an explicit "not
-    reached", never inf or NaN). Non-finite values never count as reaching.
+    ``curve`` is [(seconds, value), ...] in increasing time (snapshots); lower values are better unless
+    ``lower_is_better`` is False (SSIM). Linear interpolation between the last point that misses the target
+    and the first point that meets it; the first point's time if it already meets the target (nothing
+    earlier is known); None if the curve never reaches it (an explicit "not reached", never inf or NaN).
+    Non-finite values never count as reaching.
     """
+    if not lower_is_better:
+        return time_to([(s, -v) for s, v in curve], -target)
     prev = None
     for seconds, value in curve:
         if math.isfinite(value) and value <= target:
