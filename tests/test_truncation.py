@@ -113,7 +113,7 @@ def test_elbo_decomposition_is_exact_for_the_true_model(sde):
 
 @pytest.mark.parametrize("sde", FAMILIES, ids=repr)
 def test_theta_free_closed_forms(sde):
-    """d int f dt = d log(alpha_T / alpha_eps) (this module's grouping), and METHODS.md's grouping
+    """d int f dt = d log(alpha_T / alpha_eps) (this module's grouping), and docs/methods.md's grouping
     d/2 int (g^2/sigma^2 + 2 f) dt = d/2 log(sigma_T^2 / sigma_eps^2), both by quadrature."""
     nodes, weights = np.polynomial.legendre.leggauss(200)
     lo, hi = math.log(sde.eps), math.log(sde.T)
@@ -208,7 +208,7 @@ def test_elbo_takes_image_shaped_data_and_rejects_bad_counts():
 
 
 def test_prior_gap_bound_reproduces_methods_a_T():
-    """a_T = exp(-int_0^T beta) = 0.658, 0.195, 0.026, 4.3e-5 at T = 0.2, 0.4, 0.6, 1.0 (METHODS.md),
+    """a_T = exp(-int_0^T beta) = 0.658, 0.195, 0.026, 4.3e-5 at T = 0.2, 0.4, 0.6, 1.0 (docs/methods.md),
     read back from the bound: it is 1/2 d (-a - log(1 - a)) + a E||x0||^2 / 2."""
     x_zero = torch.zeros(10, 3)
     x_unit = torch.ones(10, 3)  # E||x0||^2 = 3
