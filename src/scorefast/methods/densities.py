@@ -376,11 +376,15 @@ class FlowPrior(Prior):
         return {**super().config(), "kind": self.kind, "transforms": self.transforms, "hidden": self.hidden,
                 "bins": self.bins}
 
-    def _identity_init(self) -> None:
-        """Fresh hyper-network weights with a zero output layer: every transform is the identity."""
+    def _identity_init(self, generator: torch.Generator | None = None) -> None:
+        """Fresh hyper-network weights (torch's Linear initialisation, drawn from ``generator``) with a zero
+        output layer: every transform is the identity."""
         for module in self.flow.modules():
             if isinstance(module, nn.Linear):
-                module.reset_parameters()
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.in_features) if module.in_features > 0 else 0
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)
         for t in self.flow.transform.transforms:
             last = t.hyper[-1].parameters() if hasattr(t, "hyper") else t.phi  # d = 1: element-wise maps
             for p in last:
@@ -400,9 +404,7 @@ class FlowPrior(Prior):
              eval_every, **opts):
         mean, cov = forward_moments(train, sde)
         _store_moments(self, mean, cov)
-        with torch.random.fork_rng(devices=[] if self.mean.device.type == "cpu" else [self.mean.device]):
-            torch.manual_seed(seed)
-            self._identity_init()
+        self._identity_init(torch.Generator(device=self.mean.device).manual_seed(seed))
         opt = torch.optim.Adam(self.flow.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.1 * lr)
         params = list(self.flow.parameters())

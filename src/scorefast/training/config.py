@@ -180,11 +180,15 @@ class LaunchSection:
     threads: int | None = option(None, "torch CPU threads in this process (default: all cores; 1 per worker when "
                                  "distributed)", locked=False)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", locked=False)
+    worker_timeout: float = option(300.0, "with --workers: seconds a worker may send no heartbeat (hung, stopped) "
+                                   "before the job is stopped", locked=False)
 
     def validate(self) -> None:
         _at_least(self, "workers", 1)
         _at_least(self, "max_restarts", 0)
         _at_least(self, "threads", 1)
+        if not self.worker_timeout > 0:
+            raise UserError(f"--worker-timeout must be > 0 seconds, got {self.worker_timeout}")
 
 
 SECTIONS: dict[str, type] = {"data": DataSection, "sde": SDESection, "net": NetSection,

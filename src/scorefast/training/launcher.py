@@ -9,11 +9,13 @@ imports it (it imports the recipe, which imports this module).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from ..errors import UserError
+from .interrupt import Interrupted
 
 
 def layout(workers: int, intervals: int) -> tuple[int, int]:
@@ -36,14 +38,29 @@ def assignment(intervals: int, groups: int) -> list[list[int]]:
 
 
 def launch(cfg, run_dir: Path) -> None:
-    """Run the worker entry point under torchrun on this machine; raise UserError if it fails."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.launch.threads or 1)}
+    """Run the worker entry point under torchrun on this machine (a free port: --standalone); raise
+    UserError if it fails. The workers know this process (SCOREFAST_PARENT_PID) and stop, saving their
+    checkpoints, if it dies. A first Ctrl-C / SIGTERM is passed on to torchrun, which stops the workers
+    the same way; a second one kills torchrun at once."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.launch.threads or 1), "SCOREFAST_PARENT_PID": str(os.getpid())}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.launch.workers}",
            f"--max-restarts={cfg.launch.max_restarts}", "-m", "scorefast.distributed", str(run_dir)]
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise UserError(f"distributed training stopped: a worker failed (torchrun exit {proc.returncode}); the "
-                        f"finished intervals are kept, run again with --resume to train the missing ones")
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        code = proc.wait()
+    except (KeyboardInterrupt, SystemExit) as stop:
+        signum = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
+        proc.send_signal(signum)
+        try:
+            proc.wait()
+        except (KeyboardInterrupt, SystemExit):
+            proc.kill()
+            proc.wait()
+            raise
+        raise Interrupted(signum, "the workers saved their checkpoints") from None
+    if code != 0:
+        raise UserError(f"distributed training stopped: a worker failed (torchrun exit {code}); the finished "
+                        "intervals are kept, run again with --resume to train the missing ones")
 
 
 __all__ = ["assignment", "launch", "layout"]

@@ -31,6 +31,7 @@ from ..time_sampling import FixedTime, UniformTimes
 from . import launcher
 from .config import Config
 from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots
+from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit
 from .optim import EMA, Optimiser
 
@@ -91,12 +92,15 @@ class LossModule(torch.nn.Module):
 
 
 def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, steps: int | None = None,
-                  init: dict | None = None, evaluate: bool = True, progress: bool = True) -> dict:
+                  init: dict | None = None, evaluate: bool = True, progress: bool = True,
+                  interrupt: Interrupt | None = None) -> dict:
     """Train (or resume) the network of ``job``; returns its summary.
 
     ``steps`` overrides the run's budget (the shared warm-start network), ``init`` is a state dict to
     start from. Checkpoints go to checkpoints/net-{index}.pt; the periodic metric needs a whole model, so
-    it is computed only for a run's single network, by the rank that writes."""
+    it is computed only for a run's single network, by the rank that writes. With ``interrupt``, a signal
+    stops the loop after its current step, whose checkpoint is saved, and raises :class:`Interrupted`."""
+    interrupt = interrupt or Interrupt()
     cfg, run, sde = ctx.cfg, ctx.run, ctx.sde
     rank, size = (group.rank, group.size) if group else (0, 1)
     writer = rank == 0
@@ -125,7 +129,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
     budget = Budget(steps=steps or cfg.budget.max_steps, seconds=None if steps else cfg.budget.time_budget,
-                    agree=group.agree if size > 1 else None)
+                    stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
         return {**state.state_dict(), "optimizer": optimiser.state_dict(), "done": done, "t_min": job.t_min,
@@ -136,7 +140,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         if prior is False:
             return None
         ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps)
-        return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
 
     cache: dict = {}
     checkpointer = Checkpointer(path, cfg.log.ckpt_every, collect, budget.complete, writer)
@@ -147,10 +152,15 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
              Progress(budget.steps, f"train net {job.index}" if cfg.partition.piecewise else "train",
                       progress and writer)]
     try:
-        fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget, hooks)
+        with interrupt.deferred():
+            fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,
+                hooks)
     except Diverged as exc:
-        raise UserError(f"{exc} (net {job.index}); the last good checkpoint (step {checkpointer.saved_step}) is "
-                        f"kept in {path.parent}") from None
+        kept = "no checkpoint was written yet" if checkpointer.saved_step is None else \
+            f"the last good checkpoint (step {checkpointer.saved_step}) is kept in {path.parent}"
+        raise UserError(f"{exc} (net {job.index}); {kept}") from None
+    if interrupt.requested and not budget.complete(state):
+        raise Interrupted(interrupt.signum, f"the checkpoint of step {state.step} is saved in {path.parent}")
     return {"index": job.index, "step": state.step, "wall": state.wall, "loss": state.loss, "precompute": info,
             "precompute_seconds": precompute}
 
@@ -168,10 +178,17 @@ def prior_for_eval(ctx: RunContext, cache: dict):
     return cache["prior"]
 
 
-def fit_prior(ctx: RunContext, progress: bool) -> dict:
-    """Fit the run's prior at T on forward samples of the training data and save it to checkpoints/prior.pt."""
+def new_prior(ctx: RunContext):
+    """The run's prior at T, initialised from its own seed (the training RNG is left where it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.cfg.optim.seed)
+        return ctx.cfg.prior.build(ctx.train.dim, ctx.sde)
+
+
+def fit_prior(ctx: RunContext, prior, progress: bool) -> dict:
+    """Fit ``prior`` on forward samples of the training data at T and save it to checkpoints/prior.pt (it
+    draws only from its own generators, so it can run in a thread beside training)."""
     cfg = ctx.cfg
-    prior = cfg.prior.build(ctx.train.dim, ctx.sde)
     info = prior.fit(ctx.train.x.flatten(1), ctx.sde, seed=cfg.optim.seed, progress=progress,
                      **cfg.prior.fit_options())
     save_checkpoint(ctx.run.prior_path, {"prior": cfg.prior.to_dict(), "dim": ctx.train.dim,
@@ -195,14 +212,14 @@ class PriorFit:
         if not self.pending():
             return
         if self.ctx.cfg.prior.fit == "before":
-            fit_prior(self.ctx, self.progress)
+            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
         elif self.ctx.cfg.prior.fit == "alongside":
-            self.thread = threading.Thread(target=self._work, daemon=True)
+            self.thread = threading.Thread(target=self._work, args=(new_prior(self.ctx),), daemon=True)
             self.thread.start()
 
-    def _work(self) -> None:
+    def _work(self, prior) -> None:
         try:
-            fit_prior(self.ctx, False)
+            fit_prior(self.ctx, prior, False)
         except BaseException as exc:  # re-raised in the main thread by finish()
             self.error = exc
 
@@ -212,17 +229,18 @@ class PriorFit:
             if self.error is not None:
                 raise self.error
         if self.pending():
-            fit_prior(self.ctx, self.progress)
+            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
 
 
-def warm_start(ctx: RunContext, progress: bool) -> dict | None:
+def warm_start(ctx: RunContext, progress: bool, interrupt: Interrupt | None = None) -> dict | None:
     """The EMA weights of the shared network of a warm-started piecewise run (trained once, then split)."""
     partition = ctx.cfg.partition
     if not (partition.piecewise and partition.warm_start):
         return None
     path = ctx.run.checkpoint("warm")
     if not (path.exists() and load_checkpoint(path).get("done")):
-        train_network(ctx, Job("warm", ctx.edges[0], ctx.edges[-1]), steps=partition.warm_start, progress=progress)
+        train_network(ctx, Job("warm", ctx.edges[0], ctx.edges[-1]), steps=partition.warm_start, progress=progress,
+                      interrupt=interrupt)
     return load_checkpoint(path)["ema"]
 
 
@@ -256,15 +274,16 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
         ctx = context(cfg, run)
         run.write_config(cfg)
         began = time.perf_counter()
-        init = warm_start(ctx, progress)
-        prior = PriorFit(ctx, progress)
-        prior.start()
-        if cfg.launch.workers > 1:
-            launcher.launch(cfg, run.path)
-        else:
-            for job in jobs(ctx):
-                train_network(ctx, job, init=init, progress=progress)
-        prior.finish()
+        with Interrupt() as interrupt:
+            init = warm_start(ctx, progress, interrupt)
+            prior = PriorFit(ctx, progress)
+            prior.start()
+            if cfg.launch.workers > 1:
+                launcher.launch(cfg, run.path)
+            else:
+                for job in jobs(ctx):
+                    train_network(ctx, job, init=init, progress=progress, interrupt=interrupt)
+            prior.finish()
         return finish(ctx, progress, elapsed=time.perf_counter() - began)
     finally:
         torch.set_num_threads(threads)
