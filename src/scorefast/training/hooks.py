@@ -23,7 +23,10 @@ def _due(state: TrainState, every: int) -> bool:
 
 
 class Checkpointer(Hook):
-    """Writes ``collect(done)`` atomically to ``path`` every ``every`` steps and after the last step."""
+    """Writes ``collect(done)`` atomically to ``path`` every ``every`` steps and after the last step.
+
+    ``collect`` runs on every rank of a data-parallel group (it may gather from all of them); only the
+    ``writer`` writes."""
 
     def __init__(self, path: Path, every: int, collect: Callable[[bool], dict], done: Callable[[TrainState], bool],
                  writer: bool = True):
@@ -34,8 +37,9 @@ class Checkpointer(Hook):
         self.saved_step = state.step if self.path.exists() else None
 
     def save(self, state: TrainState) -> None:
+        payload = self.collect(self.done(state))
         if self.writer:
-            save_checkpoint(self.path, self.collect(self.done(state)))
+            save_checkpoint(self.path, payload)
         self.saved_step = state.step
 
     def step(self, state, row):

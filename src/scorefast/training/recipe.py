@@ -64,6 +64,13 @@ class Group:
         dist.all_reduce(v, op=dist.ReduceOp.MAX, group=self.handle)
         return float(v[0]), bool(v[1])
 
+    def gather_rng(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state, in rank order (so that a resumed group draws what it would have)."""
+        import torch.distributed as dist
+        states: list = [None] * self.size
+        dist.all_gather_object(states, torch.get_rng_state(), group=self.handle)
+        return states
+
 
 def context(cfg: Config, run: RunDir) -> RunContext:
     """Check everything a run needs (data, partition, target, layout) without writing anything."""
@@ -125,6 +132,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         saved = load_checkpoint(path)
         state.load_state_dict(saved)
         optimiser.load_state_dict(saved["optimizer"])
+        if size > 1 and len(saved.get("rng_ranks", ())) == size:
+            torch.set_rng_state(saved["rng_ranks"][rank])
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
@@ -132,8 +141,9 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                     stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
-        return {**state.state_dict(), "optimizer": optimiser.state_dict(), "done": done, "t_min": job.t_min,
-                "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
+        extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
+        return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "done": done,
+                "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
 
     def periodic() -> dict | None:
         prior = prior_for_eval(ctx, cache)
