@@ -13,6 +13,9 @@ s, and a score model is a denoiser (Tweedie)
 - :func:`sample_dpmpp_2m`, :func:`sample_heun`, :func:`sample_euler_ancestral` follow k-diffusion's
   convention ``sample_x(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
   ``KSAMPLERS`` holds them in the engine's convention (sampling.py) under 'dpmpp-2m', 'heun', 'euler-a'.
+
+sampling.py registers KSAMPLERS and SCHEDULES, so it imports this module; this module therefore imports
+sampling.py's grid helpers (time_grid, pieces) inside the functions that use them, never at import time.
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from torch import nn
 from tqdm.auto import trange
 
 from .errors import UserError
-from .sampling import pieces, time_grid
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, append_dims
 
 Tensor = torch.Tensor
@@ -151,6 +153,8 @@ def sigma_schedule(sigma_min: float, sigma_max: float, steps: int, kind: str = "
     one, so the count can exceed ``steps`` by one per edge) and is uniform in u within, so every edge is a
     grid point exactly and no step crosses one.
     """
+    from .sampling import time_grid
+
     if kind not in SIGMA_SCHEDULES:
         raise UserError(f"unknown noise schedule '{kind}'; choose one of {', '.join(SIGMA_SCHEDULES)}")
     if not rho > 0:
@@ -184,6 +188,8 @@ def schedule_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, k
 def uniform_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, device=None,
                   dtype: torch.dtype | None = None) -> Tensor:
     """Today's grid: uniform in t from T to eps (sampling.time_grid)."""
+    from .sampling import time_grid
+
     return time_grid(sde.T, sde.eps, steps, edges, device=device, dtype=dtype)
 
 
@@ -319,6 +325,8 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool) -> Callabl
     def run(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback: Callable[[dict], None] | None = None,
             progress: bool = True, generator: torch.Generator | None = None, denoise: bool = True,
             **options) -> Tensor:
+        from .sampling import pieces
+
         piecewise = getattr(model, "edges", None) is not None
         if piecewise and options.get("s_churn", 0) > 0:
             raise UserError("s_churn > 0 would evaluate a piecewise model above its pieces' edges; use s_churn=0")
