@@ -317,9 +317,12 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool) -> Callabl
     without it the result is the sample x_eps = alpha_eps y. A piecewise model is run piece by piece on
     its part of the grid (``pieces``), each piece evaluated only inside its interval: DPM-Solver++(2M)
     restarts its two-step history at each edge, single-step samplers are unchanged. Churn (Heun's
-    s_churn > 0) would raise the noise level above a piece's top edge and is refused for piecewise models.
-    ``callback`` receives {'i', 't', 'x', 'denoised'} after each step, x in the engine's variable;
-    the final denoising step is i = len(ts) at t = 0."""
+    s_churn > 0) raises the noise level above the grid's: at the first step above s(T), where a model
+    trained on [eps, T] extrapolates (keep s_tmax below s(T) to avoid it), and above a piece's top edge,
+    so it is refused for piecewise models. Network evaluations for n = len(ts) - 1 steps: dpmpp-2m and
+    euler-a n + 1, heun 2n + 1 (n, n and 2n without ``denoise``). ``callback`` receives
+    {'i', 't', 'x', 'denoised'} after each step, x in the engine's variable; the final denoising step is
+    i = n + 1 at t = 0."""
 
     @torch.no_grad()
     def run(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback: Callable[[dict], None] | None = None,
