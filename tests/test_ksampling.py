@@ -206,7 +206,6 @@ def test_samplers_without_denoising_step_reproduce_p_eps(name):
 
 
 # Measured with n = 100,000: Euler-a bias 0.059 (200 steps) and 0.19 (50 steps); Heun with churn 0.034.
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["vp", "ve"])
 @pytest.mark.parametrize("sampler, steps, options, bias", [("euler-a", 200, {}, 0.08),
                                                           ("heun", 40, {"s_churn": 5.0}, 0.05)],
@@ -219,7 +218,6 @@ def test_stochastic_samplers_reproduce_data_moments(name, sampler, steps, option
     assert (dc.abs() <= tol_c).all(), dc
 
 
-@pytest.mark.slow
 def test_euler_ancestral_converges_with_steps():
     errs = [float(run_moments("vp", "euler-a", steps, n=20000)[1].abs().max()) for steps in (50, 200)]
     assert errs[0] > 2 * errs[1], errs
