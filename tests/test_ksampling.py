@@ -30,9 +30,9 @@ from scorefast.ksampling import (
     sigma_to_t,
     t_to_sigma,
 )
-from scorefast.methods.parallel import PiecewiseModel, log_snr
-from scorefast.sampling import pieces
+from scorefast.methods.piecewise import PiecewiseModel, log_snr
 from scorefast.sde import VPSDE, make_sde
+from scorefast.time_grids import pieces
 
 F64 = torch.float64
 MEAN = torch.tensor([1.0, -0.5], dtype=F64)

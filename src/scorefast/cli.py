@@ -114,7 +114,8 @@ def cmd_sample(args) -> int:
     from .plots import plot_samples
     out = _check_new_file(args.out, ".npy")
     run = _open(args)
-    x = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    x = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                   schedule=args.schedule)
     atomic_write(out, lambda f: np.save(f, x.numpy()))
     pic = out.with_suffix(".png")
     plot_samples(x.numpy(), pic, title=f"{run.config.data.spec}: {args.sampler or run.config.log.sampler} sampler")
@@ -140,7 +141,7 @@ def cmd_nll(args) -> int:
 def cmd_evaluate(args) -> int:
     run = _open(args)
     _print_result(run.evaluate(args.data, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               progress=not (args.quiet or args.json)), args.json)
+                               progress=not (args.quiet or args.json), schedule=args.schedule), args.json)
     return 0
 
 
@@ -227,7 +228,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _run_flags(s)
         s.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
         s.add_argument("--out", required=True, help="output .npy file (a .png picture is written beside it)")
-        s.add_argument("--sampler", default=None, help="ode, em or pc (default: the run's)")
+        s.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the run's)")
+        s.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
         s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's, scaled by T)")
         s.set_defaults(func=cmd_sample)
     elif command in ("nll", "evaluate"):
@@ -244,7 +246,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             e.set_defaults(func=cmd_nll)
         else:
             e.add_argument("--n", type=int, default=2000, help="samples to draw (default: 2000)")
-            e.add_argument("--sampler", default=None, help="ode, em or pc (default: the run's)")
+            e.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the "
+                           "run's)")
+            e.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
             e.add_argument("--steps", type=int, default=None, help="sampler steps")
             e.set_defaults(func=cmd_evaluate)
     elif command == "fp":

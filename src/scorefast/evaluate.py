@@ -49,13 +49,15 @@ def sample_steps(steps_at_T1: int, sde: SDE) -> int:
 @dataclass
 class Evaluator:
     """Fixed-seed samples and their quality: ``n`` samples from the start law, ``sampler`` with ``steps``
-    (scaled to [eps, T] when ``scale_steps``), on the sampler's own generator (training RNG untouched)."""
+    (scaled to [eps, T] when ``scale_steps``) on ``schedule``'s grid (None: the sampler's own), drawn from
+    the evaluator's own generator (training RNG untouched)."""
 
     n: int = 2000
     sampler: str = "ode"
     steps: int = 100
     seed: int = 12345
     scale_steps: bool = True
+    schedule: str | None = None
 
     def __post_init__(self):
         from .sampling import SAMPLERS
@@ -64,7 +66,11 @@ class Evaluator:
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
         if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(sorted(SAMPLERS))}")
+            raise UserError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}")
+        if self.schedule is not None:
+            from .ksampling import SCHEDULES
+            if self.schedule not in SCHEDULES:
+                raise UserError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
 
     def samples(self, model, sde: SDE, shape: tuple[int, ...], prior=None, device=None,
                 progress: bool = False) -> Tensor:
@@ -75,8 +81,8 @@ class Evaluator:
         was_training = getattr(model, "training", False)
         model.eval()
         try:
-            x = sample(model, sde, self.n, tuple(shape), sampler=self.sampler, steps=steps, prior=prior, generator=g,
-                       device=device, progress=progress)
+            x = sample(model, sde, self.n, tuple(shape), sampler=self.sampler, steps=steps, schedule=self.schedule,
+                       prior=prior, generator=g, device=device, progress=progress)
         finally:
             model.train(was_training)
         return x.cpu()

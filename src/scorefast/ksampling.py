@@ -14,8 +14,7 @@ s, and a score model is a denoiser (Tweedie)
   convention ``sample_x(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
   ``KSAMPLERS`` holds them in the engine's convention (sampling.py) under 'dpmpp-2m', 'heun', 'euler-a'.
 
-sampling.py registers KSAMPLERS and SCHEDULES, so it imports this module; this module therefore imports
-sampling.py's grid helpers (time_grid, pieces) inside the functions that use them, never at import time.
+sampling.py registers KSAMPLERS and SCHEDULES; both use the grids of ``time_grids``.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from tqdm.auto import trange
 
 from .errors import UserError
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, append_dims
+from .time_grids import pieces, time_grid
 
 Tensor = torch.Tensor
 NoiseSampler = Callable[[Tensor, Tensor], Tensor]
@@ -153,7 +153,6 @@ def sigma_schedule(sigma_min: float, sigma_max: float, steps: int, kind: str = "
     one, so the count can exceed ``steps`` by one per edge) and is uniform in u within, so every edge is a
     grid point exactly and no step crosses one.
     """
-    from .sampling import time_grid
 
     if kind not in SIGMA_SCHEDULES:
         raise UserError(f"unknown noise schedule '{kind}'; choose one of {', '.join(SIGMA_SCHEDULES)}")
@@ -188,7 +187,6 @@ def schedule_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, k
 def uniform_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, device=None,
                   dtype: torch.dtype | None = None) -> Tensor:
     """Today's grid: uniform in t from T to eps (sampling.time_grid)."""
-    from .sampling import time_grid
 
     return time_grid(sde.T, sde.eps, steps, edges, device=device, dtype=dtype)
 
@@ -306,9 +304,9 @@ def sample_euler_ancestral(model: Callable, x: Tensor, sigmas: Tensor, extra_arg
 
 # -- the same samplers in the engine's convention -------------------------------------------------------
 
-def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool) -> Callable[..., Tensor]:
+def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool, default_schedule: str) -> Callable[..., Tensor]:
     """``ksampler`` as ``sampler(model, sde, x, ts, *, callback=None, progress=True, generator=None,
-    denoise=True, **options)`` (sampling.py's convention).
+    denoise=True, **options)`` (sampling.py's convention), with the schedule ``sample`` uses by default.
 
     x_T is divided by alpha_T, ``ts`` becomes the noise levels s(ts), and the k-sampler runs on
     Denoiser(model, sde). With ``denoise`` (the default, as k-diffusion ends) the schedule ends with
@@ -328,7 +326,6 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool) -> Callabl
     def run(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback: Callable[[dict], None] | None = None,
             progress: bool = True, generator: torch.Generator | None = None, denoise: bool = True,
             **options) -> Tensor:
-        from .sampling import pieces
 
         piecewise = getattr(model, "edges", None) is not None
         if piecewise and options.get("s_churn", 0) > 0:
@@ -355,13 +352,14 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool) -> Callabl
             done += len(sigmas) - 1
         return y if denoise else y * append_dims(sde.alpha(ts[-1]), x.ndim)
 
+    run.default_schedule = default_schedule
     run.__name__ = run.__qualname__ = f"engine_{ksampler.__name__}"
     run.__doc__ = f"{ksampler.__name__} in the engine's convention (see engine_sampler).\n\n{ksampler.__doc__}"
     return run
 
 
 KSAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "dpmpp-2m": engine_sampler(sample_dpmpp_2m, stochastic=False),
-    "heun": engine_sampler(sample_heun, stochastic=True),
-    "euler-a": engine_sampler(sample_euler_ancestral, stochastic=True),
+    "dpmpp-2m": engine_sampler(sample_dpmpp_2m, stochastic=False, default_schedule="logsnr"),
+    "heun": engine_sampler(sample_heun, stochastic=True, default_schedule="karras"),
+    "euler-a": engine_sampler(sample_euler_ancestral, stochastic=True, default_schedule="karras"),
 }

@@ -193,14 +193,32 @@ class Run:
     shape: tuple[int, ...]
     device: torch.device
 
-    def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-               progress: bool = True) -> torch.Tensor:
-        """n samples; ``steps`` defaults to the training-time evaluation grid (which already spans only
-        [eps, T], so a truncated run takes about T of the steps of a T = 1 run at the same step size)."""
+    def evaluator(self, n: int, sampler: str | None, steps: int | None, seed: int, schedule: str | None):
+        """The run's evaluation protocol with the given overrides (None: the run's own)."""
         from .evaluate import Evaluator
-        ev = Evaluator(n=n, sampler=sampler or self.config.log.sampler, steps=steps or self.config.log.eval_steps,
-                       seed=seed, scale_steps=steps is None)
+        log = self.config.log
+        if sampler is not None and schedule is None and sampler != log.sampler:
+            schedule = None  # another sampler: its own schedule, not the run's
+        elif schedule is None:
+            schedule = log.schedule
+        return Evaluator(n=n, sampler=sampler or log.sampler, steps=steps or log.eval_steps, seed=seed,
+                         scale_steps=steps is None, schedule=schedule)
+
+    def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+               progress: bool = True, schedule: str | None = None) -> torch.Tensor:
+        """n samples; ``steps`` defaults to the training-time evaluation grid (which already spans only
+        [eps, T], so a truncated run takes about T of the steps of a T = 1 run at the same step size).
+        Samplers: ode, em, pc, dpmpp-2m, heun, euler-a; schedules: uniform, karras, logsnr."""
+        ev = self.evaluator(n, sampler, steps, seed, schedule)
         return ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
+
+    def denoiser(self):
+        """The model as a k-diffusion denoiser ``D(x, sigma) = E[x0 | x]`` in the variable x = x_t / alpha_t
+        (noise level sigma = sigma_t / alpha_t), so k-diffusion's own samplers run on it unchanged;
+        ``.sigma_min`` / ``.sigma_max`` are the levels at eps and T. Starting noise: a prior sample at T
+        divided by alpha_T (``self.prior`` or N(0, prior_std^2 I))."""
+        from .ksampling import Denoiser
+        return Denoiser(self.model, self.sde)
 
     def heldout(self, spec: str, n: int | None = None) -> Dataset:
         """The data to evaluate on: the run's own held-out split when ``spec`` is the training data."""
@@ -226,17 +244,15 @@ class Run:
         return {**out, "prior": self.config.prior.name}
 
     def evaluate(self, spec: str, n: int = 2000, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, schedule: str | None = None) -> dict:
         """Sample quality against held-out data: SWD and MMD (plus the digits Frechet distance)."""
-        from .evaluate import Evaluator
         ds = self.heldout(spec)
-        ev = Evaluator(n=n, sampler=sampler or self.config.log.sampler, steps=steps or self.config.log.eval_steps,
-                       seed=seed, scale_steps=steps is None)
+        ev = self.evaluator(n, sampler, steps, seed, schedule)
         t0 = time.perf_counter()
         x = ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
         seconds = time.perf_counter() - t0
         return {**ev.scores(x, ds, seed=seed), "n": n, "n_reference": len(ds), "sampler": ev.sampler,
-                "sample_seconds": seconds}
+                "schedule": ev.schedule, "sample_seconds": seconds}
 
 
 def open_run(path: str | Path, device: str | None = None, step: int | None = None) -> Run:

@@ -157,8 +157,12 @@ class LogSection:
     eval_samples: int = option(2000, "samples drawn for each evaluation (fixed seed)", locked=False)
     eval_steps: int = option(100, "sampler steps for each evaluation and for the final samples (at T = 1; a "
                              "truncated run takes about T of them)", locked=False)
-    sampler: str = option("ode", "sampler for the evaluations and the final samples: ode (probability flow), em "
-                          "(Euler-Maruyama), pc", locked=False)
+    sampler: str = option("ode", "sampler for the evaluations and the final samples: ode (probability flow, RK4), em "
+                          "(Euler-Maruyama), pc (predictor-corrector), dpmpp-2m (DPM-Solver++(2M)), heun (EDM's), "
+                          "euler-a (Euler ancestral)", locked=False)
+    schedule: str | None = option(None, "time grid of the sampler: uniform (in t), karras or logsnr (in the noise "
+                                  "level); default: the sampler's own (uniform for ode/em/pc, logsnr for dpmpp-2m, "
+                                  "karras for heun/euler-a)", locked=False)
     ckpt_every: int = option(500, "steps between checkpoints (a killed run loses at most this many)", locked=False)
     snapshot_every: int = option(0, "keep the EMA weights every N steps in snapshots/ (0: never), for "
                                  "quality-vs-time curves", locked=False)
@@ -169,6 +173,9 @@ class LogSection:
             _at_least(self, name, 1)
         _at_least(self, "snapshot_every", 0)
         _choice(self, "sampler", SAMPLERS)
+        if self.schedule is not None:
+            from ..ksampling import SCHEDULES
+            _choice(self, "schedule", SCHEDULES)
 
 
 @dataclass
