@@ -166,8 +166,16 @@ class LogSection:
     ckpt_every: int = option(500, "steps between checkpoints (a killed run loses at most this many)", locked=False)
     snapshot_every: int = option(0, "keep the EMA weights every N steps in snapshots/ (0: never), for "
                                  "quality-vs-time curves", locked=False)
+    tensorboard: bool = option(False, "also write the metrics log as TensorBoard event files in RUN/tensorboard "
+                               "(needs the extra: pip install scorefast[tensorboard])", locked=False)
 
     def validate(self) -> None:
+        if self.tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install 'scorefast[tensorboard]' "
+                                "(or pip install tensorboard)") from None
         from ..sampling import SAMPLERS
         for name in ("eval_every", "eval_samples", "eval_steps", "ckpt_every"):
             _at_least(self, name, 1)

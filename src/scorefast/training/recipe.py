@@ -30,7 +30,7 @@ from ..sde import SDE
 from ..time_sampling import FixedTime, UniformTimes
 from . import launcher
 from .config import Config
-from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots
+from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit
 from .optim import EMA, Optimiser
@@ -159,6 +159,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
              Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
              checkpointer,
              MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
+             *([TensorBoard(run.path / "tensorboard", cfg.log.eval_every, job.index, writer)]
+               if cfg.log.tensorboard else []),
              Progress(budget.steps, f"train net {job.index}" if cfg.partition.piecewise else "train",
                       progress and writer)]
     try:
