@@ -14,6 +14,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import re
 import zipfile
 from pathlib import Path
@@ -265,6 +266,18 @@ def _byte_array(data: object = b"", encoding: str | None = None) -> bytearray:
     raise pickle.UnpicklingError("bytearray is allowed only on bytes or latin-1 text")
 
 
+def _check_opcodes(raw: bytes) -> None:
+    """Walk the pickle's opcodes without running them, refusing memo indices beyond the opcodes seen.
+
+    Honest picklers number memo entries in order; the C unpickler allocates a table as large as the
+    largest index, so a 9-byte file asking for index 2**30 would cost 16 GiB. Truncated length fields
+    also fail here, before the unpickler allocates for them.
+    """
+    for count, (op, arg, _) in enumerate(pickletools.genops(raw)):
+        if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
+            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} is out of range")
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that can rebuild numpy arrays, dicts and lists and nothing else (pickle can run code).
 
@@ -298,6 +311,7 @@ def _load_cifar(files: list[Path], spec: str) -> np.ndarray:
             _check_memory(os.fstat(f.fileno()).st_size, label)
             try:
                 raw = f.read()
+                _check_opcodes(raw)
                 batch = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
             except _RefusedGlobal as err:
                 raise UserError(
