@@ -44,9 +44,11 @@ def read_data_path(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None
     label = f"data file '{display_path(spec)}'"
     if path.is_dir():
         return _load_dir(path, spec)
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserError(f"{label}: is empty (0 bytes)")
     name = path.name
     if name.startswith(("data_batch", "test_batch")):
-        return _to_model_space(_load_cifar([path], spec), label, channels_last_ok=False)
+        return _to_model_space(_load_cifar([path]), label, channels_last_ok=False)
     if _IDX_NAME.search(name):
         return _to_model_space(_load_idx(path, label), label)
     suffix = path.suffix.lower()
@@ -95,7 +97,7 @@ def _load_dir(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None]:
         p for p in files if p.name.startswith("test_batch")
     ]
     if batches:
-        return _to_model_space(_load_cifar(batches, spec), label, channels_last_ok=False)
+        return _to_model_space(_load_cifar(batches), label, channels_last_ok=False)
     images, folders = _find_images(path, label)
     if images:
         return _to_model_space(_load_images(images, spec), label, channels_last_ok=False)
@@ -178,6 +180,8 @@ def _load_numpy(path: Path, label: str) -> np.ndarray:
 def _read_npz_member(archive: zipfile.ZipFile, label: str) -> np.ndarray:
     """The array named x, data or arr_0 (or the only one) of an .npz archive."""
     members = {(n[:-4] if n.endswith(".npy") else n): n for n in archive.namelist()}
+    if not members:
+        raise UserError(f"{label}: holds no arrays")
     if len(members) == 1:
         key = next(iter(members))
     else:
@@ -228,20 +232,27 @@ def _load_idx(path: Path, label: str) -> np.ndarray:
     return np.frombuffer(data, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-class _RefusedGlobal(pickle.UnpicklingError):
-    """A pickle asked for a callable outside the allow-list."""
+class _Refused(pickle.UnpicklingError):
+    """A pickle asked for a callable outside the allow-list, or for an allowed one with arguments that
+    numpy's own pickles never pass."""
 
 
-_NDARRAY = object()
-"""Stands for ``numpy.ndarray`` in a pickle: it may be named (as _reconstruct's first argument) but not
-called, since ``ndarray((n,))`` would allocate n bytes the file does not hold."""
+class _NdarrayName:
+    """Stands for ``numpy.ndarray`` in a pickle: it may be named (as _reconstruct's first argument) but not
+    called, since ``ndarray((n,))`` would allocate n bytes the file does not hold."""
+
+    def __call__(self, *args: object) -> None:
+        raise _Refused("the pickle calls numpy.ndarray, which allocates memory the file does not hold")
+
+
+_NDARRAY = _NdarrayName()
 
 
 def _empty_array(cls: object, shape: tuple, dtype: object) -> np.ndarray:
     """numpy's ndarray.__reduce__ constructor, which always asks for an empty array (its data comes
     with BUILD); a non-empty one would allocate memory the file does not pay for."""
     if cls is not _NDARRAY or not isinstance(shape, tuple) or math.prod(shape) != 0:
-        raise pickle.UnpicklingError("numpy _reconstruct asked for a non-empty array")
+        raise _Refused("the pickle asks numpy's _reconstruct for a non-empty array")
     return np.ndarray(shape, np.dtype(dtype))
 
 
@@ -253,7 +264,7 @@ def _array_from_buffer(buf: object, dtype: object, shape: tuple, order: str) -> 
 def _latin1_bytes(text: object, encoding: str = "latin1") -> bytes:
     """``_codecs.encode(text, 'latin1')``: how protocol 2 pickles bytes from Python 3."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is allowed only on text to latin-1")
+        raise _Refused("the pickle calls _codecs.encode on something other than text to latin-1")
     return text.encode("latin1")
 
 
@@ -263,7 +274,7 @@ def _byte_array(data: object = b"", encoding: str | None = None) -> bytearray:
         return bytearray(data, "latin1")
     if isinstance(data, bytes | bytearray) and encoding is None:
         return bytearray(data)
-    raise pickle.UnpicklingError("bytearray is allowed only on bytes or latin-1 text")
+    raise _Refused("the pickle calls bytearray on something other than bytes or latin-1 text")
 
 
 def _check_opcodes(raw: bytes) -> None:
@@ -275,7 +286,8 @@ def _check_opcodes(raw: bytes) -> None:
     """
     for count, (op, arg, _) in enumerate(pickletools.genops(raw)):
         if op.name in ("PUT", "BINPUT", "LONG_BINPUT") and not 0 <= int(arg) <= count:
-            raise pickle.UnpicklingError(f"memo index {arg} at opcode {count} is out of range")
+            raise _Refused(f"the pickle's memo index {arg} at opcode {count} is out of order (the unpickler would "
+                           "allocate a table that large)")
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -298,25 +310,24 @@ class _SafeUnpickler(pickle.Unpickler):
             module.replace("numpy.core.", "numpy._core.", 1) if module.startswith("numpy.core.") else module
         )
         if (canonical, name) not in self._ALLOWED:
-            raise _RefusedGlobal(f"{module}.{name}")
+            raise _Refused(f"the pickle calls '{module}.{name}'")
         return self._ALLOWED[canonical, name]
 
 
-def _load_cifar(files: list[Path], spec: str) -> np.ndarray:
+def _load_cifar(files: list[Path]) -> np.ndarray:
     """CIFAR-10 python batches: dict with b'data' N x 3072 uint8, rows are R, G, B planes of 32x32."""
     arrays = []
     for path in files:
-        label = f"data file '{display_path(spec if len(files) == 1 else path)}'"
+        label = f"data file '{display_path(path)}'"
         with open_regular(path, label) as f:
             _check_memory(os.fstat(f.fileno()).st_size, label)
             try:
                 raw = f.read()
                 _check_opcodes(raw)
                 batch = _SafeUnpickler(io.BytesIO(raw), encoding="bytes").load()
-            except _RefusedGlobal as err:
+            except _Refused as err:
                 raise UserError(
-                    f"{label}: refused, the pickle calls '{display_path(str(err))[:80]}' "
-                    "(a CIFAR-10 batch holds only numpy arrays)"
+                    f"{label}: refused, {display_path(str(err))[:120]} (a CIFAR-10 batch holds only numpy arrays)"
                 ) from None
             except Exception as err:
                 raise UserError(
