@@ -127,17 +127,17 @@ def remove_stale_temporaries(directory: str | Path) -> list[Path]:
     """
     removed = []
     for parent, _, names in os.walk(directory):
-        for name in names:
-            p = Path(parent) / name
-            if _TEMPORARY.match(name) and stat.S_ISREG(os.lstat(p).st_mode):
-                try:
-                    p.unlink()
-                except FileNotFoundError:
+        for p in (Path(parent) / name for name in names if _TEMPORARY.match(name)):
+            try:
+                if not stat.S_ISREG(os.lstat(p).st_mode):
                     continue
-                except OSError as err:
-                    raise UserError(f"cannot remove stale temporary file '{display_path(p)}': "
-                                    f"{error_reason(err)}") from None
-                removed.append(p)
+                p.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                reason = error_reason(err)
+                raise UserError(f"cannot remove stale temporary file '{display_path(p)}': {reason}") from None
+            removed.append(p)
     return sorted(removed)
 
 
@@ -284,11 +284,13 @@ def _check_archive(f: BinaryIO, size: int, label: str) -> None:
 
 def _load_reason(err: BaseException) -> str:
     """The useful line of a torch.load failure (its weights_only refusal is three paragraphs)."""
-    found = re.search(r"GLOBAL (\S+)", str(err))
+    found = re.search(r"GLOBAL (.+?)(?: was not| whose module|$)", str(err), re.MULTILINE)
     if found:
-        return f"refused, it would call '{found.group(1)}' on load (a checkpoint holds only tensors and numbers)"
-    lines = [s.strip() for s in str(err).splitlines() if s.strip()]
-    useful = [s for s in lines if not s.startswith(("Weights only load failed", "Check the documentation"))]
+        name = display_path(found.group(1))[:80]
+        return f"refused, it would call '{name}' on load (a checkpoint holds only tensors and numbers)"
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in str(err).splitlines()]
+    useful = [line for line in lines if line and not line.startswith(boilerplate)]
     return f"truncated or corrupt ({error_reason(Exception(useful[0] if useful else type(err).__name__))})"
 
 
