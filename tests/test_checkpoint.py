@@ -172,6 +172,12 @@ def test_read_json_refuses_bad_files_in_one_line(tmp_path, content, expected):
     assert "\n" not in str(info.value)
 
 
+def test_nul_byte_in_a_path_is_a_user_error(tmp_path):
+    for read in (lambda p: read_json(p, "config.json"), load_checkpoint, lambda p: read_jsonl(p, "metrics log")):
+        with pytest.raises(UserError, match="holds a NUL byte"):
+            read(f"{tmp_path}/a\x00b")
+
+
 @pytest.mark.timeout(20)
 def test_read_json_refuses_fifo_and_directory(tmp_path):
     os.mkfifo(tmp_path / "summary.json")

@@ -31,7 +31,11 @@ from scorefast.datafiles import MAX_ABS_VALUE
 from scorefast.errors import UserError
 
 EXAMPLES = int(os.environ.get("SCOREFAST_FUZZ_EXAMPLES", "150"))
-pytestmark = pytest.mark.timeout(180 * max(1, EXAMPLES // 150))  # a hang fails the test instead of stalling CI
+pytestmark = [
+    pytest.mark.timeout(180 * max(1, EXAMPLES // 150)),  # a hang fails the test instead of stalling CI
+    pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning"),  # torch, on mutated pickles
+    pytest.mark.filterwarnings("ignore:Reading `.npy` or `.npz` file required additional header parsing"),
+]
 
 FUZZ = settings(
     max_examples=EXAMPLES,

@@ -67,6 +67,8 @@ def open_regular(path: str | os.PathLike, label: str) -> BinaryIO:
         if err.errno == errno.ELOOP:
             raise UserError(f"{label}: is a symbolic link loop") from None
         raise UserError(f"{label}: cannot be read ({error_reason(err)})") from None
+    except ValueError:
+        raise UserError(f"{label}: is not a usable path (it holds a NUL byte)") from None
     if not stat.S_ISREG(mode):
         raise UserError(f"{label}: is {_kind_of(mode)}, not a regular file")
     try:
