@@ -277,6 +277,7 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
     run = RunDir(cfg.log.out)
     if resume:
         cfg = run.resume(cfg)
+        run.tidy()
     else:
         run.check_new()
     threads = torch.get_num_threads()
@@ -336,8 +337,7 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     np.save(run.path / "samples.npy", samples.numpy())
     plot_samples(samples.numpy(), run.path / "samples.png", title=f"{cfg.data.spec}: {cfg.target.name}, T={cfg.sde.T}",
                  reference=ctx.test.x.numpy() if ctx.train.kind == "points" else None)
-    if (run.path / "metrics.jsonl").exists():
-        plot_metrics(run.path / "metrics.jsonl", run.path / "metrics.png")
+    plot_metrics(run.metrics(), run.path / "metrics.png")
     run.write_summary(summary)
     return summary
 
