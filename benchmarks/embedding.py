@@ -251,7 +251,7 @@ def train_direct(cfg: Config, x: torch.Tensor, reuse: bool) -> tuple[bool, str |
     run.write_config(cfg)
     sde = cfg.sde.build()
     ds = Dataset(x.contiguous(), cfg.data.spec, "image", None)
-    ctx = RunContext(cfg, run, sde, cfg.partition.edges(sde), ds, ds, resolve_device(cfg.launch.device))
+    ctx = RunContext(cfg, run, sde, cfg.edges(sde), ds, ds, resolve_device(cfg.launch.device))
 
     def go():
         if cfg.launch.threads:

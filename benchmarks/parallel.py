@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
                              "summary": {k: summary[k] for k in ("steps", "train_seconds", "max_network_seconds",
                                                                   "elapsed_seconds", "networks")}})
             sde = Config(sde=args.sde, eps=args.eps).sde.build()
-            grid_edges = union_edges([Config.from_dict(r["config"]).partition.edges(sde) for r in runs])
+            grid_edges = union_edges([Config.from_dict(r["config"]).edges(sde) for r in runs])
             say(f"  evaluator: {ds.eval_n} held-out examples per seed, RK4 {args.nll_steps} steps on one grid over "
                 f"the {len(grid_edges) - 1} pieces of edges {[round(e, 5) for e in grid_edges]}, "
                 f"{'exact divergence' if ds.hutchinson == 0 else f'Hutchinson {ds.hutchinson}'}, "

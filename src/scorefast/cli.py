@@ -15,17 +15,20 @@ from pathlib import Path
 
 from .errors import UserError, run_command
 
-GROUP_TITLES = {"data": "data", "sde": "forward SDE", "net": "network", "objective": "objective",
+GROUP_TITLES = {"recipe": "recipe", "data": "data", "sde": "forward SDE", "net": "network",
                 "optim": "optimisation", "budget": "budget", "log": "run directory and evaluation",
                 "launch": "launch", "target": "training target (--method)", "prior": "prior at T (--prior)",
-                "partition": "partition of time (parallel score matching)"}
+                "partition": "partition of time (parallel score matching)",
+                "time_sampler": "training times (--time-sampler)", "weighting": "loss weighting (--weighting)",
+                "ema_profile": "weight average (--ema-profile)",
+                "lr_schedule": "learning-rate schedule (--lr-schedule)"}
 
 
 def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per configuration field, grouped by section; values are parsed by the configuration."""
     import dataclasses
 
-    from .training.config import FLAGS, SELECTOR_HELP, SELECTORS
+    from .training.config import FLAGS, SELECTOR_HELP, SELECTORS, SLOTS
     groups: dict[str, argparse._ArgumentGroup] = {}
 
     def group(section: str) -> argparse._ArgumentGroup:
@@ -43,9 +46,10 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         default = spec.owners[0][1].default
         hidden = default is None or default is dataclasses.MISSING or spec.owners[0][1].metadata.get("selects")
         shown = "" if hidden else f" (default: {default})"
-        owners = "" if spec.section not in ("target", "prior") else \
+        owners = "" if spec.section not in SLOTS or spec.section == "partition" else \
             f" [{', '.join(cls.name for cls, _ in spec.owners)}]"
-        kw = {"action": "store_true"} if spec.kind is bool else {"metavar": flag.upper().replace("_", "-")}
+        kw = {"nargs": "?", "const": "true", "metavar": "BOOL"} if spec.kind is bool else \
+            {"metavar": flag.upper().replace("_", "-")}
         group(spec.section).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
                                          help=f"{spec.help}{shown}{owners}", **kw)
 

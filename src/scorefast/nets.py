@@ -237,7 +237,36 @@ class DataParam(Parameterisation):
         return (x - a * self.net(x, t)) / s
 
 
-PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam)}
+class EDMParam(Parameterisation):
+    """EDM's preconditioning (Karras et al. 2022) around a raw network F, in the VE variable y = x / alpha_t
+    with noise level s = sigma_t / alpha_t (every SDE here is such a process in y):
+
+        D(y, s) = c_skip y + c_out F(c_in y, c_noise),  c_skip = sd^2 / (s^2 + sd^2),
+        c_out = s sd / sqrt(s^2 + sd^2),  c_in = 1 / sqrt(s^2 + sd^2),  c_noise = ln(s) / 4,
+
+    sd = sigma_data (a buffer, so a checkpoint carries it). Then eps = (y - D) / s
+    = s y / (s^2 + sd^2) - sd / sqrt(s^2 + sd^2) F, written without dividing by s."""
+
+    kind = "edm"
+
+    def __init__(self, net: nn.Module, sde: SDE, sigma_data: float = 0.5):
+        super().__init__(net, sde)
+        if not sigma_data > 0:
+            raise UserError(f"sigma_data must be > 0, got {sigma_data}")
+        self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
+
+    def eps(self, x, t):
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        a = append_dims(self.sde.alpha(t), x.ndim)
+        s = append_dims(self.sde.sigma(t), x.ndim) / a
+        sd = self.sigma_data.to(x.dtype)
+        norm = (s * s + sd * sd).sqrt()
+        y = x / a
+        raw = self.net(y / norm, (self.sde.sigma(t) / self.sde.alpha(t)).log() / 4)
+        return s * y / norm**2 - sd / norm * raw
+
+
+PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam, EDMParam)}
 
 
 # U-Net options of make_net and their defaults (the small network of the README's benchmarks);
@@ -300,8 +329,11 @@ def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = Non
                 dropout=opts["dropout"], heads=opts["heads"])
 
 
-def make_model(sde: SDE, shape: tuple[int, ...], param: str = "eps", **net_kwargs) -> Parameterisation:
-    """A network for data of ``shape`` wrapped in the named parameterisation (eps, score, data)."""
+def make_model(sde: SDE, shape: tuple[int, ...], param: str = "eps", sigma_data: float = 0.5,
+               **net_kwargs) -> Parameterisation:
+    """A network for data of ``shape`` wrapped in the named parameterisation (eps, score, data, edm;
+    ``sigma_data`` is edm's)."""
     if param not in PARAMETERISATIONS:
         raise UserError(f"unknown parameterisation '{param}'; choose one of {sorted(PARAMETERISATIONS)}")
-    return PARAMETERISATIONS[param](make_net(shape, **net_kwargs), sde)
+    net = make_net(shape, **net_kwargs)
+    return EDMParam(net, sde, sigma_data) if param == "edm" else PARAMETERISATIONS[param](net, sde)

@@ -143,7 +143,7 @@ class RunDir:
     def load_model(self, cfg: Config, sde: SDE, shape, step: int | None = None) -> torch.nn.Module:
         """The EMA model: one network, or the networks assembled by the run's partition; with ``step``,
         the EMA weights of the snapshots taken at that step."""
-        edges = cfg.partition.edges(sde)
+        edges = cfg.edges(sde)
         nets = []
         for k in range(len(edges) - 1):
             path = self.checkpoint(k) if step is None else self.snapshot(k, step)
@@ -166,10 +166,12 @@ class RunDir:
         return prior.eval()
 
 
-def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True) -> torch.nn.Module:
-    """A fresh network of the run's architecture, wrapped in its parameterisation."""
+def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True, sigma_data: float = 0.5) -> torch.nn.Module:
+    """A fresh network of the run's architecture, wrapped in its parameterisation (``sigma_data`` is EDM's; a
+    trained model's comes from its checkpoint)."""
     from .nets import make_model
-    return make_model(sde, tuple(shape), cfg.net.param, time_conditioned=time_conditioned, **cfg.net.options())
+    return make_model(sde, tuple(shape), cfg.net.param, sigma_data=sigma_data, time_conditioned=time_conditioned,
+                      **cfg.net.options())
 
 
 def resolve_device(name: str) -> torch.device:

@@ -186,6 +186,14 @@ class PiecewiseTimes(TimeSampler):
             self.set_weights(state["weights"])
 
 
+def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
+    """Piecewise-linear interpolation of (xp, fp) at x (xp increasing), constant beyond the ends."""
+    import torch
+    k = torch.searchsorted(xp, x, right=True).clamp(1, len(xp) - 1)
+    frac = ((x - xp[k - 1]) / (xp[k] - xp[k - 1])).clamp(0, 1)
+    return fp[k - 1] + frac * (fp[k] - fp[k - 1])
+
+
 def log_snr(sde: SDE, t: Tensor) -> Tensor:
     """lambda(t) = log(alpha_t^2 / sigma_t^2), decreasing in t for every SDE here."""
     return 2 * (sde.alpha(t).log() - sde.sigma(t).log())
@@ -304,12 +312,127 @@ class Bins(TimePlugin):
     def cdf(self, sde, t):
         import torch
         edges, weights = self.density_bins(float(t[0]), float(t[-1]))
-        e = torch.tensor(edges, dtype=t.dtype)
         cum = torch.cat([t.new_zeros(1), torch.tensor(weights, dtype=t.dtype).cumsum(0)])
-        k = torch.searchsorted(e, t, right=True).clamp(1, len(e) - 1)
-        frac = ((t - e[k - 1]) / (e[k] - e[k - 1])).clamp(0, 1)
-        return cum[k - 1] + frac * (cum[k] - cum[k - 1])
+        return interp(t, torch.tensor(edges, dtype=t.dtype), cum)
 
 
-__all__ = ["FixedTime", "PiecewiseTimes", "TIME_SAMPLERS", "TabulatedTimes", "TimePlugin", "TimeSampler",
-           "UniformTimes", "log_grid", "log_snr"]
+class AdaptiveTimes(PiecewiseTimes):
+    """Bins of equal width in log-SNR whose shares follow where a held-out bound still falls fastest.
+
+    ``update(bound)`` takes the held-out bound per bin for the current model (the ELBO's score term
+    restricted to the bin: W_k x the mean epsilon-MSE on a fixed probe set, W_k = int_bin g^2 / sigma^2 dt),
+    compares it with the previous one, and divides the decrease by the draws the bin received since:
+    the gain per draw, smoothed over updates (factor ``smoothing``). The shares become proportional to the
+    positive smoothed gains, mixed with ``floor`` of shares uniform in log-SNR (so no bin starves and
+    the estimate stays alive everywhere). Until the first measured decrease the shares are the uniform
+    log-SNR ones. This tracks what the allocation is for - lowering the held-out bound - rather than the
+    loss itself, which is largest where it is irreducible.
+    """
+
+    def __init__(self, sde: SDE, t_min: float, t_max: float, bins: int = 16, floor: float = 0.2,
+                 smoothing: float = 0.5, stratified: bool = False):
+        import torch
+        lam = log_snr(sde, torch.tensor([t_min, t_max], dtype=torch.float64))
+        levels = torch.linspace(float(lam[0]), float(lam[1]), bins + 1, dtype=torch.float64)
+        grid = log_grid(t_min, t_max)
+        edges = interp(-levels, -log_snr(sde, grid), grid)  # -log-SNR increases with t
+        edges[0], edges[-1] = t_min, t_max
+        self.floor, self.smoothing = float(floor), float(smoothing)
+        self.base = torch.full((bins,), 1.0 / bins, dtype=torch.float64)
+        super().__init__(edges, self.base, stratified)
+        self.counts = torch.zeros(bins, dtype=torch.float64)
+        self.previous: Tensor | None = None
+        self.gain = torch.zeros(bins, dtype=torch.float64)
+
+    def __call__(self, n, device=None, dtype=None):
+        import torch
+        t = super().__call__(n, device, dtype)
+        self.counts += torch.bincount(self.bin_of(t).cpu(), minlength=len(self.counts)).double()
+        return t
+
+    def bound(self, model, sde: SDE, probe: Tensor, seed: int = 0) -> Tensor:
+        """The held-out bound per bin: W_k x mean over the probe examples of ||eps_theta(x_t, t) - z||^2, each
+        example at one time per bin (stratified inside the bin) with noise fixed by ``seed`` (a paired
+        measurement: between two calls only the model changes)."""
+        import torch
+        edges = self.edges.to(probe.device)
+        k, n = len(edges) - 1, probe.shape[0]
+        g = torch.Generator(device=probe.device).manual_seed(seed)
+        z = torch.randn((k, *probe.shape), generator=g, device=probe.device, dtype=probe.dtype)
+        frac = (torch.arange(n, device=probe.device, dtype=torch.float64) + 0.5) / n
+        out = torch.empty(k, dtype=torch.float64)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for b in range(k):
+                t = (edges[b] + frac * (edges[b + 1] - edges[b])).to(probe.dtype)
+                xt = sde.perturb(probe, t, z[b])
+                out[b] = (model.eps(xt, t) - z[b]).pow(2).flatten(1).mean(1).double().mean()
+        model.train(was_training)
+        return out * self.bin_weights(sde)
+
+    def bin_weights(self, sde: SDE) -> Tensor:
+        """W_k = int over bin k of g^2 / sigma^2 dt (trapezoid on a fine log grid)."""
+        import torch
+        out = torch.empty(len(self.edges) - 1, dtype=torch.float64)
+        for b, (lo, hi) in enumerate(zip(self.edges[:-1].tolist(), self.edges[1:].tolist())):
+            t = log_grid(lo, hi, 257)
+            density = sde.g2(t) / sde.sigma(t) ** 2
+            out[b] = ((t[1:] - t[:-1]) * 0.5 * (density[1:] + density[:-1])).sum()
+        return out
+
+    def update(self, bound: Tensor) -> None:
+        """Move the shares after measuring ``bound`` (K,) on the probe set; the draw counts restart."""
+        import torch
+        bound = bound.detach().double().cpu()
+        if self.previous is not None:
+            gain = (self.previous - bound) / self.counts.clamp_min(1.0)
+            self.gain = self.smoothing * self.gain + (1 - self.smoothing) * gain
+            positive = self.gain.clamp_min(0)
+            if positive.sum() > 0:
+                self.set_weights((1 - self.floor) * positive / positive.sum() + self.floor * self.base)
+        self.previous = bound
+        self.counts = torch.zeros_like(self.counts)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone(), "counts": self.counts.clone(), "gain": self.gain.clone(),
+                "previous": None if self.previous is None else self.previous.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "gain" not in state:
+            return
+        self.set_weights(state["weights"])
+        self.counts, self.gain = state["counts"].clone(), state["gain"].clone()
+        self.previous = None if state["previous"] is None else state["previous"].clone()
+
+
+@TIME_SAMPLERS.register("adaptive")
+@dataclass
+class Adaptive(TimePlugin):
+    """Bins in log-SNR with shares that follow the measured decrease of a held-out bound (``AdaptiveTimes``)."""
+
+    adapt_bins: int = option(16, "adaptive time sampler: bins of equal width in log-SNR")
+    adapt_every: int = option(100, "adaptive time sampler: steps between measurements of the held-out bound")
+    adapt_floor: float = option(0.2, "adaptive time sampler: share of the draws kept uniform in log-SNR")
+    adapt_probe: int = option(256, "adaptive time sampler: held-out examples of the probe set (kept out of "
+                              "training)")
+
+    def validate(self):
+        if self.adapt_bins < 2:
+            raise UserError(f"--adapt-bins must be >= 2, got {self.adapt_bins}")
+        if self.adapt_every < 1:
+            raise UserError(f"--adapt-every must be >= 1, got {self.adapt_every}")
+        if not 0 < self.adapt_floor <= 1:
+            raise UserError(f"--adapt-floor must be in (0, 1], got {self.adapt_floor}")
+        if self.adapt_probe < 1:
+            raise UserError(f"--adapt-probe must be >= 1, got {self.adapt_probe}")
+
+    def bind(self, sde, t_min, t_max):
+        return AdaptiveTimes(sde, t_min, t_max, self.adapt_bins, self.adapt_floor, stratified=self.stratified)
+
+    def cdf(self, sde, t):
+        return -log_snr(sde, t)  # before any measurement: uniform in log-SNR
+
+
+__all__ = ["AdaptiveTimes", "FixedTime", "PiecewiseTimes", "TIME_SAMPLERS", "TabulatedTimes", "TimePlugin",
+           "TimeSampler", "UniformTimes", "interp", "log_grid", "log_snr"]

@@ -42,7 +42,9 @@ class Partition(Plugin):
     time_conditioned: ClassVar[bool] = True
     warm_start: int = 0
 
-    def edges(self, sde: SDE) -> list[float]:
+    def edges(self, sde: SDE, times=None) -> list[float]:
+        """The interval edges on [eps, T]; ``times`` is the run's time sampler on [eps, T] (for edges that
+        follow the time allocation)."""
         raise NotImplementedError
 
     def jobs(self, edges: list[float]) -> list[Job]:
@@ -77,7 +79,7 @@ class Single(Partition):
 
     piecewise: ClassVar[bool] = False
 
-    def edges(self, sde):
+    def edges(self, sde, times=None):
         return [sde.eps, sde.T]
 
     def assemble(self, nets, edges):
@@ -90,18 +92,24 @@ class Intervals(WarmStartOption, Partition):
     """K networks on K intervals of [eps, T], split by the spacing rule."""
 
     intervals: int = option(2, "parallel score matching: number of time intervals, one network each", selects=True)
-    partition: str = option("logsnr", "how --intervals splits [eps, T]: logsnr (equal in log-SNR) or equal (equal "
-                            "in t)")
+    partition: str = option("allocation", "how --intervals splits [eps, T]: allocation (each network an equal share of "
+                            "the time sampler's draws), logsnr (equal in log-SNR) or equal (equal in t)")
 
     def validate(self):
         super().validate()
+        if self.partition not in ("allocation", "logsnr", "equal"):
+            raise UserError(f"unknown --partition '{self.partition}'; choose one of allocation, logsnr, equal")
         if self.intervals < 2:
             raise UserError(f"--intervals must be >= 2 for interval networks, got {self.intervals} (omit it for one "
                             "network)")
 
-    def edges(self, sde):
-        from .piecewise import partition
-        return partition(self.partition, self.intervals, sde.eps, sde.T, sde)
+    def edges(self, sde, times=None):
+        from .piecewise import check_partition, partition
+        if self.partition != "allocation":
+            return partition(self.partition, self.intervals, sde.eps, sde.T, sde)
+        import torch
+        inner = times.quantile(torch.arange(1, self.intervals, dtype=torch.float64) / self.intervals)
+        return check_partition([sde.eps, *inner.tolist(), sde.T])
 
 
 @PARTITIONS.register("edges")
@@ -112,7 +120,7 @@ class Edges(WarmStartOption, Partition):
     edges_text: str = option("0,0.1,1", "explicit interval edges, e.g. 0,0.02,0.1,0.3,1 (0 stands for eps)",
                              flag="edges", selects=True)
 
-    def edges(self, sde):
+    def edges(self, sde, times=None):
         from .piecewise import parse_edges
         return parse_edges(self.edges_text, sde.eps, sde.T)
 
@@ -130,7 +138,7 @@ class PerTimePoint(Partition):
         if self.per_time_point < 1:
             raise UserError(f"--per-time-point must be >= 1, got {self.per_time_point}")
 
-    def edges(self, sde):
+    def edges(self, sde, times=None):
         from .piecewise import partition
         return partition("equal", self.per_time_point, sde.eps, sde.T, sde)
 

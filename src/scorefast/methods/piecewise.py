@@ -75,7 +75,7 @@ def partition(kind: str, K: int, t_min: float, t_max: float, sde: SDE | None = N
     the K - 1 inner edges, in float64).
     """
     if kind not in SPACINGS:
-        raise UserError(f"unknown --partition '{kind}'; choose one of {', '.join(SPACINGS)}")
+        raise UserError(f"unknown --partition '{kind}'; choose one of allocation, {', '.join(SPACINGS)}")
     try:
         K = operator.index(K)
     except TypeError:

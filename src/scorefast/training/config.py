@@ -26,6 +26,10 @@ from ..methods.partitions import PARTITIONS, select_partition
 from ..methods.priors import PRIORS
 from ..methods.targets import TARGETS
 from ..registry import Registry, coerce, field_type, flag_of, option, options_of
+from ..time_sampling import TIME_SAMPLERS
+from ..weightings import WEIGHTINGS
+from .recipes import DEFAULT_RECIPE, RECIPES
+from .schedules import EMA_PROFILES, LR_SCHEDULES
 
 
 @dataclass
@@ -35,11 +39,15 @@ class DataSection:
                        "idx, CIFAR-10 batch)", flag="data")
     n: int | None = option(None, "use only the first N examples of the data set (generated sets: how many to draw)",
                            flag="n_data")
+    sigma_data: float | None = option(None, "standard deviation of the data for EDM's preconditioning and weighting "
+                                      "(default: measured on the training data)")
 
     def validate(self) -> None:
         if not self.spec:
             raise UserError("--data must name a data set or a path")
         _at_least(self, "n", 1)
+        if self.sigma_data is not None and not self.sigma_data > 0:
+            raise UserError(f"--sigma-data must be > 0, got {self.sigma_data}")
 
 
 @dataclass
@@ -65,7 +73,7 @@ class SDESection:
 
 @dataclass
 class NetSection:
-    param: str = option("eps", "network output: eps (noise), score, or data (x0)")
+    param: str = option("eps", "network output: eps (noise), score, data (x0), or edm (EDM's preconditioned denoiser)")
     arch: str = option("auto", "network: mlp, unet, or auto (a U-Net for images, an MLP otherwise)",
                        choices=("auto", "mlp", "unet"))
     width: int | None = option(None, "hidden width of the MLP / base channels of the U-Net (default 128 / 32, or "
@@ -96,23 +104,11 @@ class NetSection:
 
 
 @dataclass
-class ObjectiveSection:
-    weighting: str = option("epsilon", "loss weighting: epsilon (w=1), likelihood (w=g^2/sigma^2), inv_g2 "
-                            "(w=1/(2g^2))")
-
-    def validate(self) -> None:
-        from ..losses import WEIGHTINGS
-        _choice(self, "weighting", WEIGHTINGS)
-
-
-@dataclass
 class OptimSection:
     batch_size: int = option(512, "examples per optimiser step (split across the data-parallel workers of a "
                              "network)", locked=False)
     lr: float = option(1e-3, "Adam learning rate", locked=False)
     warmup: int = option(0, "linear learning-rate warm-up steps (0: none)", locked=False)
-    ema: float = option(0.999, "EMA decay of the weights used for sampling (with the usual (1+n)/(10+n) warm-up)",
-                        locked=False)
     grad_clip: float = option(1.0, "clip the gradient norm to this value (0: no clipping)", locked=False)
     seed: int = option(0, "random seed (runs are deterministic on CPU for a given seed)", locked=False)
 
@@ -121,8 +117,6 @@ class OptimSection:
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
         _at_least(self, "warmup", 0)
-        if not 0 <= self.ema < 1:
-            raise UserError(f"--ema must be in [0, 1), got {self.ema}")
         if not self.grad_clip >= 0:
             raise UserError(f"--grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
 
@@ -197,6 +191,9 @@ class LaunchSection:
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", locked=False)
     worker_timeout: float = option(300.0, "with --workers: seconds a worker may send no heartbeat (hung, stopped) "
                                    "before the job is stopped", locked=False)
+    precision: str = option("fp32", "arithmetic of the training step: fp32, or bf16 (autocast)", locked=False,
+                            choices=("fp32", "bf16"))
+    compile: bool = option(False, "compile the training step with torch.compile", locked=False)
 
     def validate(self) -> None:
         _at_least(self, "workers", 1)
@@ -204,13 +201,29 @@ class LaunchSection:
         _at_least(self, "threads", 1)
         if not self.worker_timeout > 0:
             raise UserError(f"--worker-timeout must be > 0 seconds, got {self.worker_timeout}")
+        _choice(self, "precision", ("fp32", "bf16"))
+        if self.compile:
+            from ..training.systems import check_compile
+            check_compile()
 
 
-SECTIONS: dict[str, type] = {"data": DataSection, "sde": SDESection, "net": NetSection,
-                             "objective": ObjectiveSection, "optim": OptimSection, "budget": BudgetSection,
-                             "log": LogSection, "launch": LaunchSection}
-SLOTS: dict[str, Registry] = {"target": TARGETS, "prior": PRIORS, "partition": PARTITIONS}
-DEFAULT_PLUGIN = {"target": "dsm", "prior": "standard", "partition": "single"}
+@dataclass
+class RecipeSection:
+    name: str = option(DEFAULT_RECIPE, "training recipe: the defaults of the flags below, each overridden by a flag "
+                       "given; plain is scorefast 0.1's (uniform t, epsilon weighting, fixed EMA, constant rate)",
+                       flag="recipe")
+
+    def validate(self) -> None:
+        _choice(self, "name", RECIPES)
+
+
+SECTIONS: dict[str, type] = {"recipe": RecipeSection, "data": DataSection, "sde": SDESection, "net": NetSection,
+                             "optim": OptimSection, "budget": BudgetSection, "log": LogSection, "launch": LaunchSection}
+SLOTS: dict[str, Registry] = {"target": TARGETS, "prior": PRIORS, "partition": PARTITIONS,
+                              "time_sampler": TIME_SAMPLERS, "weighting": WEIGHTINGS, "ema_profile": EMA_PROFILES,
+                              "lr_schedule": LR_SCHEDULES}
+DEFAULT_PLUGIN = {"target": "dsm", "prior": "standard", "partition": "single", "time_sampler": "uniform",
+                  "weighting": "epsilon", "ema_profile": "fixed", "lr_schedule": "constant"}
 
 
 def _at_least(section: Any, name: str, lowest: int) -> None:
@@ -267,26 +280,47 @@ def _flag_table() -> dict[str, Flag]:
 FLAGS: dict[str, Flag] = _flag_table()
 SELECTORS: dict[str, str] = {reg.flag: slot for slot, reg in SLOTS.items() if reg.flag}
 SELECTOR_HELP = {"method": f"training target: one of {', '.join(TARGETS.names())}",
-                 "prior": f"prior at T: one of {', '.join(PRIORS.names())} (standard = N(0, I))"}
+                 "prior": f"prior at T: one of {', '.join(PRIORS.names())} (standard = N(0, I))",
+                 "time_sampler": f"where the training times are drawn: one of {', '.join(TIME_SAMPLERS.names())}",
+                 "weighting": f"loss weighting: one of {', '.join(WEIGHTINGS.names())}",
+                 "ema_profile": f"the weight average's decay over training: one of {', '.join(EMA_PROFILES.names())}",
+                 "lr_schedule": f"learning rate over training: one of {', '.join(LR_SCHEDULES.names())}"}
+
+
+def _coerced(flags: dict, where: str) -> dict:
+    unknown = sorted(set(flags) - set(FLAGS) - set(SELECTORS))
+    if unknown:
+        raise UserError(f"{where}: unknown configuration key(s): {', '.join(unknown)}")
+    return {k: v if k in SELECTORS else coerce(*FLAGS[k].owners[0], v, where) for k, v in flags.items()
+            if v is not None}
 
 
 class Config:
-    """A run's configuration: sections ``data, sde, net, objective, optim, budget, log, launch`` and the
-    plug-ins ``target, prior, partition``. Built from flag keywords; ``given`` records which were set."""
+    """A run's configuration: the sections (``SECTIONS``) and one plug-in per slot (``SLOTS``).
+
+    Built from flag keywords over the defaults of the recipe (``--recipe``, see ``recipes``); a flag
+    given wins over the recipe's, and a recipe option of a plug-in the flags replace is dropped.
+    ``given`` records which flags were set explicitly."""
 
     def __init__(self, **flags: Any):
-        unknown = sorted(set(flags) - set(FLAGS) - set(SELECTORS))
-        if unknown:
-            raise UserError(f"unknown configuration key(s): {', '.join(unknown)}")
-        flags = {k: v if k in SELECTORS else coerce(*FLAGS[k].owners[0], v, "configuration")
-                 for k, v in flags.items() if v is not None}
-        self.given: frozenset[str] = frozenset(flags)
-        for name, cls in SECTIONS.items():
+        given = _coerced(flags, "configuration")
+        self.given: frozenset[str] = frozenset(given)
+        name = given.get("recipe", DEFAULT_RECIPE)
+        if name not in RECIPES:
+            raise UserError(f"unknown --recipe '{name}'; choose one of {', '.join(RECIPES)}")
+        defaults = _coerced(RECIPES[name].flags, f"recipe '{name}'")
+        chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
+                  for slot, reg in SLOTS.items() if reg.flag}
+        chosen["partition"] = select_partition(given)
+        for flag in list(defaults):  # a recipe's option of a plug-in that is not selected does not apply
+            spec = FLAGS.get(flag)
+            if spec is not None and spec.section in SLOTS and \
+                    all(owner.name != chosen[spec.section] for owner, _ in spec.owners):
+                del defaults[flag]
+        flags = {**defaults, **given}
+        for section, cls in SECTIONS.items():
             fields = dataclasses.fields(cls)
-            setattr(self, name, cls(**{f.name: flags[flag_of(f)] for f in fields if flag_of(f) in flags}))
-        chosen = {"target": flags.get("method", DEFAULT_PLUGIN["target"]),
-                  "prior": flags.get("prior", DEFAULT_PLUGIN["prior"]),
-                  "partition": select_partition(flags)}
+            setattr(self, section, cls(**{f.name: flags[flag_of(f)] for f in fields if flag_of(f) in flags}))
         if chosen["partition"] == "single":
             flags.pop("intervals", None)  # --intervals 1 is one network
         for slot, registry in SLOTS.items():
@@ -357,6 +391,10 @@ class Config:
         new = Config(**{**self.flags(), **flags})
         new.given = self.given | {k for k, v in flags.items() if v is not None}
         return new
+
+    def edges(self, sde) -> list[float]:
+        """The partition's interval edges for this run's SDE and time sampler."""
+        return self.partition.edges(sde, self.time_sampler.bind(sde, sde.eps, sde.T))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Config) and self.to_dict() == other.to_dict()

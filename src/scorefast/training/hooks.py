@@ -59,6 +59,30 @@ class Snapshots(Hook):
                                                         "wall": state.wall, "time": time.time()})
 
 
+class AdaptTimes(Hook):
+    """Every ``every`` steps, measures the held-out bound per bin (``measure()``) and moves an adaptive time
+    sampler's shares; under DDP ``total`` sums the draw counts over the group, so that every rank moves the
+    same way. Its time counts in the run's wall-clock: it is part of training."""
+
+    def __init__(self, sampler, measure: Callable[[], object], every: int, total: Callable | None = None):
+        self.sampler, self.measure, self.every, self.total = sampler, measure, every, total
+
+    def adapt(self, state: TrainState) -> None:
+        began = time.perf_counter()
+        if self.total is not None:
+            self.sampler.counts = self.total(self.sampler.counts)
+        self.sampler.update(self.measure())
+        state.wall += time.perf_counter() - began
+
+    def start(self, state):
+        if self.sampler.previous is None:
+            self.adapt(state)
+
+    def step(self, state, row):
+        if state.step % self.every == 0 and not state.final:
+            self.adapt(state)
+
+
 class PeriodicMetric(Hook):
     """Every ``every`` steps and after the last: ``evaluate()`` -> {'metric', 'metric_name'} or None (not
     ready, e.g. while a prior is still being fitted)."""
@@ -130,4 +154,4 @@ class Progress(Hook):
         self.bar.close()
 
 
-__all__ = ["Checkpointer", "MetricsLog", "PeriodicMetric", "Progress", "Snapshots", "TensorBoard"]
+__all__ = ["AdaptTimes", "Checkpointer", "MetricsLog", "PeriodicMetric", "Progress", "Snapshots", "TensorBoard"]

@@ -1,9 +1,9 @@
 """The optimiser step and the weight average, as small objects that checkpoint themselves.
 
 :class:`Optimiser` owns what happens to a loss: zero the gradients, back-propagate, clip the gradient
-norm, set the learning rate of this step (linear warm-up), step. :class:`EMA` is the exponential moving
-average of the weights that every evaluation and sample uses, with the usual (1 + n) / (10 + n) warm-up
-so that it is useful from the first steps.
+norm, set the learning rate of this step (warm-up and schedule), step. :class:`EMA` is the moving
+average of the weights that every evaluation and sample uses, with the decay profile of
+``schedules`` (by default the usual (1 + n) / (10 + n) warm-up, so that it is useful from the first steps).
 """
 
 from __future__ import annotations
@@ -13,20 +13,21 @@ import copy
 import torch
 from torch import nn
 
+from .schedules import Constant, EMAProfile, FixedEMA, LRSchedule, learning_rate
+
 
 class Optimiser:
-    """Adam with a linear learning-rate warm-up over ``warmup`` steps and gradient-norm clipping
-    (``grad_clip`` 0: none)."""
+    """Adam with a linear learning-rate warm-up over ``warmup`` steps, then ``schedule`` (a
+    ``schedules.LRSchedule``; constant by default, ``total`` steps for the cosine), and gradient-norm
+    clipping (``grad_clip`` 0: none)."""
 
-    def __init__(self, params, lr: float, warmup: int = 0, grad_clip: float = 0.0):
+    def __init__(self, params, lr: float, warmup: int = 0, grad_clip: float = 0.0, schedule: LRSchedule | None = None,
+                 total: int | None = None):
         self.params = list(params)
         self.opt = torch.optim.Adam(self.params, lr=lr)
-        self.lr, self.warmup, self.grad_clip = float(lr), int(warmup), float(grad_clip)
+        self.rate = learning_rate(float(lr), int(warmup), schedule or Constant(), total)
+        self.grad_clip = float(grad_clip)
         self.steps = 0
-
-    def rate(self, step: int) -> float:
-        """The learning rate of optimiser step ``step`` (counted from 1)."""
-        return self.lr * min(1.0, step / self.warmup) if self.warmup else self.lr
 
     def step(self, loss: torch.Tensor) -> None:
         self.steps += 1
@@ -47,15 +48,16 @@ class Optimiser:
 
 
 class EMA:
-    """An exponential moving average of a model's weights: decay min(decay, (1 + n) / (10 + n)) at step n."""
+    """An exponential moving average of a model's weights, with the decay of ``profile`` at each step (a
+    ``schedules.EMAProfile``; a number is the fixed profile with that decay)."""
 
-    def __init__(self, model: nn.Module, decay: float):
+    def __init__(self, model: nn.Module, profile: EMAProfile | float):
         self.model = copy.deepcopy(model).requires_grad_(False)
-        self.decay = float(decay)
+        self.profile = FixedEMA(ema=float(profile)) if isinstance(profile, (int, float)) else profile
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        weight = 1 - self.profile.decay(step)
         torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], weight)
         for mine, theirs in zip(self.model.buffers(), model.buffers()):
             mine.copy_(theirs)

@@ -27,18 +27,20 @@ from ..evaluate import Evaluator, metric_name, quality, sample_steps
 from ..methods.partitions import Job
 from ..run import RunDir, new_model, resolve_device, split_data
 from ..sde import SDE
-from ..time_sampling import FixedTime, UniformTimes
+from ..time_sampling import FixedTime
 from . import launcher
 from .config import Config
-from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
+from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit
 from .optim import EMA, Optimiser
+from .systems import training_step
 
 
 @dataclass
 class RunContext:
-    """What every network of a run shares: configuration, directory, SDE, edges, data, device."""
+    """What every network of a run shares: configuration, directory, SDE, edges, data, device, and the
+    data's standard deviation (EDM's sigma_data: --sigma-data, else measured on the training data)."""
 
     cfg: Config
     run: RunDir
@@ -47,6 +49,11 @@ class RunContext:
     train: Dataset
     test: Dataset
     device: torch.device
+
+    @property
+    def sigma_data(self) -> float:
+        given = self.cfg.data.sigma_data
+        return float(given) if given is not None else float(self.train.x.double().std()) or 1.0
 
 
 @dataclass
@@ -64,6 +71,13 @@ class Group:
         dist.all_reduce(v, op=dist.ReduceOp.MAX, group=self.handle)
         return float(v[0]), bool(v[1])
 
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum of ``values`` over the group's ranks."""
+        import torch.distributed as dist
+        out = values.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.handle)
+        return out
+
     def gather_rng(self) -> list[torch.Tensor]:
         """Every rank's torch RNG state, in rank order (so that a resumed group draws what it would have)."""
         import torch.distributed as dist
@@ -76,7 +90,7 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     """Check everything a run needs (data, partition, target, layout) without writing anything."""
     cfg.validate()
     sde = cfg.sde.build()
-    edges = cfg.partition.edges(sde)
+    edges = cfg.edges(sde)
     cfg.partition.check_steps(edges, cfg.budget.max_steps)
     train, test = split_data(cfg)
     cfg.target.check(train.shape)
@@ -114,36 +128,43 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     torch.manual_seed(cfg.optim.seed * 1000 + (job.index if isinstance(job.index, int) else 997) * 17 + rank)
     x_train = ctx.train.x.to(ctx.device)
     began = time.perf_counter()
-    times = FixedTime(job.fixed_t) if job.fixed_t is not None else UniformTimes(job.t_min, job.t_max)
-    loss, info = cfg.target.build(sde, x_train, times, weighting=cfg.objective.weighting, seed=cfg.optim.seed,
-                                  progress=progress and writer)
+    times = FixedTime(job.fixed_t) if job.fixed_t is not None else \
+        cfg.time_sampler.bind(sde, job.t_min, job.t_max).spread(rank, size)
+    probe = None
+    if hasattr(times, "update"):  # a sampler that learns from a held-out bound: keep its probe set out of training
+        x_train, probe = probe_split(x_train, cfg.time_sampler.adapt_probe, cfg.optim.seed)
+    loss, info = cfg.target.build(sde, x_train, times, weighting=cfg.weighting.bind(ctx.sigma_data),
+                                  seed=cfg.optim.seed, progress=progress and writer)
     precompute = time.perf_counter() - began
     single = not cfg.partition.piecewise and steps is None
     if single and cfg.prior.fit == "before" and run.prior_path.exists():
         precompute += float(load_checkpoint(run.prior_path)["fit"].get("seconds", 0.0))
 
-    model = new_model(cfg, sde, ctx.train.shape, cfg.partition.time_conditioned).to(ctx.device)
+    model = new_model(cfg, sde, ctx.train.shape, cfg.partition.time_conditioned, ctx.sigma_data).to(ctx.device)
     if init is not None:
         model.load_state_dict(init)
-    state = TrainState(model, EMA(model, cfg.optim.ema), wall=precompute)
-    optimiser = Optimiser(model.parameters(), cfg.optim.lr, cfg.optim.warmup, cfg.optim.grad_clip)
+    state = TrainState(model, EMA(model, cfg.ema_profile), wall=precompute)
+    optimiser = Optimiser(model.parameters(), cfg.optim.lr, cfg.optim.warmup, cfg.optim.grad_clip, cfg.lr_schedule,
+                          steps or cfg.budget.max_steps)
     path = run.checkpoint(job.index)
     if path.exists():
         saved = load_checkpoint(path)
         state.load_state_dict(saved)
         optimiser.load_state_dict(saved["optimizer"])
+        times.load_state_dict(saved.get("times", {}))
         if size > 1 and len(saved.get("rng_ranks", ())) == size:
             torch.set_rng_state(saved["rng_ranks"][rank])
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
+    objective = training_step(objective, ctx.device, cfg.launch.precision, cfg.launch.compile)
     budget = Budget(steps=steps or cfg.budget.max_steps, seconds=None if steps else cfg.budget.time_budget,
                     stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
         extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
-        return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "done": done,
-                "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
+        return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "times": times.state_dict(),
+                "done": done, "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
 
     def periodic() -> dict | None:
         prior = prior_for_eval(ctx, cache)
@@ -155,7 +176,10 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
 
     cache: dict = {}
     checkpointer = Checkpointer(path, cfg.log.ckpt_every, collect, budget.complete, writer)
-    hooks = [PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None),
+    adapt = [] if probe is None else \
+        [AdaptTimes(times, lambda: times.bound(model, sde, probe, cfg.optim.seed), cfg.time_sampler.adapt_every,
+                    group.total if size > 1 else None)]
+    hooks = [*adapt, PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None),
              Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
              checkpointer,
              MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
@@ -175,6 +199,13 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         raise Interrupted(interrupt.signum, f"the checkpoint of step {state.step} is saved in {path.parent}")
     return {"index": job.index, "step": state.step, "wall": state.wall, "loss": state.loss, "precompute": info,
             "precompute_seconds": precompute}
+
+
+def probe_split(x: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training part, probe set): ``size`` examples (at most a tenth) set aside by a seeded permutation."""
+    n = min(size, max(1, x.shape[0] // 10))
+    order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 4242)).to(x.device)
+    return x[order[n:]], x[order[:n]]
 
 
 def prior_for_eval(ctx: RunContext, cache: dict):
