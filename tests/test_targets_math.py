@@ -174,6 +174,12 @@ def test_band_falls_back_to_the_dsm_target_outside():
         assert inside.sum() == 4
         assert torch.allclose(got[~inside], -z[~inside] / s[~inside, None], rtol=1e-9)
         assert torch.allclose(got[inside], kde_score(sde, data, 0.0, xt, t)[inside], rtol=1e-9)
+    # k-NN inside the band, the full-data target outside it (bandwidth 0.2: no DSM fallback is involved)
+    full = ReferenceBatchTarget(sde, data, 100, bandwidth=0.2)
+    both = NearestNeighbourTarget(sde, data, 5, bandwidth=0.2, band=band, outside=full).target(x0, xt, t)
+    alone = NearestNeighbourTarget(sde, data, 5, bandwidth=0.2).target(x0, xt, t)
+    assert torch.allclose(both[inside], alone[inside], rtol=1e-9)
+    assert torch.allclose(both[~inside], kde_score(sde, data, 0.2, xt, t)[~inside], rtol=1e-9)
 
 
 @pytest.mark.parametrize("build, match", [
@@ -188,9 +194,27 @@ def test_band_falls_back_to_the_dsm_target_outside():
     (lambda sde, x: NearestNeighbourTarget(sde, x, 4, band=(0.1, 5.0)), "inside"),
     (lambda sde, x: ReferenceBatchTarget(sde, x, 8, bandwidth=0.1, band=(0.1, 0.5)), "bandwidth 0"),
     (lambda sde, x: ReferenceBatchTarget(sde, x, 8, bandwidth=-1.0), "bandwidth"),
+    (lambda sde, x: NearestNeighbourTarget(sde, x, 4, outside=ReferenceBatchTarget(sde, x, 8)), "needs a sigma band"),
+    (lambda sde, x: NearestNeighbourTarget(sde, x, 4, band=(0.1, 0.5),
+                                           outside=ReferenceBatchTarget(sde, x, 8, bandwidth=0.1)), "same KDE"),
     (lambda sde, x: ReferenceBatchTarget(sde, x, 8).target(x[:10], x[:10], 0.5), "batch \\(10\\)"),
 ])
 def test_bad_input_is_one_line(build, match):
     with pytest.raises(UserError, match=match) as err:
         build(make_sde("vp"), toy(n=30, d=2))
     assert "\n" not in str(err.value)
+
+
+def test_targets_plug_into_the_regression_loss_as_providers():
+    """for_batch(x0) is today's provider protocol: the regression loss on the full-data target equals the
+    regression on the closed-form mixture, example by example."""
+    from scorefast.losses import ScoreRegressionLoss
+    from scorefast.methods.embedding import TargetRegressionLoss
+    from scorefast.nets import make_model
+
+    sde, data = make_sde("vp"), toy(n=50, d=2).float()
+    model = make_model(sde, (2,), width=16, depth=2)
+    t, noise = torch.linspace(0.01, 1.0, 50), torch.randn(50, 2, generator=torch.Generator().manual_seed(0))
+    exact = ScoreRegressionLoss(sde, MixtureScore(sde, data, 0.0))(model, data, t, noise)
+    for est in (ReferenceBatchTarget(sde, data, 50), NearestNeighbourTarget(sde, data, k=50)):
+        assert torch.allclose(TargetRegressionLoss(sde, est)(model, data, t, noise), exact, rtol=1e-4, atol=1e-6)

@@ -33,8 +33,12 @@ weight over the rest, without the own example: consistent, but biased for a fini
 A sigma band [sigma_lo, sigma_hi] restricts the estimator to the noise levels where it gains: outside,
 the target is DSM's -z / sigma_t = (alpha_t x0 - x_t) / sigma_t^2, which is unbiased there (at small
 sigma the estimators equal it anyway, at large sigma the posterior spreads over the whole data); the
-band needs h = 0, the density DSM's target belongs to. Both estimators use the global torch RNG, like
-the losses, so that seeding the trainer seeds them.
+band then needs h = 0, the density DSM's target belongs to. Or outside the band the target is another
+estimator's (``outside``): the nearest neighbours are near exact at small sigma and truncated at large
+sigma, STF the other way round (benchmarks/targets.py measures both), so k-NN below a sigma and STF
+above it is the better of the two at every noise level, each evaluated on its own rows only.
+
+Both estimators use the global torch RNG, like the losses, so that seeding the trainer seeds them.
 """
 
 from __future__ import annotations
@@ -58,9 +62,10 @@ TREE_MAX_DIM = 16  # 'auto' searches with a k-d tree up to this dimension (on CP
 
 class PosteriorMeanTarget(ABC):
     """The closed-form target (alpha m - x_t) / v with m estimated by a subclass (``posterior_mean``),
-    inside an optional sigma band; DSM's target outside it."""
+    inside an optional sigma band; outside it, DSM's target or the ``outside`` estimator's."""
 
-    def __init__(self, sde: SDE, data: Tensor, bandwidth: float = 0.0, band: tuple[float, float] | None = None):
+    def __init__(self, sde: SDE, data: Tensor, bandwidth: float = 0.0, band: tuple[float, float] | None = None,
+                 outside: PosteriorMeanTarget | None = None):
         if not (bandwidth >= 0 and math.isfinite(bandwidth)):
             raise UserError(f"the KDE bandwidth must be >= 0, got {bandwidth}")
         if len(data) < 1:
@@ -72,11 +77,13 @@ class PosteriorMeanTarget(ABC):
                 raise UserError(f"sigma band [{lo:g}, {hi:g}] is inverted or empty: it needs sigma_lo < sigma_hi")
             if not (0 < lo and hi <= top):
                 raise UserError(f"sigma band [{lo:g}, {hi:g}] must lie inside (0, {top:g}], the SDE's sigma range")
-            if bandwidth > 0:
+            if bandwidth > 0 and outside is None:
                 raise UserError(f"a sigma band falls back to DSM's target, the score of the data itself: it needs "
                                 f"bandwidth 0, got {bandwidth:g}")
             band = (lo, hi)
-        self.sde, self.band, self.bandwidth = sde, band, float(bandwidth)
+        if outside is not None and (band is None or outside.bandwidth != bandwidth):
+            raise UserError("an 'outside' target needs a sigma band and the same KDE bandwidth as the band's target")
+        self.sde, self.band, self.bandwidth, self.outside = sde, band, float(bandwidth), outside
         self.data = data.detach().flatten(1)
 
     @abstractmethod
@@ -93,10 +100,11 @@ class PosteriorMeanTarget(ABC):
         if self.band is None:
             return ((a[:, None] * self.posterior_mean(x0f, None, xf, a, var) - xf) / var[:, None]).view_as(xt)
         out = (a[:, None] * x0f - xf) / var[:, None]
-        rows = ((s >= self.band[0]) & (s <= self.band[1])).nonzero()[:, 0]
-        if len(rows):
-            x, a, var = xf[rows], a[rows], var[rows]
-            out[rows] = (a[:, None] * self.posterior_mean(x0f, rows, x, a, var) - x) / var[:, None]
+        inside = (s >= self.band[0]) & (s <= self.band[1])
+        for est, rows in ((self, inside.nonzero()[:, 0]), (self.outside, (~inside).nonzero()[:, 0])):
+            if est is not None and len(rows):
+                x, ar, vr = xf[rows], a[rows], var[rows]
+                out[rows] = (ar[:, None] * est.posterior_mean(x0f, rows, x, ar, vr) - x) / vr[:, None]
         return out.view_as(xt)
 
     def for_batch(self, x0: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -113,8 +121,8 @@ class ReferenceBatchTarget(PosteriorMeanTarget):
     """
 
     def __init__(self, sde: SDE, data: Tensor, reference_size: int = 1024, bandwidth: float = 0.0,
-                 band: tuple[float, float] | None = None):
-        super().__init__(sde, data, bandwidth, band)
+                 band: tuple[float, float] | None = None, outside: PosteriorMeanTarget | None = None):
+        super().__init__(sde, data, bandwidth, band, outside)
         if not 1 <= reference_size <= len(self.data):
             raise UserError(f"reference size {reference_size} must be between 1 and the data size ({len(self.data)})")
         self.reference_size = int(reference_size)
@@ -144,8 +152,9 @@ class NearestNeighbourTarget(PosteriorMeanTarget):
     """
 
     def __init__(self, sde: SDE, data: Tensor, k: int = 32, tail: int = 0, bandwidth: float = 0.0,
-                 band: tuple[float, float] | None = None, search: str = "auto"):
-        super().__init__(sde, data, bandwidth, band)
+                 band: tuple[float, float] | None = None, search: str = "auto",
+                 outside: PosteriorMeanTarget | None = None):
+        super().__init__(sde, data, bandwidth, band, outside)
         n = len(self.data)
         if not 1 <= k <= n:
             raise UserError(f"k = {k} nearest neighbours must be between 1 and the data size ({n})")
