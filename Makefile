@@ -14,6 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[test]"
+	# k-diffusion, only for the test that checks our samplers against its own: --no-deps, since its
+	# dependencies (torchvision, wandb, clip, ...) would replace the pinned torch; its sampling module needs
+	# only torch, scipy, torchdiffeq, torchsde and tqdm, which the test extras provide
+	$(PY) -m pip install -q --no-deps "k-diffusion==0.1.1.post1"
 	touch $@
 
 venv: $(VENV)/.installed

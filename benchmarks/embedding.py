@@ -1,6 +1,8 @@
 """Score embedding (METHODS.md section 1): time-to-quality against plain DSM, FP solve counted.
 
     python benchmarks/embedding.py --quick       # smoke test, under a minute (its numbers mean nothing)
+    python benchmarks/embedding.py --report-only benchmarks/results/embedding/memorise/embedding.json --out /tmp/e
+        # the tables, verdicts and pictures again from a stored embedding.json (its curves), nothing trained
 
     # one run of about 15-20 min on a quiet 2-core machine (estimated from per-step timings measured here):
     python benchmarks/embedding.py --threads 2 --runs-dir runs/bench-embedding --reuse \
@@ -30,9 +32,9 @@ toy (moons, checkerboard, 8gaussians; VP; MLP; the issue's headline target: >= 5
   fresh sample of --eval-n points of the true distribution (the same for every method and seed).
   Wall-clock = the trainer's 'wall': the loss factory's precomputation (FP solve / reference set-up) +
   optimiser steps; evaluation and checkpointing excluded. Target of a seed = DSM's SWD at the end of its
-  budget (its last snapshot); the time to reach it is interpolated linearly between the two snapshots
-  around the first crossing (the first snapshot itself when it is already below: resolution = one snapshot
-  interval); speed-up = DSM's time / the method's time, per seed ('not reached' = 0x).
+  budget (its last snapshot); the time to reach it is ``evaluate.time_to``'s: linear between the last
+  snapshot that misses it and the first that meets it (the first snapshot itself when it already meets it:
+  resolution = one snapshot interval); speed-up = DSM's time / the method's time, per seed ('not reached' = 0x).
 
 memorise (the paper's protocol at small scale)
   1 or 3 grayscale 32x32 images (photos32 and digits32, the first n images), a small U-Net; every variant
@@ -51,8 +53,9 @@ memorise (the paper's protocol at small scale)
     paper        fp-embed --fp-variant paper (the published pipeline, weighting inv_g2)
     paper-off    the same pipeline, precomputation included, with every pre-computed score replaced by zero
                  (METHODS.md 1.3's 'embedding switched off' control: it keeps the pipeline's 10 stratified
-                 time bins shared by the batch; done by wrapping the trainer's loss factory in this process
-                 only: the run's config.json says extra.embedding = 'off')
+                 time bins shared by the batch): the target 'fp-embed-off' that this script registers, whose
+                 loss is fp-embed's with a zero score provider; its runs reopen only in a process that
+                 imported this script)
     fp-embed     fp-embed --fp-variant sound (weighting inv_g2)
     empirical    regression on the closed-form KDE-mixture score (sound; weighting inv_g2)
   Quality = mean over --mem-eval-n fixed-seed samples (clamped to [-1, 1]) of the best-match SSIM to the
@@ -60,9 +63,9 @@ memorise (the paper's protocol at small scale)
   (the published 3.32x-13.44x are DDPM's time / the pipeline's); when DSM never reaches a level, its whole
   budget is used instead and the ratio is marked as a lower bound. 'paper' vs 'paper-off' isolates the
   embedding itself. The runs are driven through
-  ``trainer.train_network`` (the trainer's own loop, precomputation counted the same way), because
-  ``trainer.load_dataset`` refuses a batch larger than the data set (a batch of 1 for one image), although
-  the loop draws the batch with replacement.
+  ``recipe.train_network`` (the trainer's own loop, precomputation counted the same way) on a run context
+  built here, because ``run.split_data`` (and so ``recipe.context``) refuses a batch larger than the data
+  set (a batch of 1 for one image), although the loop draws the batch with replacement.
 
 digits (8x8 scikit-learn digits; VP)
   dsm vs empirical (and any --digits-methods); quality = digits Frechet distance of --digits-eval-n
@@ -86,33 +89,35 @@ import tempfile
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # the FP solve's progress bar (read when tqdm is imported)
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import Report, command_line, machine_info, same_config
+from common import (  # noqa: E402
+    Report,
+    command_line,
+    curve_of,
+    fmt3,
+    json_safe,
+    machine_info,
+    mmm,
+    options_of,
+    same_config,
+    stored_results,
+)
 
-import scorefast.trainer as trainer_module  # noqa: E402
-from scorefast.checkpoint import load_checkpoint
+from scorefast import Config, train  # noqa: E402
+from scorefast.checkpoint import load_checkpoint  # noqa: E402
 from scorefast.data import Dataset, load_data  # noqa: E402
 from scorefast.errors import UserError  # noqa: E402
+from scorefast.evaluate import sample_steps, time_to  # noqa: E402
+from scorefast.methods.partitions import Job  # noqa: E402
+from scorefast.methods.targets import TARGETS, FPEmbed  # noqa: E402
+from scorefast.run import RunDir, resolve_device, split_data  # noqa: E402
 from scorefast.sampling import sample  # noqa: E402
-from scorefast.trainer import (  # noqa: E402
-    NetworkJob,
-    TrainConfig,
-    _write_config,
-    build_sde,
-    load_dataset,
-    load_model,
-    resolve_device,
-    sample_steps,
-    train,
-    train_network,
-)
+from scorefast.training.recipe import RunContext, train_network  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "embedding"
 SAMPLE_SEED = 12345  # the sampling seed of every evaluation
@@ -120,25 +125,25 @@ REFERENCE_SEED = 987654  # the fresh true-distribution sample of the toy SWD
 TOY_DATA = ("moons", "checkerboard", "8gaussians")
 TOY_METHODS = ("dsm", "fp-embed", "fp-regress", "empirical")
 PUBLISHED = (3.32, 13.44)  # the published speed-up range of the memorisation protocol
+METRICS = {"toy": ("SWD", ".4f"), "digits": ("FD", ".3f")}  # the quality of a part that times to DSM's final
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One trained configuration: a name in the tables and the TrainConfig fields it sets."""
+    """One trained configuration: a name in the tables and the configuration flags it sets."""
 
     name: str
     method: str
     weighting: str
     fp_variant: str = "sound"
     note: str = ""
-    embedding_off: bool = False  # the pipeline with every pre-computed score set to zero (control)
 
 
 MEM_VARIANTS = {
     "dsm": Variant("dsm", "dsm", "inv_g2", note="plain DSM, inv_g2 weighting = pipeline with the embedding off"),
     "dsm-eps": Variant("dsm-eps", "dsm", "epsilon", note="plain DSM, epsilon weighting"),
     "paper": Variant("paper", "fp-embed", "inv_g2", "paper", note="fp-embed, published construction"),
-    "paper-off": Variant("paper-off", "fp-embed", "inv_g2", "paper", embedding_off=True,
+    "paper-off": Variant("paper-off", "fp-embed-off", "inv_g2", "paper",
                          note="the published pipeline with every pre-computed score zero (control)"),
     "fp-embed": Variant("fp-embed", "fp-embed", "inv_g2", "sound", note="fp-embed, sound variant"),
     "empirical": Variant("empirical", "empirical", "inv_g2", "sound", note="closed-form KDE-mixture regression"),
@@ -146,36 +151,6 @@ MEM_VARIANTS = {
 
 
 # -- small helpers --------------------------------------------------------------------------------
-
-def json_safe(obj):
-    """Non-finite floats as null (strict JSON): an infinite time means 'never reached'."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer)):
-        return json_safe(obj.item())
-    return obj
-
-
-def mmm(values) -> list[float]:
-    v = [float(x) for x in values]
-    if not v:
-        return [math.nan] * 3
-    return [min(v), float(np.median(v)), max(v)]
-
-
-def fmt3(t, spec: str = ".3f", inf: str = "never") -> str:
-    """min/median/max as one string (one value when all equal)."""
-    if t is None or all(isinstance(x, float) and math.isnan(x) for x in t):
-        return "-"
-    parts = [(inf if math.isinf(x) else format(x, spec)) for x in t]
-    if len(set(parts)) == 1:
-        return parts[0]
-    return "/".join(parts)
-
 
 def fmt_ratio(t) -> str:
     """Speed-ups min/median/max; 0 means the method never reached the target."""
@@ -185,33 +160,19 @@ def fmt_ratio(t) -> str:
     return parts[0] if len(set(parts)) == 1 else "/".join(parts)
 
 
-def time_to(curve: list[dict], target: float, key: str = "wall", higher_better: bool = False) -> float:
-    """First crossing of ``target`` along the curve, linearly interpolated in ``key`` between the two
-    points around it (the first point itself when it already meets the target); inf if never."""
-    prev = None
-    for p in curve:
-        v = p["value"]
-        ok = v >= target if higher_better else v <= target
-        if ok:
-            if prev is None:
-                return float(p[key])
-            pv = prev["value"]
-            gap = (v - pv) if higher_better else (pv - v)
-            frac = 1.0 if gap <= 0 else ((target - pv) if higher_better else (pv - target)) / gap
-            frac = min(1.0, max(0.0, frac))
-            return float(prev[key] + frac * (p[key] - prev[key]))
-        prev = p
-    return math.inf
+def time_to_target(rec: dict, key: str, target: float, higher_better: bool = False) -> float | None:
+    """When (``key``: 'wall' or 'step') the record's curve first reaches ``target``, by ``evaluate.time_to``;
+    None if never."""
+    return time_to(curve_of(rec["curve"], key, "value"), target, lower_is_better=not higher_better)
 
 
-def speedup(base_t: float, t: float) -> float:
+def speedup(base_t: float | None, t: float | None) -> float:
     """base / method; 0 when the method never reaches the target (inf when only the baseline never does)."""
-    if math.isinf(t):
+    if t is None:
         return 0.0
-    if math.isinf(base_t):
+    if base_t is None:
         return math.inf
     return base_t / max(t, 1e-9)
-
 
 
 def _fresh_dir(run: Path) -> None:
@@ -222,8 +183,8 @@ def _fresh_dir(run: Path) -> None:
     run.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _finished(run: Path, cfg: TrainConfig) -> bool:
-    ck = run / "checkpoints" / "net-0.pt"
+def _finished(run: Path, cfg: Config) -> bool:
+    ck = RunDir(run).checkpoint(0)
     return same_config(run, cfg) and ck.is_file() and bool(load_checkpoint(ck).get("done"))
 
 
@@ -234,30 +195,19 @@ class _ZeroScore:
         return lambda x, t: torch.zeros_like(x)
 
 
-@contextmanager
-def embedding_switched_off(active: bool):
-    """While active, the trainer's loss factory builds the loss as usual (precomputation included, so it
-    is timed the same way) and then replaces its score provider by zeros. This process only."""
-    if not active:
-        yield
-        return
-    original = trainer_module._make_loss
+@TARGETS.register("fp-embed-off")
+@dataclass
+class FPEmbedOff(FPEmbed):
+    """fp-embed with every pre-computed score replaced by zero: the pipeline and its precomputation (timed
+    the same way) are kept, so only the embedding itself is switched off (METHODS.md 1.3's control)."""
 
-    def patched(*args, **kwargs):
-        loss, info = original(*args, **kwargs)
-        if not hasattr(loss, "provider"):
-            raise UserError(f"cannot switch the embedding off: the {type(loss).__name__} loss has no score provider")
+    def build(self, sde, x, times, **kwargs):
+        loss, info = super().build(sde, x, times, **kwargs)
         loss.provider = _ZeroScore()
         return loss, {**info, "embedding": "off"}
 
-    trainer_module._make_loss = patched
-    try:
-        yield
-    finally:
-        trainer_module._make_loss = original
 
-
-def _guarded(fn, embedding_off: bool = False) -> tuple[str | None, list[str]]:
+def _guarded(fn) -> tuple[str | None, list[str]]:
     """Run a training call; any error (a UserError such as a method that does not apply to the data, a
     missing methods.embedding, a library bug) is returned as one line instead of stopping the benchmark
     (the run is then shown as FAILED with that line, and counts as not reaching any target). Also returns the
@@ -266,8 +216,7 @@ def _guarded(fn, embedding_off: bool = False) -> tuple[str | None, list[str]]:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with embedding_switched_off(embedding_off):
-                fn()
+            fn()
             err = None
         except (UserError, ImportError) as exc:
             err = f"{type(exc).__name__}: {exc}"
@@ -280,9 +229,9 @@ def _guarded(fn, embedding_off: bool = False) -> tuple[str | None, list[str]]:
     return err, msgs
 
 
-def train_run(cfg: TrainConfig, reuse: bool) -> tuple[bool, str | None, list[str]]:
+def train_run(cfg: Config, reuse: bool) -> tuple[bool, str | None, list[str]]:
     """Train one run with ``scorefast.train`` (or reuse a finished identical one): (reused, error, warnings)."""
-    run = Path(cfg.out)
+    run = Path(cfg.log.out)
     if reuse and _finished(run, cfg) and (run / "summary.json").is_file():
         return True, None, []
     _fresh_dir(run)
@@ -290,32 +239,32 @@ def train_run(cfg: TrainConfig, reuse: bool) -> tuple[bool, str | None, list[str
     return False, err, msgs
 
 
-def train_direct(cfg: TrainConfig, x: torch.Tensor, reuse: bool, embedding_off: bool = False
-                 ) -> tuple[bool, str | None, list[str]]:
-    """One network through the trainer's own loop (``train_network``) on the given examples, bypassing
-    ``load_dataset`` (which refuses batches larger than the set; the loop draws with replacement)."""
-    run = Path(cfg.out)
-    if reuse and _finished(run, cfg):
+def train_direct(cfg: Config, x: torch.Tensor, reuse: bool) -> tuple[bool, str | None, list[str]]:
+    """One network through the trainer's own loop (``recipe.train_network``) on the given examples, with a
+    run context built here instead of by ``recipe.context``, whose ``run.split_data`` refuses batches larger
+    than the set (the loop draws with replacement). No periodic metric, as the benchmark evaluates offline."""
+    run = RunDir(cfg.log.out)
+    if reuse and _finished(run.path, cfg):
         return True, None, []
-    _fresh_dir(run)
+    _fresh_dir(run.path)
     cfg.validate()
-    run.mkdir(parents=True, exist_ok=True)
-    _write_config(cfg)
-    sde = build_sde(cfg)
-    ds = Dataset(x.contiguous(), cfg.data, "image", None)
+    run.write_config(cfg)
+    sde = cfg.sde.build()
+    ds = Dataset(x.contiguous(), cfg.data.spec, "image", None)
+    ctx = RunContext(cfg, run, sde, cfg.partition.edges(sde), ds, ds, resolve_device(cfg.launch.device))
 
     def go():
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        train_network(cfg, NetworkJob(index=0, t_min=sde.eps, t_max=sde.T), ds, None, progress=False)
+        if cfg.launch.threads:
+            torch.set_num_threads(cfg.launch.threads)
+        train_network(ctx, Job(0, sde.eps, sde.T), evaluate=False, progress=False)
 
-    err, msgs = _guarded(go, embedding_off)
+    err, msgs = _guarded(go)
     return False, err, msgs
 
 
 def run_info(run: Path) -> dict:
     """Final step / wall and the loss factory's precomputation of a trained run."""
-    ck = load_checkpoint(run / "checkpoints" / "net-0.pt")
+    ck = load_checkpoint(RunDir(run).checkpoint(0))
     pre = ck.get("precompute") or {}
     pre_s = float(pre.get("precompute_seconds", 0.0)) if isinstance(pre, dict) else 0.0
     steps = int(ck["step"])
@@ -337,10 +286,6 @@ def snapshot_points(run: Path) -> list[tuple[int, float, int | None]]:
     if not pts or pts[-1][0] != info["steps"]:
         pts.append((info["steps"], info["wall"], None))
     return pts
-
-
-def run_config(run: Path) -> TrainConfig:
-    return TrainConfig.from_dict(json.loads((run / "config.json").read_text())["config"])
 
 
 class _Fixed:
@@ -400,9 +345,10 @@ class Evaluator:
     def __call__(self, run: Path, step: int | None, shape) -> dict:
         from scorefast import metrics
         t0 = time.perf_counter()
-        cfg = run_config(run)
-        sde = build_sde(cfg)
-        model = load_model(cfg, run, sde, shape, step=step).to(self.device)
+        rd = RunDir(run)
+        cfg = rd.read_config()
+        sde = cfg.sde.build()
+        model = rd.load_model(cfg, sde, shape, step=step).to(self.device)
         x = self.samples(model, sde, shape)
         if self.kind == "swd":
             out = {"value": metrics.sliced_wasserstein(x.flatten(1), self.reference.flatten(1), seed=0)}
@@ -444,27 +390,28 @@ def final_eval(run: Path, shape, evaluate: Evaluator) -> tuple[int, dict]:
 
 # -- part 1: the 2-D toys -------------------------------------------------------------------------
 
-def toy_config(args, data: str, method: str, seed: int, out: Path) -> TrainConfig:
-    return TrainConfig(data=data, out=str(out), steps=args.steps, sde=args.sde, eps=args.eps, seed=seed,
-                       batch_size=args.batch, lr=args.lr, warmup=0, ema=args.ema, arch="mlp", width=args.width,
-                       depth=args.depth, weighting=args.weighting, method=method, eval_every=args.steps,
-                       eval_samples=256, eval_steps=args.sample_steps, ckpt_every=args.steps,
-                       snapshot_every=args.snapshot_every, threads=args.threads, device=args.device,
-                       fp_grid=args.fp_grid, fp_steps=args.fp_steps, bandwidth=args.bandwidth,
-                       reference_size=args.reference_size)
+def toy_config(args, data: str, method: str, seed: int, out: Path) -> Config:
+    options = options_of(TARGETS, method, fp_grid=args.fp_grid, fp_steps=args.fp_steps, bandwidth=args.bandwidth,
+                         reference_size=args.reference_size)
+    return Config(data=data, out=str(out), steps=args.steps, sde=args.sde, eps=args.eps, seed=seed,
+                  batch_size=args.batch, lr=args.lr, warmup=0, ema=args.ema, arch="mlp", width=args.width,
+                  depth=args.depth, weighting=args.weighting, method=method, eval_every=args.steps, eval_samples=256,
+                  eval_steps=args.sample_steps, ckpt_every=args.steps, snapshot_every=args.snapshot_every,
+                  threads=args.threads, device=args.device, **options)
 
 
-def compare_to_dsm(args, say, ev: Evaluator, data: str, shape, metric: str, fmt: str,
-                   configs: dict[str, TrainConfig]) -> list[dict]:
+def compare_to_dsm(args, say, ev: Evaluator, data: str, shape, part: str, configs: dict[str, Config]) -> list[dict]:
     """Train the methods of one seed (``configs``), evaluate each final snapshot, then time every method's
     curve to DSM's final value; returns the seed's records (a failed run's record carries 'error')."""
+    metric, fmt = METRICS[part]
     records, recs, known = [], {}, {}
     for method, cfg in configs.items():
-        label = f"{data} seed {cfg.seed} {method:<10}"
+        seed = cfg.optim.seed
+        label = f"{data} seed {seed} {method:<10}"
         load = os.getloadavg()[0]
         t0 = time.perf_counter()
         reused, err, warns = train_run(cfg, args.reuse)
-        rec = {"data": data, "method": method, "seed": cfg.seed, "run": cfg.out, "reused": reused,
+        rec = {"data": data, "method": method, "seed": seed, "run": cfg.log.out, "reused": reused,
                "loadavg_before": load, "elapsed_seconds": time.perf_counter() - t0, "warnings": warns}
         records.append(rec)
         for w in warns:
@@ -473,8 +420,8 @@ def compare_to_dsm(args, say, ev: Evaluator, data: str, shape, metric: str, fmt:
             rec["error"] = err
             say(f"  {label}: FAILED: {err}")
             continue
-        rec.update(run_info(Path(cfg.out)))
-        step, fin = final_eval(Path(cfg.out), shape, ev)
+        rec.update(run_info(Path(cfg.log.out)))
+        step, fin = final_eval(Path(cfg.log.out), shape, ev)
         rec["final"] = fin["value"]
         known[method] = {step: fin}
         recs[method] = rec
@@ -489,17 +436,26 @@ def compare_to_dsm(args, say, ev: Evaluator, data: str, shape, metric: str, fmt:
         rec["target"] = target
         rec["curve"] = quality_curve(Path(rec["run"]), shape, ev, lambda v: v <= target, args.full_curves,
                                      known[method])
-        rec["t_target"] = time_to(rec["curve"], target)
-        rec["steps_target"] = time_to(rec["curve"], target, key="step")
+    time_to_dsm(recs, part, say)
+    return records
+
+
+def time_to_dsm(recs: dict[str, dict], part: str, say) -> None:
+    """The time and steps of every method of one seed (``recs``, by method, with curves) to its target,
+    DSM's final value, and the speed-ups over DSM."""
+    metric, fmt = METRICS[part]
+    for rec in recs.values():
+        rec["t_target"] = time_to_target(rec, "wall", rec["target"])
+        rec["steps_target"] = time_to_target(rec, "step", rec["target"])
+    base = recs["dsm"]
     for method, rec in recs.items():
         rec["speedup"] = speedup(base["t_target"], rec["t_target"])
         rec["step_ratio"] = speedup(base["steps_target"], rec["steps_target"])
-        say(f"    {method:<10} target {metric} {target:{fmt}} (DSM final): reached at "
-            f"{'never' if math.isinf(rec['t_target']) else format(rec['t_target'], '.1f') + ' s'}"
-            f" / step {'-' if math.isinf(rec['steps_target']) else format(rec['steps_target'], '.0f')}"
+        say(f"    {method:<10} target {metric} {rec['target']:{fmt}} (DSM final): reached at "
+            f"{'never' if rec['t_target'] is None else format(rec['t_target'], '.1f') + ' s'}"
+            f" / step {'-' if rec['steps_target'] is None else format(rec['steps_target'], '.0f')}"
             f" -> speed-up {fmt_ratio([rec['speedup']])} (steps {fmt_ratio([rec['step_ratio']])}), "
             f"{len(rec['curve'])} curve point(s)")
-    return records
 
 
 def run_part_toy(args, runs_dir: Path, device, say) -> dict:
@@ -517,7 +473,7 @@ def run_part_toy(args, runs_dir: Path, device, say) -> dict:
         for seed in range(args.seeds):
             configs = {m: toy_config(args, data, m, seed, runs_dir / "toy" / data / m / f"seed{seed}")
                        for m in args.methods}
-            records += compare_to_dsm(args, say, ev, data, (2,), "SWD", ".4f", configs)
+            records += compare_to_dsm(args, say, ev, data, (2,), "toy", configs)
         part[data] = {"records": records, "summary": summarise_toy(records, args.methods)}
     say(f"  evaluator: {ev.count} evaluations in {ev.seconds:.1f} s (last data set)")
     return part
@@ -538,7 +494,7 @@ def summarise_toy(records: list[dict], methods) -> list[dict]:
                      "target": mmm(r["target"] for r in rs), "t_target": mmm(r["t_target"] for r in rs),
                      "steps_target": mmm(r["steps_target"] for r in rs),
                      "speedup": mmm(r["speedup"] for r in rs), "step_ratio": mmm(r["step_ratio"] for r in rs),
-                     "reached": sum(not math.isinf(r["t_target"]) for r in rs)})
+                     "reached": sum(r["t_target"] is not None for r in rs)})
     return rows
 
 
@@ -602,15 +558,40 @@ def parse_mem_data(spec: str) -> list[tuple[str, int]]:
     return out
 
 
-def mem_config(args, name: str, n: int, variant: Variant, seed: int, out: Path) -> TrainConfig:
-    return TrainConfig(data=name, n_data=n, out=str(out), steps=args.mem_steps, sde=args.mem_sde, eps=args.eps,
-                       extra={"embedding": "off"} if variant.embedding_off else {}, seed=seed,
-                       batch_size=args.mem_batch, lr=args.mem_lr, warmup=0, ema=args.mem_ema,
-                       arch="unet", width=args.mem_width, weighting=variant.weighting, method=variant.method,
-                       fp_variant=variant.fp_variant, eval_every=args.mem_steps, eval_samples=4,
-                       eval_steps=args.mem_sample_steps, ckpt_every=args.mem_steps,
-                       snapshot_every=args.mem_snapshot_every, threads=args.threads, device=args.device,
-                       reference_size=args.reference_size, bandwidth=args.mem_bandwidth)
+def mem_config(args, name: str, n: int, variant: Variant, seed: int, out: Path) -> Config:
+    options = options_of(TARGETS, variant.method, fp_variant=variant.fp_variant, reference_size=args.reference_size,
+                         bandwidth=args.mem_bandwidth)
+    return Config(data=name, n_data=n, out=str(out), steps=args.mem_steps, sde=args.mem_sde, eps=args.eps, seed=seed,
+                  batch_size=args.mem_batch, lr=args.mem_lr, warmup=0, ema=args.mem_ema, arch="unet",
+                  width=args.mem_width, weighting=variant.weighting, method=variant.method,
+                  eval_every=args.mem_steps, eval_samples=4, eval_steps=args.mem_sample_steps,
+                  ckpt_every=args.mem_steps, snapshot_every=args.mem_snapshot_every, threads=args.threads,
+                  device=args.device, **options)
+
+
+def mem_times(rec: dict, ssim_targets: list[float]) -> None:
+    """The wall-clock and steps at which a run's curve first reaches each SSIM level (None: never)."""
+    for t in ssim_targets:
+        rec[f"t_{t:g}"] = time_to_target(rec, "wall", t, higher_better=True)
+        rec[f"step_{t:g}"] = time_to_target(rec, "step", t, higher_better=True)
+
+
+def mem_ratios(records: list[dict], ssim_targets: list[float]) -> None:
+    """DSM's time (and steps) to each SSIM level over every variant's, same seed; when DSM never reaches a
+    level, its whole budget over the variant's time, marked as a lower bound."""
+    for seed in sorted({r["seed"] for r in records}):
+        base = next((r for r in records if r["seed"] == seed and r["variant"] == "dsm" and "curve" in r), None)
+        for r in records:
+            if r["seed"] != seed or "curve" not in r:
+                continue
+            for t in ssim_targets:
+                r[f"ratio_{t:g}"] = None if base is None else speedup(base[f"t_{t:g}"], r[f"t_{t:g}"])
+                r[f"step_ratio_{t:g}"] = None if base is None else speedup(base[f"step_{t:g}"], r[f"step_{t:g}"])
+                r[f"ratio_{t:g}_lower_bound"] = False
+                if base is not None and math.isinf(r[f"ratio_{t:g}"]):
+                    r[f"ratio_{t:g}"] = base["wall"] / max(r[f"t_{t:g}"], 1e-9)
+                    r[f"step_ratio_{t:g}"] = base["steps"] / max(r[f"step_{t:g}"], 1e-9)
+                    r[f"ratio_{t:g}_lower_bound"] = True
 
 
 def run_part_memorise(args, runs_dir: Path, device, say) -> dict:
@@ -640,9 +621,9 @@ def run_part_memorise(args, runs_dir: Path, device, say) -> dict:
                 cfg = mem_config(args, name, n, v, seed, runs_dir / "memorise" / f"{name}-{n}" / vname / f"seed{seed}")
                 load = os.getloadavg()[0]
                 t0 = time.perf_counter()
-                reused, err, warns = train_direct(cfg, images, args.reuse, v.embedding_off)
+                reused, err, warns = train_direct(cfg, images, args.reuse)
                 rec = {"data": key, "variant": vname, "method": v.method, "fp_variant": v.fp_variant,
-                       "weighting": v.weighting, "embedding_off": v.embedding_off, "seed": seed, "run": cfg.out,
+                       "weighting": v.weighting, "seed": seed, "run": cfg.log.out,
                        "reused": reused, "loadavg_before": load, "elapsed_seconds": time.perf_counter() - t0,
                        "warnings": warns}
                 for w in warns:
@@ -652,35 +633,20 @@ def run_part_memorise(args, runs_dir: Path, device, say) -> dict:
                     say(f"  {key} seed {seed} {vname:<10}: FAILED: {err}")
                     records.append(rec)
                     continue
-                rec.update(run_info(Path(cfg.out)))
-                rec["curve"] = quality_curve(Path(cfg.out), tuple(images.shape[1:]), ev, lambda q: q >= top,
+                rec.update(run_info(Path(cfg.log.out)))
+                rec["curve"] = quality_curve(Path(cfg.log.out), tuple(images.shape[1:]), ev, lambda q: q >= top,
                                              args.full_curves)
-                for t in args.ssim_targets:
-                    rec[f"t_{t:g}"] = time_to(rec["curve"], t, higher_better=True)
-                    rec[f"step_{t:g}"] = time_to(rec["curve"], t, key="step", higher_better=True)
+                mem_times(rec, args.ssim_targets)
                 rec["best"] = max(p["value"] for p in rec["curve"])
                 records.append(rec)
-                reach = ", ".join(f"SSIM {t:g} at " + ("never" if math.isinf(rec[f't_{t:g}']) else
+                reach = ", ".join(f"SSIM {t:g} at " + ("never" if rec[f"t_{t:g}"] is None else
                                                        f"{rec[f't_{t:g}']:.1f} s / step {rec[f'step_{t:g}']:.0f}")
                                   for t in args.ssim_targets)
                 say(f"  {key} seed {seed} {vname:<10}: {rec['wall']:7.1f} s wall (precompute "
                     f"{rec['precompute_seconds']:.2f} s, {rec['ms_per_step']:.1f} ms/step)"
                     f"{' (reused)' if reused else ''}; {reach}; best SSIM {rec['best']:.3f} "
                     f"({len(rec['curve'])} point(s)), load {load:.2f}")
-        for seed in range(args.mem_seeds):
-            base = next((r for r in records if r["seed"] == seed and r["variant"] == "dsm" and "curve" in r), None)
-            for r in records:
-                if r["seed"] != seed or "curve" not in r:
-                    continue
-                for t in args.ssim_targets:
-                    r[f"ratio_{t:g}"] = None if base is None else speedup(base[f"t_{t:g}"], r[f"t_{t:g}"])
-                    r[f"step_ratio_{t:g}"] = None if base is None else speedup(base[f"step_{t:g}"], r[f"step_{t:g}"])
-                    r[f"ratio_{t:g}_lower_bound"] = False
-                    if base is not None and math.isinf(r[f"ratio_{t:g}"]):
-                        # DSM never reached it: its whole budget over the variant's time is a lower bound
-                        r[f"ratio_{t:g}"] = base["wall"] / max(r[f"t_{t:g}"], 1e-9)
-                        r[f"step_ratio_{t:g}"] = base["steps"] / max(r[f"step_{t:g}"], 1e-9)
-                        r[f"ratio_{t:g}_lower_bound"] = True
+        mem_ratios(records, args.ssim_targets)
         part[key] = {"records": records, "summary": summarise_mem(records, args)}
     return part
 
@@ -697,7 +663,7 @@ def summarise_mem(records: list[dict], args) -> list[dict]:
                         "best": mmm(r["best"] for r in rs)})
             for t in args.ssim_targets:
                 row[f"t_{t:g}"] = mmm(r[f"t_{t:g}"] for r in rs)
-                row[f"reached_{t:g}"] = sum(not math.isinf(r[f"t_{t:g}"]) for r in rs)
+                row[f"reached_{t:g}"] = sum(r[f"t_{t:g}"] is not None for r in rs)
                 ratios = [r.get(f"ratio_{t:g}") for r in rs]
                 row[f"ratio_{t:g}"] = mmm(ratios) if all(x is not None for x in ratios) else None
                 row[f"bounds_{t:g}"] = sum(bool(r.get(f"ratio_{t:g}_lower_bound")) for r in rs)
@@ -772,7 +738,7 @@ def mem_verdict(part: dict, args) -> list[str]:
             parts = []
             for t in args.ssim_targets:
                 ratios = [speedup(off[s][f"t_{t:g}"], on[s][f"t_{t:g}"]) for s in seeds]
-                both = sum(not math.isinf(on[s][f"t_{t:g}"]) and not math.isinf(off[s][f"t_{t:g}"]) for s in seeds)
+                both = sum(on[s][f"t_{t:g}"] is not None and off[s][f"t_{t:g}"] is not None for s in seeds)
                 parts.append(f"SSIM {t:g}: {fmt_ratio(mmm(ratios))} (both reached on {both}/{len(seeds)} seed(s))")
             out.append(f"VERDICT [memorise {key}] the embedding itself (paper-off's time / paper's, same pipeline, "
                        f"scores zeroed; > 1 = the embedding helps): " + "; ".join(parts))
@@ -781,13 +747,14 @@ def mem_verdict(part: dict, args) -> list[str]:
 
 # -- part 3: digits -------------------------------------------------------------------------------
 
-def digits_config(args, method: str, seed: int, out: Path) -> TrainConfig:
-    return TrainConfig(data="digits", out=str(out), steps=args.digits_steps, sde=args.sde, eps=args.eps, seed=seed,
-                       batch_size=args.digits_batch, lr=args.lr, warmup=0, ema=args.ema, arch=args.digits_arch,
-                       width=args.digits_width, depth=args.depth, weighting=args.weighting, method=method,
-                       eval_every=args.digits_steps, eval_samples=256, eval_steps=args.sample_steps,
-                       ckpt_every=args.digits_steps, snapshot_every=args.digits_snapshot_every, threads=args.threads,
-                       device=args.device, reference_size=args.reference_size, bandwidth=args.digits_bandwidth)
+def digits_config(args, method: str, seed: int, out: Path) -> Config:
+    options = options_of(TARGETS, method, reference_size=args.reference_size, bandwidth=args.digits_bandwidth)
+    return Config(data="digits", out=str(out), steps=args.digits_steps, sde=args.sde, eps=args.eps, seed=seed,
+                  batch_size=args.digits_batch, lr=args.lr, warmup=0, ema=args.ema, arch=args.digits_arch,
+                  width=args.digits_width, depth=args.depth, weighting=args.weighting, method=method,
+                  eval_every=args.digits_steps, eval_samples=256, eval_steps=args.sample_steps,
+                  ckpt_every=args.digits_steps, snapshot_every=args.digits_snapshot_every, threads=args.threads,
+                  device=args.device, **options)
 
 
 def run_part_digits(args, runs_dir: Path, device, say) -> dict:
@@ -801,8 +768,8 @@ def run_part_digits(args, runs_dir: Path, device, say) -> dict:
         configs = {m: digits_config(args, m, seed, runs_dir / "digits" / m / f"seed{seed}")
                    for m in args.digits_methods}
         first = next(iter(configs.values()))
-        ev = Evaluator("digits_fd", args.digits_eval_n, args.sample_steps, device, load_dataset(first)[1].x)
-        records += compare_to_dsm(args, say, ev, "digits", (1, 8, 8), "FD", ".3f", configs)
+        ev = Evaluator("digits_fd", args.digits_eval_n, args.sample_steps, device, split_data(first)[1].x)
+        records += compare_to_dsm(args, say, ev, "digits", (1, 8, 8), "digits", configs)
     return {"digits": {"records": records, "summary": summarise_toy(records, args.digits_methods)}}
 
 
@@ -933,6 +900,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="where the runs live (default: a temporary directory, removed at the end)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs of identical configuration in --runs-dir")
+    p.add_argument("--report-only", type=Path, default=None, metavar="EMBEDDING_JSON",
+                   help="train nothing: regenerate the tables, verdicts and pictures from a stored embedding.json "
+                        "(its curves) into --out")
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.mem_seeds, args.digits_seeds = 1, 1, 1
@@ -975,10 +945,86 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report_part(name: str, part: dict, args, out: Path, say) -> list[str]:
+    """The tables and the picture of one part (toy, memorise or digits); returns its verdict lines."""
+    say()
+    if name == "toy":
+        for data, res in part.items():
+            for line in toy_table(data, res["summary"], args):
+                say(line)
+            say()
+        plot_curves(part, out / "toy_swd_vs_wallclock.png", "method", "SWD to the true distribution",
+                    True, "SWD vs wall-clock (seed 0 solid; dotted: DSM's final = targets)")
+        return toy_verdict(part, args)
+    if name == "memorise":
+        for key, res in part.items():
+            for line in mem_table(key, res["summary"], args):
+                say(line)
+            say()
+        plot_curves(part, out / "memorise_ssim_vs_wallclock.png", "variant",
+                    "mean best-match SSIM to the training images", False,
+                    "SSIM vs wall-clock (seed 0 solid; dotted: targets)", hlines=args.ssim_targets)
+        return mem_verdict(part, args)
+    for line in toy_table("digits (digits Frechet distance, clamped samples)", part["digits"]["summary"], args,
+                          metric="FD"):
+        say(line)
+    say()
+    plot_curves(part, out / "digits_fd_vs_wallclock.png", "method", "digits Frechet distance", True,
+                "digits FD vs wall-clock (dotted: DSM's final = targets)")
+    return digits_verdict(part, args)
+
+
+def retime_part(name: str, part: dict, args, say) -> None:
+    """The times to the targets, the speed-ups and the summaries of a stored part, again from its curves."""
+    for res in part.values():
+        records = res["records"]
+        if name == "memorise":
+            for rec in records:
+                if "curve" in rec:
+                    mem_times(rec, args.ssim_targets)
+            mem_ratios(records, args.ssim_targets)
+            res["summary"] = summarise_mem(records, args)
+            continue
+        for seed in sorted({r["seed"] for r in records}):
+            recs = {r["method"]: r for r in records if r["seed"] == seed and "curve" in r}
+            if "dsm" in recs:
+                say(f"  {records[0]['data']} seed {seed}:")
+                time_to_dsm(recs, name, say)
+        res["summary"] = summarise_toy(records, args.methods if name == "toy" else args.digits_methods)
+
+
+def write_results(out: Path, out_json: dict, say) -> None:
+    (out / "embedding.json").write_text(json.dumps(json_safe(out_json), indent=1, default=str))
+    say(f"raw numbers: {out / 'embedding.json'}; pictures: {out}/*.png")
+    (out / "report.txt").write_text("\n".join(say.lines) + "\n")
+
+
+def report_only(args: argparse.Namespace, command: str) -> int:
+    """The report of a stored embedding.json, its times to the targets recomputed from its curves (with the
+    arguments of the run that wrote it; nothing is trained or evaluated)."""
+    out_json = stored_results(args.report_only)
+    stored_args = argparse.Namespace(**out_json["args"])
+    say = Report()
+    say(f"command: {command}")
+    say(f"report regenerated from the curves stored in {args.report_only}, written by: {out_json['command']}")
+    out_json["verdicts"] = []
+    for name, part in out_json["parts"].items():
+        say(f"\n== part {name}")
+        retime_part(name, part, stored_args, say)
+        out_json["verdicts"] += report_part(name, part, stored_args, args.out, say)
+    for line in out_json["verdicts"]:
+        say(line)
+    out_json["report_only"] = {"command": command, "source": str(args.report_only)}
+    write_results(args.out, out_json, say)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only is not None:
+        return report_only(args, command)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -989,8 +1035,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs_dir = args.runs_dir
     say = Report()
-    report = say.lines
-
     machine = machine_info(threads=torch.get_num_threads(), device=str(device))
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
@@ -1003,46 +1047,17 @@ def main(argv: list[str] | None = None) -> int:
         "+ optimiser steps; evaluation and checkpoints excluded. Curves: EMA snapshots, ONE fixed-seed evaluator "
         "per part.")
     results: dict = {}
+    verdicts: list[str] = []
     out_json = {"command": command, "machine": machine,
                 "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                "parts": results}
-    verdicts: list[str] = []
+                "parts": results, "verdicts": verdicts}
+    runners = {"toy": run_part_toy, "memorise": run_part_memorise, "digits": run_part_digits}
     t_all = time.perf_counter()
     try:
-        if "toy" in args.parts:
-            part = run_part_toy(args, runs_dir, device, say)
-            results["toy"] = part
-            say()
-            for data, res in part.items():
-                for line in toy_table(data, res["summary"], args):
-                    say(line)
-                say()
-            verdicts += toy_verdict(part, args)
-            plot_curves(part, args.out / "toy_swd_vs_wallclock.png", "method", "SWD to the true distribution",
-                        True, "SWD vs wall-clock (seed 0 solid; dotted: DSM's final = targets)")
-        if "memorise" in args.parts:
-            part = run_part_memorise(args, runs_dir, device, say)
-            results["memorise"] = part
-            say()
-            for key, res in part.items():
-                for line in mem_table(key, res["summary"], args):
-                    say(line)
-                say()
-            verdicts += mem_verdict(part, args)
-            plot_curves(part, args.out / "memorise_ssim_vs_wallclock.png", "variant",
-                        "mean best-match SSIM to the training images", False,
-                        "SSIM vs wall-clock (seed 0 solid; dotted: targets)", hlines=args.ssim_targets)
-        if "digits" in args.parts:
-            part = run_part_digits(args, runs_dir, device, say)
-            results["digits"] = part
-            say()
-            for line in toy_table("digits (digits Frechet distance, clamped samples)", part["digits"]["summary"], args,
-                                  metric="FD"):
-                say(line)
-            say()
-            verdicts += digits_verdict(part, args)
-            plot_curves(part, args.out / "digits_fd_vs_wallclock.png", "method", "digits Frechet distance", True,
-                        "digits FD vs wall-clock (dotted: DSM's final = targets)")
+        for name in ("toy", "memorise", "digits"):
+            if name in args.parts:
+                results[name] = runners[name](args, runs_dir, device, say)
+                verdicts += report_part(name, results[name], args, args.out, say)
     except Exception:
         say("benchmark stopped by an error:\n" + traceback.format_exc())
         raise
@@ -1051,14 +1066,11 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
         machine["loadavg_end"] = os.getloadavg()
         out_json["total_seconds"] = time.perf_counter() - t_all
-        out_json["verdicts"] = verdicts
         for line in verdicts:
             say(line)
         say(f"\ntotal {out_json['total_seconds']:.0f} s; load average at end "
             f"{', '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
-        (args.out / "embedding.json").write_text(json.dumps(json_safe(out_json), indent=1, default=str))
-        say(f"raw numbers: {args.out / 'embedding.json'}; pictures: {args.out}/*.png")
-        (args.out / "report.txt").write_text("\n".join(report) + "\n")
+        write_results(args.out, out_json, say)
     return 0
 
 

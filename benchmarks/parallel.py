@@ -2,6 +2,8 @@
 
     python benchmarks/parallel.py --quick                       # smoke test, about 2-3 minutes
     python benchmarks/parallel.py --seeds 3 --steps 3000 ...    # the real run (see --help)
+    python benchmarks/parallel.py --report-only benchmarks/results/parallel/parallel.json --out /tmp/p
+        # the tables and pictures again from a stored parallel.json (its curves), nothing trained
 
 Methods (METHODS.md section 3; every network the same MLP, the same optimiser and batch):
 - SA-DDP: one time-conditioned network on [eps, T], DistributedDataParallel on the 2 workers (the
@@ -45,14 +47,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Report, command_line, machine_info, train_run
+from common import Report, command_line, curve_of, fmt3, json_safe, machine_info, mmm, stored_results, train_run
 
-from scorefast.api import open_run
+from scorefast import Config, open_run
 from scorefast.checkpoint import load_checkpoint
 from scorefast.data import BUILTIN_2D
-from scorefast.distributed import assignment, layout
-from scorefast.methods.parallel import PiecewiseModel
-from scorefast.trainer import TrainConfig, build_sde, edges_for
+from scorefast.evaluate import time_to
+from scorefast.methods.piecewise import PiecewiseModel
+from scorefast.run import RunDir
+from scorefast.training.launcher import assignment, layout
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "parallel"
 
@@ -111,13 +114,13 @@ def data_settings(args: argparse.Namespace, name: str) -> DataSettings:
                         args.digits_eval_n, args.digits_hutchinson, "bpd")
 
 
-def train_config(args: argparse.Namespace, ds: DataSettings, m: Method, seed: int, out: Path) -> TrainConfig:
+def train_config(args: argparse.Namespace, ds: DataSettings, m: Method, seed: int, out: Path) -> Config:
     steps = ds.sa_steps if m.intervals == 1 else ds.steps
-    return TrainConfig(data=ds.name, out=str(out), steps=steps, sde=args.sde, eps=args.eps, seed=seed,
-                       n_data=ds.n_data, batch_size=ds.batch, lr=args.lr, ema=args.ema, arch=ds.arch, width=ds.width,
-                       depth=ds.depth, intervals=m.intervals, partition=args.partition, workers=m.workers,
-                       threads=m.threads, snapshot_every=ds.snapshot_every, eval_every=steps, ckpt_every=steps,
-                       eval_samples=256, eval_steps=20, device="cpu")
+    spacing = {"partition": args.partition} if m.intervals > 1 else {}  # an option of the interval partition only
+    return Config(data=ds.name, out=str(out), steps=steps, sde=args.sde, eps=args.eps, seed=seed, n_data=ds.n_data,
+                  batch_size=ds.batch, lr=args.lr, ema=args.ema, arch=ds.arch, width=ds.width, depth=ds.depth,
+                  intervals=m.intervals, workers=m.workers, threads=m.threads, snapshot_every=ds.snapshot_every,
+                  eval_every=steps, ckpt_every=steps, eval_samples=256, eval_steps=20, device="cpu", **spacing)
 
 
 def queues(m: Method) -> list[list[int]]:
@@ -126,10 +129,6 @@ def queues(m: Method) -> list[list[int]]:
         return [list(range(m.intervals))]
     groups, _ = layout(m.workers, m.intervals)
     return assignment(m.intervals, groups)
-
-
-# -- training -------------------------------------------------------------------------------------
-
 
 
 # -- evaluation -----------------------------------------------------------------------------------
@@ -170,9 +169,9 @@ def snapshot_steps(run: Path, K: int) -> list[int]:
 
 def network_walls(run: Path, K: int, step: int | None) -> list[float]:
     """Each network's own training seconds at a snapshot step (None: the final checkpoint)."""
-    paths = [run / "checkpoints" / f"net-{k}.pt" if step is None else run / "snapshots" / f"net-{k}-{step:08d}.pt"
-             for k in range(K)]
-    return [float(load_checkpoint(p)["wall"]) for p in paths]
+    rd = RunDir(run)
+    return [float(load_checkpoint(rd.checkpoint(k) if step is None else rd.snapshot(k, step))["wall"])
+            for k in range(K)]
 
 
 def run_wall(walls: list[float], q: list[list[int]]) -> float:
@@ -219,33 +218,9 @@ def value_at(curve: list[dict], xkey: str, ykey: str, x: float) -> float:
     return float(np.interp(x, xs, ys))
 
 
-def time_to(curve: list[dict], xkey: str, ykey: str, target: float) -> float:
-    """First wall-clock at which the curve reaches ``target`` (linear between snapshots; NaN if never).
-    If the first snapshot is already below, its wall-clock (an upper bound) is returned."""
-    prev = None
-    for p in curve:
-        if p[ykey] <= target:
-            if prev is None or prev[ykey] == p[ykey]:
-                return float(p[xkey])
-            f = (prev[ykey] - target) / (prev[ykey] - p[ykey])
-            return float(prev[xkey] + f * (p[xkey] - prev[xkey]))
-        prev = p
-    return float("nan")
-
-
-def mmm(values: list[float]) -> tuple[float, float, float]:
-    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return (float("nan"),) * 3
-    return float(v.min()), float(np.median(v)), float(v.max())
-
-
-def fmt3(t: tuple[float, float, float], spec: str = ".3f") -> str:
-    if not math.isfinite(t[1]):
-        return "n/a"
-    if t[0] == t[2]:
-        return format(t[1], spec)
-    return f"{t[0]:{spec}}/{t[1]:{spec}}/{t[2]:{spec}}"
+def over_known(values: list[float | None]) -> list[float]:
+    """The values that exist: statistics over the seeds that reached a target (the table says how many)."""
+    return [x for x in values if x is not None and math.isfinite(x)]
 
 
 def views(runs: list[dict]) -> list[dict]:
@@ -280,24 +255,23 @@ def summarise(data: str, runs: list[dict], metric: str) -> dict:
                    else v["summary"]["elapsed_seconds"], "total_steps": sum(v["summary"]["steps"])}
             if base is not None:
                 target = base["curve"][-1][metric]
-                t = time_to(c, x, metric, target)
+                t = time_to(curve_of(c, x, metric), target)
                 rec.update(sa_final=target, sa_wall=base["curve"][-1]["wall"], time_to_sa_final=t,
-                           ratio=t / base["curve"][-1]["wall"], equal_wall=equal_wall[v["seed"]],
+                           ratio=None if t is None else t / base["curve"][-1]["wall"], equal_wall=equal_wall[v["seed"]],
                            at_equal_wall=value_at(c, x, metric, equal_wall[v["seed"]]),
                            sa_at_equal_wall=value_at(base["curve"], "wall", metric, equal_wall[v["seed"]]))
             per_seed.append(rec)
-        def g(k: str, per_seed: list[dict] = per_seed) -> list:
-            return [p.get(k) for p in per_seed]
-        delta = [a - b for a, b in zip(g("at_equal_wall"), g("sa_at_equal_wall")) if a is not None and b is not None]
+        def stat(k: str, per_seed: list[dict] = per_seed) -> list:
+            return mmm(over_known([p.get(k) for p in per_seed]))
+        delta = [p["at_equal_wall"] - p["sa_at_equal_wall"] for p in per_seed if "at_equal_wall" in p]
         rows.append({"view": name, "key": vs[0]["key"], "role": vs[0]["role"], "simulated": vs[0]["simulated"],
                      "intervals": vs[0]["intervals"], "workers": vs[0]["workers"],
                      "seeds": [p["seed"] for p in per_seed],
-                     "per_seed": per_seed, "final": mmm(g("final")), "wall": mmm(g("wall")),
-                     "elapsed": mmm(g("elapsed")), "at_equal_wall": mmm(g("at_equal_wall")),
-                     "delta_at_equal_wall": mmm(delta), "time_to_sa_final": mmm(g("time_to_sa_final")),
-                     "ratio": mmm(g("ratio")),
-                     "steps_per_s": mmm([p["total_steps"] / p["wall"] for p in per_seed]),
-                     "steps_per_s_elapsed": mmm([p["total_steps"] / p["elapsed"] for p in per_seed if p["elapsed"]])})
+                     "per_seed": per_seed, "final": stat("final"), "wall": stat("wall"), "elapsed": stat("elapsed"),
+                     "at_equal_wall": stat("at_equal_wall"), "delta_at_equal_wall": mmm(over_known(delta)),
+                     "time_to_sa_final": stat("time_to_sa_final"), "ratio": stat("ratio"),
+                     "steps_per_s": mmm(p["total_steps"] / p["wall"] for p in per_seed),
+                     "steps_per_s_elapsed": mmm(p["total_steps"] / p["elapsed"] for p in per_seed if p["elapsed"])})
     return {"data": data, "metric": metric, "rows": rows}
 
 
@@ -335,7 +309,7 @@ def table(summary: dict, scaling: dict | None) -> str:
         delta = fmt3(r["delta_at_equal_wall"], "+.3f") if main and r["key"] != "sa-ddp" else ""
         elapsed = "SIMULATED" if r["simulated"] else format(r["elapsed"][1], ".1f")
         times = [p.get("time_to_sa_final") for p in r["per_seed"]]
-        reached = sum(t is not None and math.isfinite(t) for t in times)
+        reached = sum(t is not None for t in times)
         ratio = f"{fmt3(r['ratio'], '.2f')} ({reached}/{len(times)})"
         lines.append(f"{r['view']:<38} {len(r['seeds']):>5}  {fmt3(r['final']):>23}  {eq:>23}  {delta:>23}  "
                      f"{fmt3(r['wall'], '.1f'):>17}  {elapsed:>9}  "
@@ -440,6 +414,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--runs-dir", type=Path, default=None,
                    help="keep run directories here (default: a temp dir, deleted)")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs of identical configuration in --runs-dir")
+    p.add_argument("--report-only", type=Path, default=None, metavar="PARALLEL_JSON",
+                   help="train nothing: regenerate the tables and pictures from a stored parallel.json (its "
+                        "curves) into --out")
     args = p.parse_args(argv)
     if args.quick:
         args.datasets, args.seeds, args.steps, args.snapshot_every = "checkerboard", 1, 100, 50
@@ -455,10 +432,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report_dataset(data: str, runs: list[dict], metric: str, out: Path, say: Report) -> dict:
+    """Statistics over seeds, the table and the picture of one data set's evaluated runs."""
+    summary = summarise(data, runs, metric)
+    scaling = worker_scaling(runs)
+    say()
+    say(table(summary, scaling))
+    png = out / f"nll_vs_wallclock_{data}.png"
+    plot(data, runs, metric, png)
+    say(f"picture: {png}")
+    return {"summary": summary, "worker_scaling": scaling}
+
+
+def write_results(out: Path, results: dict, say: Report) -> None:
+    (out / "parallel.json").write_text(json.dumps(json_safe(results), indent=1))
+    (out / "report.txt").write_text("\n".join(say.lines) + "\n")
+    say(f"raw numbers: {out / 'parallel.json'}")
+
+
+def report_only(args: argparse.Namespace, command: str) -> int:
+    """The report of a stored parallel.json, recomputed from its curves (nothing is trained or evaluated)."""
+    results = stored_results(args.report_only)
+    say = Report()
+    say(f"command: {command}")
+    say(f"report regenerated from the curves stored in {args.report_only}, written by: {results['command']}")
+    for data, res in results["datasets"].items():
+        say(f"\n[{data}]")
+        res.update(report_dataset(data, res["runs"], res["settings"]["metric"], args.out, say))
+    results["report_only"] = {"command": command, "source": str(args.report_only)}
+    write_results(args.out, results, say)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only is not None:
+        return report_only(args, command)
     tmp = None
     if args.runs_dir is None:
         tmp = tempfile.mkdtemp(prefix="bench-parallel-")
@@ -466,8 +477,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs_dir = args.runs_dir
     say = Report()
-    report = say.lines
-
     machine = machine_info()
     say(f"command: {command}")
     say(f"machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, "
@@ -500,12 +509,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"(max), elapsed {summary['elapsed_seconds']:.1f} s, call {time.perf_counter() - t0:.1f} s, "
                     f"load {load:.2f}{' (reused)' if reused else ''}")
                 runs.append({"key": m.key, "label": m.label, "role": m.role, "intervals": m.intervals,
-                             "workers": m.workers, "threads": m.threads, "seed": seed, "run_dir": cfg.out,
+                             "workers": m.workers, "threads": m.threads, "seed": seed, "run_dir": cfg.log.out,
                              "config": cfg.to_dict(), "queues": queues(m), "loadavg_before": load, "reused": reused,
                              "summary": {k: summary[k] for k in ("steps", "train_seconds", "max_network_seconds",
                                                                   "elapsed_seconds", "networks")}})
-            sde = build_sde(TrainConfig(sde=args.sde, eps=args.eps))
-            grid_edges = union_edges([edges_for(TrainConfig(**r["config"]), sde) for r in runs])
+            sde = Config(sde=args.sde, eps=args.eps).sde.build()
+            grid_edges = union_edges([Config.from_dict(r["config"]).partition.edges(sde) for r in runs])
             say(f"  evaluator: {ds.eval_n} held-out examples per seed, RK4 {args.nll_steps} steps on one grid over "
                 f"the {len(grid_edges) - 1} pieces of edges {[round(e, 5) for e in grid_edges]}, "
                 f"{'exact divergence' if ds.hutchinson == 0 else f'Hutchinson {ds.hutchinson}'}, "
@@ -518,15 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  evaluated {r['label']:<36} seed {r['seed']}: {len(r['curve'])} points, final "
                     f"{ds.metric} {r['curve'][-1][ds.metric]:.4f}, {time.perf_counter() - t1:.1f} s")
             say(f"  evaluated {sum(len(r['curve']) for r in runs)} snapshots in {time.perf_counter() - t0:.1f} s")
-            summary = summarise(data, runs, ds.metric)
-            scaling = worker_scaling(runs)
-            say()
-            say(table(summary, scaling))
-            png = args.out / f"nll_vs_wallclock_{data}.png"
-            plot(data, runs, ds.metric, png)
-            say(f"picture: {png}")
             results["datasets"][data] = {"settings": dataclasses.asdict(ds), "grid_edges": grid_edges,
-                                         "runs": runs, "summary": summary, "worker_scaling": scaling}
+                                         "runs": runs, **report_dataset(data, runs, ds.metric, args.out, say)}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -534,9 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_seconds"] = time.perf_counter() - t_all
     say(f"\ntotal {results['total_seconds']:.0f} s; load average at end "
         f"{', '.join(f'{x:.2f}' for x in results['machine']['loadavg_end'])}")
-    (args.out / "parallel.json").write_text(json.dumps(results, indent=1, default=float))
-    (args.out / "report.txt").write_text("\n".join(report) + "\n")
-    say(f"raw numbers: {args.out / 'parallel.json'}")
+    write_results(args.out, results, say)
     return 0
 
 

@@ -1,6 +1,8 @@
 """Shorter diffusion times bridged by an auxiliary prior: NLL against T per prior, at equal training steps.
 
     python benchmarks/truncation.py --quick          # smoke test: 25 s on a quiet 2-core CPU, ~1.5 min loaded
+    python benchmarks/truncation.py --report-only benchmarks/results/truncation/truncation.json --out /tmp/t
+        # the tables and pictures again from a stored truncation.json (its curves), nothing trained
     python benchmarks/truncation.py --threads 2 --runs-dir runs/bench-truncation
         # the real run with the defaults: 2-D MLP 128, batch 512, 3000 steps, 3 seeds; digits MLP 256,
         # batch 512, 3000 steps, 2 seeds; T 0.2,0.3,0.4,0.6,1; all four priors. Estimated ~15 min on a
@@ -26,10 +28,10 @@ What it measures (METHODS.md sections 2 and 4), on the off-centre 2-D set and th
 How (read this before trusting a number):
 - ONE score network per (data, T, seed). The score network does not depend on the prior, so every prior
   is fitted separately on that network's forward samples x_T, with the library's own pieces
-  (``make_prior(name, d, sde).fit(train_x, sde, steps=--prior-steps, seed=seed)``: exactly the call
-  ``trainer._fit_prior`` makes). The networks are trained by ``scorefast.train`` with prior='standard' and
-  prior_fit='before'; the fit uses its own RNG, so training with another prior would give the very same
-  network. This saves (#priors - 1) trainings per (data, T, seed).
+  (``PRIORS.create(name).build(d, sde).fit(train_x, sde, steps=--prior-steps, seed=seed)``: the density and
+  the call of the trainer's ``recipe.fit_prior``). The networks are trained by ``scorefast.train`` with
+  prior='standard' and prior_fit='before'; the fit uses its own RNG, so training with another prior would
+  give the very same network. This saves (#priors - 1) trainings per (data, T, seed).
 - Accounting of the prior fit: as prior_fit='before' (fit, then train, serially): a run's wall-clock
   = the prior fit's seconds + the network's training seconds ('wall' of the trainer: optimiser steps,
   evaluation and checkpoints excluded; for T < 1 it includes the trainer's own fit of the standard prior,
@@ -38,7 +40,7 @@ How (read this before trusting a number):
   by T: the same step size for every T), returning the change of log-density and the end point x_T;
   each prior then adds its log nu(x_T). The same held-out points and the same dequantisation noise for
   every T and prior of a seed, so differences between them are paired.
-- ELBO: ``methods.truncation.elbo`` on the same points (n_t = 128 stratified times, the same noise for
+- ELBO: ``methods.elbo.elbo`` on the same points (n_t = 128 stratified times, the same noise for
   every prior); reported as -ELBO (an upper bound on the NLL).
 - Sample quality: ONE offline evaluator for every run and every snapshot: --eval-n samples from the
   prior at T and the PF-ODE (RK4, --sample-steps over [eps, 1] scaled by T), fixed sampling seed,
@@ -46,10 +48,10 @@ How (read this before trusting a number):
   The trainer's own periodic metric is not used (it knows only the run's own prior, and on 2-D toys its
   2,000-point held-out reference puts the SWD's noise floor at the level of a well-trained model).
 - Time-to-quality: EMA snapshots every --snapshot-every steps are evaluated in order until the target is
-  reached (all of them with --full-curves); the time of the first snapshot at or below the target is
-  taken (no interpolation; resolution = one snapshot interval). The baseline gets the same rule (it
-  reaches its own final value at the latest at its last snapshot). Curves are computed for the baseline
-  and for T <= --ttq-max-T with the priors in --ttq-priors (all configurations with --ttq-priors all).
+  reached (all of them with --full-curves); the time (and the step count) is ``evaluate.time_to``'s:
+  linear between the last snapshot that misses the target and the first that meets it. The baseline gets
+  the same rule (it reaches its own final value at the latest at its last snapshot). Curves are computed
+  for the baseline and for T <= --ttq-max-T with the priors in --ttq-priors (all configurations with --ttq-priors all).
 
 Outputs in --out: truncation.json (every raw number), nll_vs_T.png, quality_vs_wallclock.png, report.txt
 (the tables, as printed).
@@ -70,23 +72,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Report, command_line, machine_info, train_run
+from common import Report, command_line, curve_of, fmt3, json_safe, machine_info, mmm, stored_results, train_run
 
+from scorefast import Config
 from scorefast.checkpoint import load_checkpoint, save_checkpoint
 from scorefast.data import BUILTIN_2D, load_data
+from scorefast.evaluate import metric_name, quality, sample_steps, time_to
 from scorefast.likelihood import bits_per_dim, dequantize, log_likelihood
-from scorefast.methods.truncation import elbo, make_prior, prior_from_config
+from scorefast.methods.elbo import elbo
+from scorefast.methods.priors import PRIORS
+from scorefast.run import RunDir, resolve_device, split_data
 from scorefast.sampling import sample
-from scorefast.trainer import (
-    TrainConfig,
-    build_sde,
-    load_dataset,
-    load_model,
-    metric_name,
-    quality,
-    resolve_device,
-    sample_steps,
-)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "truncation"
 ALL_PRIORS = ("standard", "gaussian", "gmm", "flow")
@@ -122,34 +118,36 @@ def data_settings(args: argparse.Namespace, name: str) -> DataSettings:
                         args.digits_eval_n, args.digits_nll_n, args.digits_hutchinson, True)
 
 
-def train_config(args: argparse.Namespace, ds: DataSettings, T: float, seed: int, out: Path) -> TrainConfig:
+def train_config(args: argparse.Namespace, ds: DataSettings, T: float, seed: int, out: Path) -> Config:
     """The score network's run: prior 'standard' fitted 'before' (a no-op fit for T < 1); the in-loop
     metric only at the end and on a small sample (it is not used here)."""
-    return TrainConfig(data=ds.name, out=str(out), steps=ds.steps, sde=args.sde, T=T, eps=args.eps, seed=seed,
-                       batch_size=ds.batch, lr=args.lr, ema=args.ema, arch=ds.arch, width=ds.width, depth=ds.depth,
-                       eval_every=ds.steps, eval_samples=256, eval_steps=args.sample_steps, ckpt_every=ds.steps,
-                       snapshot_every=ds.snapshot_every, threads=args.threads, device=args.device,
-                       prior="standard", prior_fit="before")
+    return Config(data=ds.name, out=str(out), steps=ds.steps, sde=args.sde, T=T, eps=args.eps, seed=seed,
+                  batch_size=ds.batch, lr=args.lr, ema=args.ema, arch=ds.arch, width=ds.width, depth=ds.depth,
+                  eval_every=ds.steps, eval_samples=256, eval_steps=args.sample_steps, ckpt_every=ds.steps,
+                  snapshot_every=ds.snapshot_every, threads=args.threads, device=args.device,
+                  prior="standard", prior_fit="before")
 
 
-# -- training and prior fits ----------------------------------------------------------------------
+# -- prior fits -----------------------------------------------------------------------------------
 
-
-
-def fit_prior(name: str, cfg: TrainConfig, train_x: torch.Tensor, sde, device, prior_steps: int, reuse: bool,
+def fit_prior(name: str, cfg: Config, train_x: torch.Tensor, sde, device, prior_steps: int, reuse: bool,
               path: Path):
-    """Fit prior ``name`` at the run's T on its training data (as ``trainer._fit_prior`` does); saved
-    under the run so that --reuse can skip it (the recorded fit seconds are reused with it)."""
-    want = {"prior": name, "T": cfg.T, "seed": cfg.seed, "prior_steps": prior_steps, "sde": cfg.sde, "eps": cfg.eps}
+    """Fit prior ``name`` at the run's T on its training data (the density and the call of the trainer's
+    ``recipe.fit_prior``); saved under the run, in the trainer's prior checkpoint format plus what it was
+    fitted for, so that --reuse can skip it (the recorded fit seconds are reused with it)."""
+    want = {"prior": name, "T": cfg.sde.T, "seed": cfg.optim.seed, "prior_steps": prior_steps, "sde": cfg.sde.name,
+            "eps": cfg.sde.eps}
+    plugin = PRIORS.create(name)
+    dim = train_x[0].numel()
+    prior = plugin.build(dim, sde).to(device)
     if reuse and path.is_file():
         state = load_checkpoint(path)
         if state.get("want") == want:
-            prior = prior_from_config(state["config"], sde).to(device)
             prior.load_state_dict(state["state"])
             return prior.eval(), dict(state["fit"]), True
-    prior = make_prior(name, train_x[0].numel(), sde).to(device)
-    info = prior.fit(train_x.flatten(1).to(device), sde, steps=prior_steps, seed=cfg.seed, progress=False)
-    save_checkpoint(path, {"want": want, "config": prior.config(), "state": prior.state_dict(), "fit": info})
+    info = prior.fit(train_x.flatten(1).to(device), sde, steps=prior_steps, seed=cfg.optim.seed, progress=False)
+    save_checkpoint(path, {"want": want, "prior": plugin.to_dict(), "dim": dim, "state": prior.state_dict(),
+                           "fit": info})
     return prior.eval(), info, False
 
 
@@ -178,16 +176,16 @@ def evaluate_quality(model, sde, prior, shape, n: int, steps: int, reference: to
     return quality(mname, x, reference), seconds, out_of_range
 
 
-def quality_reference(cfg: TrainConfig, ds: DataSettings, args, test_ds) -> torch.Tensor:
+def quality_reference(cfg: Config, ds: DataSettings, args, test_ds) -> torch.Tensor:
     """What samples are compared with: for 2-D toys a fresh draw of --ref-n (default --eval-n) points
     from the data generator (seed 1,000,000 + seed; the 2,000-point held-out split would put the SWD's
     noise floor at the level of a well-trained model); for images the run's held-out split."""
     if ds.images:
         return test_ds.x
-    return load_data(ds.name, n=args.ref_n or ds.eval_n, seed=REF_SEED + cfg.seed).x
+    return load_data(ds.name, n=args.ref_n or ds.eval_n, seed=REF_SEED + cfg.optim.seed).x
 
 
-def nll_points(cfg: TrainConfig, ds: DataSettings, test) -> torch.Tensor:
+def nll_points(cfg: Config, ds: DataSettings, test) -> torch.Tensor:
     """The held-out points of a seed, dequantised for digits (the same for every T and prior)."""
     x = test.x[:ds.nll_n]
     if test.levels:
@@ -209,43 +207,16 @@ def flow_to_T(model, sde, x: torch.Tensor, steps: int, hutchinson: int, device) 
     return torch.cat(deltas), torch.cat(ends)
 
 
-def json_safe(obj):
-    """Non-finite floats as null (strict JSON): an infinite time-to-quality means 'never reached'."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-def mmm(values) -> list[float]:
-    v = [float(x) for x in values]
-    if not v:
-        return [math.nan] * 3
-    return [min(v), float(np.median(v)), max(v)]
-
-
-def fmt3(t, spec: str = ".3f") -> str:
-    if t is None or all(isinstance(x, float) and math.isnan(x) for x in t):
-        return "-"
-    parts = [("never" if math.isinf(x) else format(x, spec)) for x in t]
-    if len(set(parts)) == 1:
-        return parts[0]
-    return "/".join(parts)
-
-
-def evaluate_network(args, ds: DataSettings, cfg: TrainConfig, train_summary: dict, priors: list[str],
+def evaluate_network(args, ds: DataSettings, cfg: Config, train_summary: dict, priors: list[str],
                      device, say) -> list[dict]:
     """Every measurement of one score network: one record per prior."""
-    run = Path(cfg.out)
-    sde = build_sde(cfg)
-    train_ds, test_ds = load_dataset(cfg)
+    run = RunDir(cfg.log.out)
+    sde = cfg.sde.build()
+    train_ds, test_ds = split_data(cfg)
     shape = tuple(train_ds.shape)
     mname = metric_name(train_ds)
-    model = load_model(cfg, run, sde, shape).to(device)
-    final_wall = float(load_checkpoint(run / "checkpoints" / "net-0.pt")["wall"])
+    model = run.load_model(cfg, sde, shape).to(device)
+    final_wall = float(load_checkpoint(run.checkpoint(0))["wall"])
     steps_sample = sample_steps(args.sample_steps, sde)
     steps_nll = sample_steps(args.nll_steps, sde)
     reference = quality_reference(cfg, ds, args, test_ds)
@@ -256,7 +227,7 @@ def evaluate_network(args, ds: DataSettings, cfg: TrainConfig, train_summary: di
     records = []
     for name in priors:
         prior, fit, reused = fit_prior(name, cfg, train_ds.x, sde, device, args.prior_steps, args.reuse,
-                                       run / "priors" / f"{name}.pt")
+                                       run.path / "priors" / f"{name}.pt")
         fit_seconds = 0.0 if (name == "standard") else float(fit["seconds"])
         with torch.no_grad():
             logp = (prior.log_prob(xT.to(device)).cpu().double() + delta.double())
@@ -264,7 +235,7 @@ def evaluate_network(args, ds: DataSettings, cfg: TrainConfig, train_summary: di
         parts = {k: float(v.double().mean()) for k, v in parts.items()}
         q, secs, oor = evaluate_quality(model, sde, prior, shape, ds.eval_n, steps_sample, reference, mname,
                                         device, sampler=args.sampler)
-        rec = {"data": ds.name, "T": cfg.T, "prior": name, "seed": cfg.seed, "run": str(run),
+        rec = {"data": ds.name, "T": cfg.sde.T, "prior": name, "seed": cfg.optim.seed, "run": str(run.path),
                "nll_nats": float(-logp.mean()), "nll_sem": float(logp.std() / len(logp) ** 0.5),
                "logp": logp.tolist(), "nll_n": len(logp), "nll_steps": steps_nll,
                "divergence": "exact" if ds.hutchinson == 0 else f"hutchinson-{ds.hutchinson}",
@@ -294,23 +265,23 @@ def snapshot_list(run: Path) -> list[tuple[int, Path]]:
 def quality_curve(args, ds: DataSettings, rec: dict, target: float | None, device) -> list[dict]:
     """Quality of the EMA snapshots of a run with the record's prior, in step order; stops at the first
     snapshot at or below ``target`` unless --full-curves. The last point is the final weights."""
-    cfg = TrainConfig.from_dict(json.loads((Path(rec["run"]) / "config.json").read_text())["config"])
-    run = Path(rec["run"])
-    sde = build_sde(cfg)
-    train_ds, test_ds = load_dataset(cfg)
+    run = RunDir(rec["run"])
+    cfg = run.read_config()
+    sde = cfg.sde.build()
+    train_ds, test_ds = split_data(cfg)
     shape = tuple(train_ds.shape)
     reference = quality_reference(cfg, ds, args, test_ds)
     steps = sample_steps(args.sample_steps, sde)
     fit = rec["prior_fit_seconds"]
     curve = []
-    snaps = snapshot_list(run)
-    final_step = int(cfg.steps)
+    snaps = snapshot_list(run.path)
+    final_step = int(cfg.budget.steps)
     for step, path in snaps:
         wall = float(load_checkpoint(path)["wall"])
         if step == final_step:  # the final EMA weights: already evaluated (identical sampling)
             q = rec["final_quality"]
         else:
-            model = load_model(cfg, run, sde, shape, step=step).to(device)
+            model = run.load_model(cfg, sde, shape, step=step).to(device)
             q, _, _ = evaluate_quality(model, sde, rec["_prior"], shape, ds.eval_n, steps, reference,
                                        rec["metric_name"], device, sampler=args.sampler)
         curve.append({"step": step, "train_wall": wall, "wall": wall + fit, "quality": q})
@@ -322,12 +293,19 @@ def quality_curve(args, ds: DataSettings, rec: dict, target: float | None, devic
     return curve
 
 
-def time_to(curve: list[dict], target: float) -> tuple[float, float]:
-    """(wall-clock incl. the prior fit, optimiser steps) of the first curve point at or below target."""
-    for p in curve:
-        if p["quality"] <= target:
-            return p["wall"], float(p["step"])
-    return math.inf, math.inf
+def time_to_target(records: list[dict], say) -> None:
+    """Every curve's wall-clock (prior fit included) and optimiser steps to the target of its seed (the
+    baseline's), by ``evaluate.time_to``; None = never reached."""
+    targets = {r["seed"]: r["target"] for r in records if "target" in r}
+    for r in records:
+        if not r.get("curve"):
+            continue
+        target = targets[r["seed"]]
+        r["ttq"] = time_to(curve_of(r["curve"], "wall", "quality"), target)
+        r["ttq_steps"] = time_to(curve_of(r["curve"], "step", "quality"), target)
+        say(f"  time-to-quality seed {r['seed']} T={r['T']:g} {r['prior']:<9}: target {r['metric_name']} "
+            f"{target:.4f}, reached at {'never' if r['ttq'] is None else format(r['ttq'], '.1f') + ' s'} "
+            f"(fit {r['prior_fit_seconds']:.1f} s + training), {len(r['curve'])} snapshot(s)")
 
 
 def time_sampling(args, ds: DataSettings, records: list[dict], device) -> None:
@@ -335,7 +313,7 @@ def time_sampling(args, ds: DataSettings, records: list[dict], device) -> None:
     so that a change of machine load hits every configuration alike; the fastest draw is kept."""
     for _ in range(args.timing_repeats):
         for r in records:
-            sde = build_sde(TrainConfig(sde=args.sde, T=r["T"], eps=args.eps))
+            sde = Config(sde=args.sde, T=r["T"], eps=args.eps).sde.build()
             _, secs = timed_sample(r["_model"], sde, r["_prior"], r["_shape"], ds.eval_n, r["sample_steps"], device,
                                    args.sampler)
             r["sample_seconds_all"].append(secs)
@@ -354,7 +332,6 @@ def summarise(ds: DataSettings, records: list[dict], Ts: list[float], priors: li
     for T in Ts:
         for p in priors:
             rs = [by[(T, p, s)] for s in seeds]
-            ttq = [r.get("ttq") for r in rs]
             row = {"T": T, "prior": p, "seeds": seeds,
                    "nll_nats": mmm(r["nll_nats"] for r in rs),
                    "nll_vs_base": mmm(r["nll_nats"] - base[r["seed"]]["nll_nats"] for r in rs),
@@ -368,20 +345,12 @@ def summarise(ds: DataSettings, records: list[dict], Ts: list[float], priors: li
                    "sample_seconds_ratio": mmm(r["sample_seconds"] / base[r["seed"]]["sample_seconds"] for r in rs),
                    "final_quality": mmm(r["final_quality"] for r in rs),
                    "out_of_range": mmm(r["out_of_range"] for r in rs),
-                   "train_seconds": mmm(r["train_seconds"] for r in rs),
-                   "ttq_seconds": mmm(ttq) if all(t is not None for t in ttq) else None,
-                   "ttq_ratio": (mmm(r["ttq"] / base[r["seed"]]["ttq"] for r in rs)
-                                 if all(t is not None for t in ttq) else None),
-                   "ttq_steps": mmm(r["ttq_steps"] for r in rs) if all(t is not None for t in ttq) else None,
-                   # load-normalised: the same per-step cost for every T (same network and batch), so
-                   # fit + steps to target x the baseline's seconds per step, over the baseline's time
-                   "ttq_norm_ratio": (mmm((r["prior_fit_seconds"] + r["ttq_steps"] * _per_step(base[r["seed"]]))
-                                          / (base[r["seed"]]["ttq_steps"] * _per_step(base[r["seed"]]))
-                                          for r in rs) if all(t is not None for t in ttq) else None)}
+                   "train_seconds": mmm(r["train_seconds"] for r in rs)}
             if ds.images:
                 row["bpd"] = mmm(r["bpd"] for r in rs)
                 row["neg_elbo_bpd"] = mmm(r["neg_elbo_bpd"] for r in rs)
             rows.append(row)
+    add_times(rows, records)
     return {"data": ds.name, "seeds": seeds, "metric_name": records[0]["metric_name"], "rows": rows,
             "targets": {s: base[s]["target"] for s in seeds}, "data_reference": data_reference,
             "verdict": verdict(ds, rows, args)}
@@ -389,6 +358,36 @@ def summarise(ds: DataSettings, records: list[dict], Ts: list[float], priors: li
 
 def _per_step(rec: dict) -> float:
     return rec["train_seconds"] / rec["train_summary"]["steps"][0]
+
+
+def _ratio(t: float | None, t_base: float | None) -> float | None:
+    """t / t_base for times to the target: None if t is never reached, 0 if only the baseline never is."""
+    if t is None:
+        return None
+    return 0.0 if t_base is None else t / t_base
+
+
+def _charged(r: dict, base: dict) -> float | None:
+    """Load-normalised time to the target: the same per-step cost for every T (same network and batch), so
+    the prior fit + the steps to the target x the baseline's seconds per step (the baseline's fit is 0)."""
+    return None if r["ttq_steps"] is None else r["prior_fit_seconds"] + r["ttq_steps"] * _per_step(base)
+
+
+def add_times(rows: list[dict], records: list[dict]) -> None:
+    """The time-to-target columns of every row, from its records' times (``time_to_target``): None for
+    the whole column when the curves of the row were not computed (--ttq-priors / --ttq-max-T)."""
+    by = {(r["T"], r["prior"], r["seed"]): r for r in records}
+    for row in rows:
+        rs = [by[(row["T"], row["prior"], s)] for s in row["seeds"]]
+        base = {s: by[(1.0, "standard", s)] for s in row["seeds"]}
+        if not all(r.get("curve") for r in rs):
+            row.update(dict.fromkeys(("ttq_seconds", "ttq_ratio", "ttq_steps", "ttq_norm_ratio")))
+            continue
+        pairs = [(r, base[r["seed"]]) for r in rs]
+        row.update({"ttq_seconds": mmm(r["ttq"] for r in rs),
+                    "ttq_ratio": mmm(_ratio(r["ttq"], b["ttq"]) for r, b in pairs),
+                    "ttq_steps": mmm(r["ttq_steps"] for r in rs),
+                    "ttq_norm_ratio": mmm(_ratio(_charged(r, b), _charged(b, b)) for r, b in pairs)})
 
 
 def verdict(ds: DataSettings, rows: list[dict], args) -> dict:
@@ -402,7 +401,7 @@ def verdict(ds: DataSettings, rows: list[dict], args) -> dict:
     for r in cands:
         a = r["nll_vs_base"][1] <= 0
         b = r["sample_steps_ratio"] <= 0.5 and r["sample_seconds_ratio"][1] <= 0.5
-        c = None if r["ttq_ratio"] is None else r["ttq_ratio"][1] < 1
+        c = None if r["ttq_ratio"] is None else r["ttq_ratio"][1] is not None and r["ttq_ratio"][1] < 1
         out["candidates"].append({"T": r["T"], "nll": a, "sampling": b, "ttq": c,
                                   "all": bool(a and b and c)})
     met = [c for c in out["candidates"] if c["all"]]
@@ -441,8 +440,9 @@ def table(summary: dict, ds: DataSettings, args) -> str:
     lines += ["dNLL: paired difference to T=1/standard of the same seed (same points, same dequantisation; "
               "negative = better). -ELBO, train s: medians. x base (sampling): median per-seed ratio of sampling "
               "seconds to T=1/standard.",
-              f"t to target: prior fit + training seconds (prior_fit='before' accounting) of the first EMA snapshot "
-              f"whose {m} <= {args.target_slack:g} x the T=1/standard final {m} of the same seed ({tg}); "
+              f"t to target: prior fit + training seconds (prior_fit='before' accounting) at which the EMA "
+              f"snapshots' {m} first reaches {args.target_slack:g} x the T=1/standard final {m} of the same seed "
+              f"({tg}), linear between snapshots (evaluate.time_to; steps to target likewise); "
               f"'-' = not evaluated "
               f"(see --ttq-priors / --ttq-max-T), never = not reached within the budget; x base = per-seed ratio "
               f"to T=1/standard's own time to the target (< 1 = faster); x base@same s/step: the same ratio with "
@@ -646,6 +646,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="where the score networks and fitted priors live (default: a temporary directory, removed)")
     p.add_argument("--reuse", action="store_true",
                    help="reuse finished runs of identical configuration and fitted priors in --runs-dir")
+    p.add_argument("--report-only", type=Path, default=None, metavar="TRUNCATION_JSON",
+                   help="train nothing: regenerate the tables, verdicts and pictures from a stored truncation.json "
+                        "(its curves) into --out")
     if p.parse_args(argv).quick:  # the quick sizes become defaults: flags given explicitly still win
         p.set_defaults(**QUICK)
     args = p.parse_args(argv)
@@ -677,10 +680,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def report_dataset(summary: dict, ds: DataSettings, args, say: Report) -> None:
+    say()
+    say(table(summary, ds, args))
+    say()
+    for line in verdict_lines(summary, ds, args):
+        say(line)
+
+
+def plot_results(results: dict, out: Path, say: Report) -> None:
+    if results:
+        plot_nll(results, out / "nll_vs_T.png")
+        plot_quality(results, out / "quality_vs_wallclock.png")
+        say(f"\npictures: {out / 'nll_vs_T.png'}, {out / 'quality_vs_wallclock.png'}")
+
+
+def write_results(out: Path, out_json: dict, say: Report) -> None:
+    """truncation.json and report.txt."""
+    (out / "truncation.json").write_text(json.dumps(json_safe(out_json), indent=1))
+    say(f"raw numbers: {out / 'truncation.json'}")
+    (out / "report.txt").write_text("\n".join(say.lines) + "\n")
+
+
+def report_only(args: argparse.Namespace, command: str) -> int:
+    """The report of a stored truncation.json, its times to the target recomputed from its curves (with the
+    arguments of the run that wrote it; nothing is trained or evaluated)."""
+    out_json = stored_results(args.report_only)
+    stored_args = argparse.Namespace(**out_json["args"])
+    say = Report()
+    say(f"command: {command}")
+    say(f"report regenerated from the curves stored in {args.report_only}, written by: {out_json['command']}")
+    for data, res in out_json["datasets"].items():
+        ds = DataSettings(**res["settings"])
+        say(f"\n[{data}]")
+        time_to_target(res["records"], say)
+        add_times(res["summary"]["rows"], res["records"])
+        res["summary"]["verdict"] = verdict(ds, res["summary"]["rows"], stored_args)
+        report_dataset(res["summary"], ds, stored_args, say)
+    out_json["report_only"] = {"command": command, "source": str(args.report_only)}
+    plot_results(out_json["datasets"], args.out, say)
+    write_results(args.out, out_json, say)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = command_line(__file__, argv)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.report_only is not None:
+        return report_only(args, command)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -691,8 +739,6 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs_dir = args.runs_dir
     say = Report()
-    report = say.lines
-
     machine = machine_info(threads=torch.get_num_threads(), device=str(device))
     say(f"command: {command}")
     say(f"machine: {machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']} with "
@@ -739,28 +785,18 @@ def main(argv: list[str] | None = None) -> int:
             n_eval = 0
             for seed in range(ds.seeds):
                 base = next(r for r in records if r["seed"] == seed and r["T"] == 1.0 and r["prior"] == "standard")
-                target = args.target_slack * base["final_quality"]
-                base["target"] = target
-                base["curve"] = quality_curve(args, ds, base, target, device)
-                base["ttq"], base["ttq_steps"] = time_to(base["curve"], target)
+                base["target"] = args.target_slack * base["final_quality"]
                 for r in records:
-                    if r["seed"] != seed or r is base:
-                        continue
-                    if r["T"] <= args.ttq_max_T and r["prior"] in args.ttq_priors:
-                        r["curve"] = quality_curve(args, ds, r, target, device)
-                        r["ttq"], r["ttq_steps"] = time_to(r["curve"], target)
-                for r in records:
-                    if r["seed"] == seed and r.get("curve"):
+                    timed = r is base or (r["T"] <= args.ttq_max_T and r["prior"] in args.ttq_priors)
+                    if r["seed"] == seed and timed:
+                        r["curve"] = quality_curve(args, ds, r, base["target"], device)
                         n_eval += len(r["curve"])
-                        say(f"  time-to-quality seed {seed} T={r['T']:g} {r['prior']:<9}: target "
-                            f"{r['metric_name']} {target:.4f}, reached at "
-                            f"{'never' if math.isinf(r['ttq']) else format(r['ttq'], '.1f') + ' s'} "
-                            f"(fit {r['prior_fit_seconds']:.1f} s + training), {len(r['curve'])} snapshot(s)")
+            time_to_target(records, say)
             say(f"  {n_eval} curve points in {time.perf_counter() - t0:.1f} s")
             data_reference = {}
             for seed in range(ds.seeds):
-                tr, te = load_dataset(train_config(args, ds, 1.0, seed, runs_dir / "unused"))
                 ref_cfg = train_config(args, ds, 1.0, seed, runs_dir / "unused")
+                tr, te = split_data(ref_cfg)
                 data_reference[seed] = quality(metric_name(tr), tr.x[:ds.eval_n],
                                                quality_reference(ref_cfg, ds, args, te))
             summary = summarise(ds, records, args.Ts, args.priors, args, data_reference)
@@ -768,25 +804,16 @@ def main(argv: list[str] | None = None) -> int:
                 for k in ("_prior", "_model", "_shape", "logp"):  # per-point log-likelihoods: used above only
                     r.pop(k, None)
             results[data] = {"settings": asdict(ds), "records": records, "summary": summary}
-            say()
-            say(table(summary, ds, args))
-            say()
-            for line in verdict_lines(summary, ds, args):
-                say(line)
+            report_dataset(summary, ds, args, say)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if results:
-        plot_nll(results, args.out / "nll_vs_T.png")
-        plot_quality(results, args.out / "quality_vs_wallclock.png")
-        say(f"\npictures: {args.out / 'nll_vs_T.png'}, {args.out / 'quality_vs_wallclock.png'}")
+    plot_results(results, args.out, say)
     machine["loadavg_end"] = os.getloadavg()
     out_json["total_seconds"] = time.perf_counter() - t_all
     say(f"total {out_json['total_seconds']:.0f} s; load average at end "
         f"{', '.join(f'{x:.2f}' for x in machine['loadavg_end'])}")
-    (args.out / "truncation.json").write_text(json.dumps(json_safe(out_json), indent=1, default=float))
-    say(f"raw numbers: {args.out / 'truncation.json'}")
-    (args.out / "report.txt").write_text("\n".join(report) + "\n")
+    write_results(args.out, out_json, say)
     return 0
 
 

@@ -12,18 +12,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from scorefast.checkpoint import load_checkpoint
-from scorefast.distributed import assignment, layout
 from scorefast.errors import UserError
+from scorefast.training.launcher import assignment, layout
 
 SMALL = ["--data", "moons", "--n-data", "600", "--batch-size", "64", "--width", "32", "--eval-samples", "200",
          "--eval-steps", "10", "--quiet"]
 
 
-def cli(*args: str, **kw) -> subprocess.Popen:
+def cli(*args: str, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "scorefast.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kw)
+                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 def rows(run: Path) -> list[dict]:
@@ -78,14 +80,15 @@ def test_bad_layout_fails_before_any_process(tmp_path):
 
 @pytest.mark.slow
 def test_two_intervals_train_concurrently_and_assemble(tmp_path):
-    from scorefast.api import open_run
+    from scorefast.run import open_run
     run = tmp_path / "par"
-    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "200",
-                  "--eval-every", "20", *SMALL)
+    # long enough (about 2 s per network) that the workers' start-up jitter (up to ~1 s) cannot hide the overlap
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "1000",
+            "--eval-every", "50", *SMALL)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     for k in (0, 1):
-        assert load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] == 200
+        assert load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] == 1000
     r = rows(run)
     spans = {k: (min(x["time"] for x in r if x["net"] == k), max(x["time"] for x in r if x["net"] == k))
              for k in (0, 1)}
@@ -128,3 +131,124 @@ def test_max_restarts_recovers_by_itself(tmp_path):
     _, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     assert [load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)] == [1500, 1500]
+
+
+def launcher_pid(p: subprocess.Popen) -> int:
+    return p.pid
+
+
+def alive(pids: list[int]) -> list[int]:
+    out = []
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            out.append(pid)
+    return out
+
+
+@pytest.mark.slow
+def test_a_hung_worker_is_detected_and_the_job_stops(tmp_path):
+    """SIGSTOP one worker: the other sees its heartbeat stop, and the job ends within --worker-timeout plus a
+    few seconds (the hung worker is killed, so torchrun does not wait out its own 30 s grace)."""
+    run = tmp_path / "hang"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "100000", "--ckpt-every", "20",
+            "--eval-every", "100000", "--worker-timeout", "5", *SMALL)
+    wait_for_checkpoints(run, 2, 20)
+    victim = worker_pids(run)[1]
+    os.kill(victim, signal.SIGSTOP)
+    began = time.time()
+    try:
+        _, err = p.communicate(timeout=120)
+    finally:
+        for pid in alive([victim]):
+            os.kill(pid, signal.SIGKILL)
+    assert time.time() - began < 5 + 25
+    assert p.returncode == 2 and "no heartbeat for 5 s" in err and "--resume" in err
+    assert not alive(worker_pids(run))
+    for k in (0, 1):
+        load_checkpoint(run / "checkpoints" / f"net-{k}.pt")  # intact
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_stops_the_workers_with_their_checkpoints(tmp_path):
+    run = tmp_path / "orphans"
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "100000", "--ckpt-every",
+            "1000", "--eval-every", "100000", *SMALL)
+    wait_for_checkpoints(run, 2, 1000)
+    workers = worker_pids(run)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 30
+    while alive(workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not alive(workers), "workers outlived the scorefast train process that launched them"
+    steps = [load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)]
+    assert all(s > 1000 and s % 1000 for s in steps)  # each saved the step it stopped at
+    r = subprocess.run([sys.executable, "-m", "scorefast.cli", "train", "--out", str(run), "--resume", "--steps",
+                        str(max(steps) + 10), "--quiet"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.slow
+def test_a_prepared_run_copied_elsewhere_writes_into_the_copy(tmp_path):
+    original, copy = tmp_path / "prepared", tmp_path / "copy"
+    r = subprocess.run([sys.executable, "-m", "scorefast.cli", "train", "--out", str(original), "--intervals", "2",
+                        "--workers", "2", "--steps", "30", "--prepare", *SMALL], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import shutil
+    shutil.copytree(original, copy)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                        "scorefast.distributed", str(copy)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    assert [load_checkpoint(copy / "checkpoints" / f"net-{k}.pt")["step"] for k in (0, 1)] == [30, 30]
+    assert not (original / "checkpoints").exists() and not (original / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_ports_in_use_do_not_stop_a_local_launch(tmp_path):
+    import socket
+    held = []
+    for port in (29400, 29500):  # torchrun's and torch.distributed's usual defaults
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            s.listen()
+            held.append(s)
+        except OSError:
+            s.close()  # already taken by someone else: the point stands
+    try:
+        run = tmp_path / "ports"
+        p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "20", *SMALL,
+                env={"MASTER_PORT": "29500"})
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    finally:
+        for s in held:
+            s.close()
+
+
+@pytest.mark.slow
+def test_ddp_group_killed_and_resumed_ends_bitwise_equal(tmp_path):
+    """One network, DDP over 2 workers: every rank's RNG is checkpointed, so a killed and resumed group draws
+    exactly the batches and noise of an uninterrupted one."""
+    args = ["--workers", "2", "--steps", "300", "--ckpt-every", "20", "--eval-every", "100000", *SMALL]
+    ref, out = tmp_path / "straight", tmp_path / "killed"
+    p = cli("train", "--out", str(ref), *args)
+    assert p.communicate(timeout=300) and p.returncode == 0
+    p = cli("train", "--out", str(out), *args)
+    wait_for_checkpoints(out, 1, 100)
+    os.kill(worker_pids(out)[1], signal.SIGKILL)
+    p.communicate(timeout=120)
+    assert p.returncode == 2
+    p = cli("train", "--out", str(out), "--resume", "--steps", "300", "--quiet")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    a, b = (load_checkpoint(r / "checkpoints" / "net-0.pt") for r in (ref, out))
+    assert a["step"] == b["step"] == 300
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]) and torch.equal(a["ema"][k], b["ema"][k]), k

@@ -5,14 +5,23 @@ import torch
 
 from scorefast.analytic import MixtureScore
 from scorefast.errors import UserError
-from scorefast.methods.embedding import FixedTarget, FPEmbedLoss, make_loss
+from scorefast.methods.embedding import FixedTarget, FPEmbedLoss
+from scorefast.methods.targets import TARGETS
 from scorefast.nets import ScoreParam, make_model
 from scorefast.sde import make_sde
+from scorefast.time_sampling import UniformTimes
 
-SMALL_FP = {"grid": 33, "fp_steps": 8, "progress": False}
+SMALL_FP = {"fp_grid": 33, "fp_steps": 8}
 # a 33^2 x 8 grid is deliberately coarse (fast): its solve warns of unconverged steps and a coarse spacing
 pytestmark = [pytest.mark.filterwarnings("ignore:FP solve:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:FP grid spacing:UserWarning")]
+
+
+def make_loss(method, sde, x, *, t_min, t_max, **options):
+    """The loss and precomputation info of the registered target ``method`` (options: its fields)."""
+    target = TARGETS.create(method, **options)
+    target.check(tuple(x.shape[1:]))
+    return target.build(sde, x, UniformTimes(t_min, t_max), weighting="epsilon", seed=0, progress=False)
 
 
 def toy(n=64, d=2, seed=0):
@@ -42,8 +51,9 @@ class Wrap(torch.nn.Module):
 def test_every_method_gives_finite_per_example_losses(method, variant, shape):
     sde = make_sde("ve-power" if variant == "paper" else "vp")
     x = toy(shape[0], int(torch.tensor(shape[1:]).prod())).reshape(shape)
-    loss, info = make_loss(method, sde, x, t_min=sde.eps, t_max=sde.T, variant=variant, reference_size=16,
-                           **SMALL_FP)
+    options = {"reference_size": 16} if method == "empirical" else \
+        {**SMALL_FP, "fp_variant": variant, "reference_size": 16} if method == "fp-embed" else SMALL_FP
+    loss, info = make_loss(method, sde, x, t_min=sde.eps, t_max=sde.T, **options)
     model = make_model(sde, shape[1:], "eps", width=16, depth=1) if len(shape) == 2 else \
         make_model(sde, shape[1:], "eps", arch="mlp", width=16, depth=1)
     out = loss(model, x[:12])
@@ -54,7 +64,7 @@ def test_every_method_gives_finite_per_example_losses(method, variant, shape):
 @pytest.mark.parametrize("method", ["empirical", "fp-regress"])
 def test_regression_loss_vanishes_when_the_model_is_the_target(method):
     sde, x = make_sde("vp"), toy()
-    loss, info = make_loss(method, sde, x, t_min=0.05, t_max=sde.T, **SMALL_FP)
+    loss, info = make_loss(method, sde, x, t_min=0.05, t_max=sde.T, **({} if method == "empirical" else SMALL_FP))
     target = MixtureScore(sde, x, info["bandwidth"]) if method == "empirical" else loss.target
     model = ScoreParam(Wrap(target), sde)
     assert loss(model, x[:32]).abs().max() < 1e-10
@@ -90,13 +100,15 @@ def test_fp_embed_transport_is_forward_euler_of_the_probability_flow():
 
 def test_factory_rejects_bad_methods_and_dimensions():
     sde = make_sde("vp")
-    with pytest.raises(UserError, match="empirical, fp-embed, fp-regress"):
+    with pytest.raises(UserError, match="dsm, fp-regress, empirical, fp-embed"):
         make_loss("dsm-ish", sde, toy(), t_min=0.01, t_max=1.0)
-    with pytest.raises(UserError, match="'empirical'") as err:
+    with pytest.raises(UserError, match="--method empirical") as err:
         make_loss("fp-regress", sde, toy(d=5), t_min=0.01, t_max=1.0)
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match="paper"):
-        make_loss("fp-regress", sde, toy(), t_min=0.01, t_max=1.0, variant="paper")
+    with pytest.raises(UserError, match="fp_variant"):
+        make_loss("fp-regress", sde, toy(), t_min=0.01, t_max=1.0, fp_variant="paper")
+    with pytest.raises(UserError, match="square images"):
+        make_loss("fp-embed", sde, toy(), t_min=0.01, t_max=1.0, fp_variant="paper")
 
 
 def reference_mixture_logp(sde, centres, h, x, t):

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from scorefast.api import open_run
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
-from scorefast.methods.parallel import PiecewiseModel
+from scorefast.methods.piecewise import PiecewiseModel
+from scorefast.run import open_run
 
 TINY = ["--n-data", "600", "--batch-size", "64", "--width", "32", "--eval-samples", "200", "--eval-steps", "20",
         "--eval-every", "20", "--quiet"]

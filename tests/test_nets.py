@@ -1,11 +1,24 @@
 """Networks keep the data's shape; parameterisations turn a known network output into the documented
 noise and score."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
-from scorefast.nets import DataParam, EpsilonParam, ScoreParam, TimeMLP, UNet, make_model, make_net
+from scorefast.errors import UserError
+from scorefast.nets import (
+    NET_PRESETS,
+    DataParam,
+    EpsilonParam,
+    ScoreParam,
+    SelfAttention,
+    TimeMLP,
+    UNet,
+    make_model,
+    make_net,
+)
 from scorefast.sde import make_sde
 
 SHAPES = [(2,), (64,), (1, 8, 8), (3, 32, 32), (1, 32, 32)]
@@ -31,13 +44,16 @@ def _randomise(net: nn.Module) -> nn.Module:
     return net
 
 
-@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)], ids=["mlp", "unet"])
-def test_time_unconditioned_net_ignores_t(shape):
+@pytest.mark.parametrize("shape, options", [
+    ((2,), {}), ((1, 8, 8), {}),
+    ((1, 16, 16), dict(width=8, channel_mults=(1, 2), res_blocks=2, attention=(8,), dropout=0.3)),
+], ids=["mlp", "unet", "unet-attention-dropout"])
+def test_time_unconditioned_net_ignores_t(shape, options):
     x = torch.randn(4, *shape)
     t0, t1 = torch.full((4,), 0.1), torch.full((4,), 0.9)
-    free = _randomise(make_net(shape, time_conditioned=False))
+    free = _randomise(make_net(shape, time_conditioned=False, **options)).eval()
     torch.testing.assert_close(free(x, t0), free(x, t1), rtol=0, atol=0)
-    cond = _randomise(make_net(shape))
+    cond = _randomise(make_net(shape, **options)).eval()
     assert (cond(x, t0) - cond(x, t1)).abs().max() > 1e-4
 
 
@@ -101,7 +117,132 @@ def test_make_model_passes_net_options():
     (lambda: make_model(make_sde("vp"), (2,), param="v"), "parameterisation"),
     (lambda: make_net((2,), arch="transformer"), "architecture"),
     (lambda: make_net((64,), arch="unet"), "U-Net"),
+    (lambda: make_net((3, 32, 32), channel_mults=(1, 0, 2)), "channel_mults"),
+    (lambda: make_net((3, 32, 32), channel_mults=()), "channel_mults"),
+    (lambda: make_net((3, 32, 32), attention=(12,)), r"\[12\].*\[32, 16, 8\]"),
+    (lambda: make_net((3, 32, 32), dropout=1.0), "dropout"),
+    (lambda: make_net((3, 32, 32), dropout=-0.1), "dropout"),
+    (lambda: make_net((1, 30, 30)), "divisible by 4"),
+    (lambda: make_net((3, 32, 32), channel_mults=(1, 2, 2, 2, 2, 2, 2)), "divisible by 64"),
+    (lambda: make_net((3, 32, 32), res_blocks=0), "res_blocks"),
+    (lambda: make_net((3, 32, 32), width=8, attention=(32,), heads=3), "heads"),
+    (lambda: make_net((3, 32, 32), width=12), "multiples of 8"),
+    (lambda: make_net((3, 32, 32), preset="imagenet"), "preset"),
+    (lambda: make_net((2,), preset="cifar10"), "only applies to the U-Net"),
+    (lambda: make_net((2,), dropout=0.1), "dropout only applies to the U-Net"),
 ])
-def test_bad_choices_raise(call, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_choices_raise_one_line(call, match):
+    with pytest.raises(UserError, match=match) as info:
         call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("shape, options", [
+    ((1, 8, 8), dict(width=8, res_blocks=2, attention=(4,), dropout=0.1)),
+    ((3, 32, 32), dict(preset="cifar10", width=8)),
+    ((3, 64, 64), dict(width=8, channel_mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), heads=2)),
+    ((2, 16, 32), dict(width=8, channel_mults=(1, 2), attention=(8,))),
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else None)
+def test_configured_unet_keeps_the_image_shape(shape, options):
+    net = _randomise(make_net(shape, **options))
+    x = torch.randn(2, *shape)
+    out = net(x, torch.rand(2))
+    assert out.shape == x.shape and out.abs().max() > 0
+
+
+def test_default_unet_size_is_unchanged():
+    """The network the README's benchmarks were measured with (counted before the U-Net became configurable)."""
+    for shape, count in [((1, 8, 8), 340_833), ((1, 32, 32), 579_553), ((3, 32, 32), 580_707)]:
+        assert sum(p.numel() for p in make_net(shape).parameters()) == count
+
+
+def test_cifar10_preset_is_ddpm_sized():
+    """DDPM's CIFAR-10 sizes: 23,774,787 parameters here (DDPM's own network, with one more up block per
+    level, has 35.7 M); the count does not depend on the image side."""
+    with torch.device("meta"):
+        counts = [sum(p.numel() for p in make_net(shape, preset="cifar10").parameters())
+                  for shape in [(3, 32, 32), (3, 64, 64)]]
+    assert counts[0] == counts[1]
+    assert 23.7e6 < counts[0] < 23.85e6
+    assert NET_PRESETS["cifar10"]["attention"] == (16,)
+
+
+def test_explicit_options_override_the_preset():
+    net = make_net((3, 32, 32), preset="cifar10", width=8, dropout=0.0)
+    assert net.inp.out_channels == 8 and len(net.down) == 4 * 2
+    assert not [m for m in net.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+
+
+def _attention_sides(net: nn.Module, shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """The (H, W) that each self-attention block sees in one forward pass."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[-2:])))
+             for m in net.modules() if isinstance(m, SelfAttention)]
+    net(torch.randn(1, *shape), torch.rand(1))
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_attention_sits_at_the_chosen_resolutions():
+    options = dict(width=8, channel_mults=(1, 2, 2, 2), res_blocks=2)
+    assert _attention_sides(make_net((3, 32, 32), **options), (3, 32, 32)) == []
+    assert _attention_sides(make_net((3, 32, 32), attention=(16,), **options), (3, 32, 32)) == [(16, 16)] * 4
+    sides = _attention_sides(make_net((3, 32, 32), attention=(16, 4), **options), (3, 32, 32))
+    assert sorted(sides) == [(4, 4)] * 5 + [(16, 16)] * 4  # two down, two up at each, and the middle block
+
+
+def _without_groupnorm(net: nn.Module) -> nn.Module:
+    """GroupNorm couples every pixel through its statistics; without it a conv stack is strictly local."""
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.GroupNorm):
+            parent, _, leaf = name.rpartition(".")
+            setattr(net.get_submodule(parent), leaf, nn.Identity())
+    return net
+
+
+@pytest.mark.parametrize("attention, far", [((), False), ((16,), True)])
+def test_attention_reaches_pixels_beyond_the_convolutions(attention, far):
+    """Output pixel (0, 0) of a 2-level U-Net on 32x32 images: the convolutions see about 20 pixels
+    around it, so the opposite corner reaches it only through attention at 16x16."""
+    net = _without_groupnorm(_randomise(make_net((1, 32, 32), width=8, channel_mults=(1, 2), attention=attention)))
+    x = torch.randn(1, 1, 32, 32, requires_grad=True)
+    net(x, torch.rand(1))[0, 0, 0, 0].backward()
+    assert (x.grad[0, 0, -4:, -4:].abs().max() > 0) == far
+    assert x.grad[0, 0, :2, :2].abs().max() > 0
+
+
+def test_self_attention_matches_the_formula():
+    """x + proj(concat_j V_j softmax(K_j^T Q_j / sqrt(d))) per head j, written out by hand on a 3x4 image."""
+    torch.manual_seed(3)
+    c, heads, d = 8, 2, 4
+    block = _randomise(SelfAttention(c, heads)).double()
+    x = torch.randn(2, c, 3, 4, dtype=torch.float64)
+    n = block.norm(x).flatten(2)
+    qkv = torch.einsum("oc,bcp->bop", block.qkv.weight[:, :, 0, 0], n) + block.qkv.bias[:, None]
+    q, k, v = qkv.split(c, dim=1)
+    outs = []
+    for j in range(heads):
+        hj = slice(j * d, (j + 1) * d)
+        weights = torch.softmax(torch.einsum("bdq,bdk->bqk", q[:, hj], k[:, hj]) / math.sqrt(d), dim=-1)
+        outs.append(torch.einsum("bqk,bdk->bdq", weights, v[:, hj]))
+    a = torch.cat(outs, dim=1)
+    expected = x.flatten(2) + torch.einsum("oc,bcp->bop", block.proj.weight[:, :, 0, 0], a) + block.proj.bias[:, None]
+    torch.testing.assert_close(block(x), expected.view_as(x))
+
+
+def test_dropout_is_active_in_training_only():
+    x, t = torch.randn(3, 1, 8, 8), torch.rand(3)
+    net = _randomise(make_net((1, 8, 8), width=8, dropout=0.5))
+    assert (net.train()(x, t) - net(x, t)).abs().max() > 1e-4
+    torch.testing.assert_close(net.eval()(x, t), net(x, t), rtol=0, atol=0)
+    plain = _randomise(make_net((1, 8, 8), width=8)).train()
+    torch.testing.assert_close(plain(x, t), plain(x, t), rtol=0, atol=0)
+
+
+def test_gradients_reach_every_parameter():
+    net = _randomise(make_net((1, 16, 16), width=8, channel_mults=(1, 2), res_blocks=2, attention=(16, 8), heads=2,
+                              dropout=0.1))
+    net(torch.randn(2, 1, 16, 16), torch.rand(2)).square().sum().backward()
+    dead = [name for name, p in net.named_parameters() if p.grad is None or not p.grad.abs().max() > 0]
+    assert not dead

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from scorefast.analytic import GaussianScore
-from scorefast.sampling import pieces, sample, sample_em, sample_ode, sample_pc, time_grid
+from scorefast.sampling import sample, sample_em, sample_ode, sample_pc
 from scorefast.sde import make_sde
+from scorefast.time_grids import pieces, time_grid
 
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)

@@ -1,5 +1,5 @@
 """The SDE families against their own definitions: the marginal (alpha_t, sigma_t) must solve the
-moment ODEs of dx = f x dt + g dW, the presets must match METHODS.md, and the prior must be the
+moment ODEs of dx = f x dt + g dW, the presets must match docs/methods.md, and the prior must be the
 Gaussian it claims to be."""
 
 import math
@@ -112,7 +112,7 @@ def test_config_round_trip(sde):
 
 @pytest.mark.parametrize("base, expected", [(2.0, 1.47), (5.0, 2.73)])
 def test_ve_power_noise_range_is_small(base, expected):
-    """METHODS.md: with g = s^t the largest noise std is only 1.47 (s = 2) or 2.73 (s = 5)."""
+    """docs/methods.md: with g = s^t the largest noise std is only 1.47 (s = 2) or 2.73 (s = 5)."""
     sde = make_sde("ve-power", base=base)
     assert float(sde.sigma(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(expected, abs=5e-3)
     assert sde.prior_std() == pytest.approx(expected, abs=5e-3)
@@ -131,7 +131,7 @@ def test_vp_psm_is_beta_2ct_with_c5():
 
 @pytest.mark.parametrize("T, a_T", [(0.2, 0.658), (0.4, 0.195), (0.6, 0.026), (1.0, 4.3e-5)])
 def test_vp_signal_left_at_T(T, a_T):
-    """METHODS.md section 2: a_T = exp(-int_0^T beta) = alpha_T^2 for beta 0.1..20."""
+    """docs/methods.md 2: a_T = exp(-int_0^T beta) = alpha_T^2 for beta 0.1..20."""
     alpha = make_sde("vp").alpha(torch.tensor(T, dtype=torch.float64))
     assert float(alpha**2) == pytest.approx(a_T, rel=2e-2)
 

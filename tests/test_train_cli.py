@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from scorefast import trainer as trainmod
+import scorefast
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
 from scorefast.errors import UserError
+from scorefast.methods.targets import DSM, TARGETS
+from scorefast.run import RUN_FORMAT
 
 TINY = ["--steps", "40", "--eval-every", "20", "--eval-samples", "200", "--eval-steps", "10", "--batch-size", "64",
         "--n-data", "500", "--width", "32", "--quiet"]
@@ -53,7 +55,7 @@ def test_run_directory_contents(trained):
     assert state["step"] == 40 and state["done"]
     assert {"model", "ema", "optimizer", "rng", "wall"} <= set(state)
     cfg = json.loads((trained / "config.json").read_text())
-    assert cfg["config"]["steps"] == 40 and cfg["run_format"] == trainmod.RUN_FORMAT
+    assert cfg["config"]["budget"]["steps"] == 40 and cfg["run_format"] == RUN_FORMAT
 
 
 def test_sample_nll_evaluate(trained, tmp_path, capsys):
@@ -118,25 +120,28 @@ def test_sigkill_and_resume(tmp_path):
     assert rows[0]["step"] == saved + 5  # the first row logged after the resume
 
 
-def test_divergence_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = trainmod._make_loss
+@TARGETS.register("test-exploding")
+class Exploding(DSM):
+    """DSM whose loss turns NaN from its 26th evaluation on: a target handed to the trainer like any other."""
 
-    def exploding(cfg, sde, x, t_min, t_max, progress=True):
-        loss, info = real(cfg, sde, x, t_min, t_max, progress)
+    def build(self, sde, x, times, **kwargs):
+        loss, info = super().build(sde, x, times, **kwargs)
         calls = {"n": 0}
 
-        def f(model, x0):
+        def exploding(model, x0):
             calls["n"] += 1
             out = loss(model, x0)
             return out * float("nan") if calls["n"] > 25 else out
-        return f, info
+        return exploding, info
 
-    monkeypatch.setattr(trainmod, "_make_loss", exploding)
+
+def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):
     run = tmp_path / "div"
-    cfg = trainmod.TrainConfig(data="moons", out=str(run), steps=100, ckpt_every=10, eval_every=1000,
-                               batch_size=32, n_data=300, width=16)
-    with pytest.raises(UserError, match="diverged at step 26"):
-        trainmod.train(cfg, progress=False)
+    cfg = scorefast.Config(data="moons", out=str(run), steps=100, ckpt_every=10, eval_every=1000, batch_size=32,
+                           n_data=300, width=16, method="test-exploding")
+    with pytest.raises(UserError, match="diverged at step 26") as err:
+        scorefast.train(cfg, progress=False)
+    assert "step 20" in str(err.value) and "\n" not in str(err.value)
     state = load_checkpoint(run / "checkpoints" / "net-0.pt")
     assert state["step"] == 20
     assert all(torch.isfinite(v).all() for v in state["model"].values())
@@ -154,6 +159,14 @@ def test_divergence_guard_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     (["--method", "magic"], "--method"),
     (["--lr", "-1"], "--lr"),
     (["--prior", "unicorn"], "--prior"),
+    (["--sde", "vp-foo"], "unknown SDE 'vp-foo'"),
+    (["--fp-grid", "65"], "--fp-grid is an option of target fp-regress, fp-embed, not of the selected --method dsm"),
+    (["--warm-start", "10"], "--warm-start is an option of partition intervals, edges"),
+    (["--edges", "0,0.5,1", "--intervals", "4"], "only one of the partition flags"),
+    (["--grad-clip", "-1"], "--grad-clip"),
+    (["--width", "0"], "--width must be >= 1"),
+    (["--time-budget", "nan"], "--time-budget must be a finite number"),
+    (["--steps", "ten"], "--steps expects int"),
 ])
 def test_train_bad_values(tmp_path, capsys, extra, needle):
     out = tmp_path / "run"
@@ -190,10 +203,38 @@ def test_missing_and_incompatible_run_directories(trained, tmp_path, capsys):
     old = tmp_path / "old"
     shutil.copytree(trained, old)
     cfg = json.loads((old / "config.json").read_text())
-    cfg["run_format"] = 99
-    (old / "config.json").write_text(json.dumps(cfg))
-    assert main(["nll", "--run", str(old), "--data", "moons"]) == 2
-    assert "incompatible" in capsys.readouterr().err
+    for version, needle in ((99, "not written by this scorefast"), (1, "scorefast 0.1 (run format 1)")):
+        cfg["run_format"] = version
+        (old / "config.json").write_text(json.dumps(cfg))
+        before = snapshot(old)
+        assert main(["nll", "--run", str(old), "--data", "moons"]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and len(err.strip().splitlines()) == 1
+        assert main(["train", "--out", str(old), "--resume", "--steps", "50", "--quiet"]) == 2
+        assert needle in capsys.readouterr().err and snapshot(old) == before
+
+
+def test_config_file_and_print_config(tmp_path, capsys):
+    cfg = tmp_path / "run.toml"
+    assert main(["train", "--data", "8gaussians", "--method", "empirical", "--reference-size", "64", "--steps", "30",
+                 "--intervals", "2", "--print-config"]) == 0
+    text = capsys.readouterr().out
+    assert "reference_size = 64" in text and "[partition]" in text
+    cfg.write_text(text)
+    run = tmp_path / "fromfile"
+    # flags given on the command line win over the file's
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--steps", "12", "--eval-every", "6", "--n-data",
+                 "300", "--batch-size", "32", "--width", "16", "--eval-samples", "50", "--eval-steps", "5",
+                 "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())["config"]
+    assert saved["target"] == {"name": "empirical", "reference_size": 64, "bandwidth": None}
+    assert saved["budget"]["steps"] == 12 and saved["partition"]["intervals"] == 2
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[optim]\nlearning_rate = 0.1\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'learning_rate' in [optim]" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "never").exists()
 
 
 def test_truncated_and_tampered_checkpoints(trained, tmp_path, capsys):

@@ -20,18 +20,9 @@ import torch
 from scorefast.analytic import GaussianScore
 from scorefast.errors import UserError
 from scorefast.likelihood import log_likelihood
-from scorefast.methods.truncation import (
-    FlowPrior,
-    GaussianPrior,
-    StandardPrior,
-    _kernel_from_eps,
-    choose_T,
-    elbo,
-    forward_moments,
-    make_prior,
-    prior_from_config,
-    prior_gap_bound,
-)
+from scorefast.methods.densities import FlowPrior, GaussianPrior, StandardPrior, forward_moments
+from scorefast.methods.elbo import choose_T, elbo, kernel_from_eps, prior_gap_bound
+from scorefast.methods.priors import PRIORS
 from scorefast.sampling import sample
 from scorefast.sde import SDE, VESDE, VPSDE, SubVPSDE
 
@@ -42,6 +33,11 @@ FAMILIES = [VPSDE(T=1.0), VPSDE(T=0.3), SubVPSDE(T=0.5), VESDE(T=1.0), VESDE(T=0
 
 OFFCENTRE_MEANS = torch.tensor([[4.0, 3.0], [5.0, 1.5], [2.5, 2.0]])
 OFFCENTRE_STDS = torch.tensor([0.4, 0.3, 0.5])
+
+
+def make_prior(name: str, dim: int, sde: SDE, **options):
+    """The density of the registered prior plug-in ``name`` (options are the plug-in's fields)."""
+    return PRIORS.create(name, **options).build(dim, sde)
 
 
 def _t(v: float) -> torch.Tensor:
@@ -57,14 +53,14 @@ def exact_parts(sde: SDE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     d = x.shape[1]
     eye = torch.eye(d, dtype=torch.float64)
     T = _t(sde.T)
-    a_T, s_T = _kernel_from_eps(sde, T)
+    a_T, s_T = kernel_from_eps(sde, T)
     C_T = sde.alpha(T) ** 2 * COV + sde.sigma(T) ** 2 * eye
     prior = _gaussian(sde.alpha(T) * MU, C_T).log_prob(a_T * x) - 0.5 * s_T**2 * torch.linalg.inv(C_T).trace()
     nodes, weights = np.polynomial.legendre.leggauss(400)
     u, w = torch.from_numpy((nodes + 1) / 2), torch.from_numpy(weights / 2)
     t = sde.eps + (sde.T - sde.eps) * u**2
     jac = 2 * (sde.T - sde.eps) * u
-    a, s = _kernel_from_eps(sde, t)
+    a, s = kernel_from_eps(sde, t)
     P = torch.linalg.inv(sde.alpha(t)[:, None, None] ** 2 * COV + sde.sigma(t)[:, None, None] ** 2 * eye)
     r = a[:, None, None] * x - sde.alpha(t)[:, None, None] * MU
     Pr = torch.einsum("nij,nbj->nbi", P, r)
@@ -117,7 +113,7 @@ def test_elbo_decomposition_is_exact_for_the_true_model(sde):
 
 @pytest.mark.parametrize("sde", FAMILIES, ids=repr)
 def test_theta_free_closed_forms(sde):
-    """d int f dt = d log(alpha_T / alpha_eps) (this module's grouping), and METHODS.md's grouping
+    """d int f dt = d log(alpha_T / alpha_eps) (this module's grouping), and docs/methods.md's grouping
     d/2 int (g^2/sigma^2 + 2 f) dt = d/2 log(sigma_T^2 / sigma_eps^2), both by quadrature."""
     nodes, weights = np.polynomial.legendre.leggauss(200)
     lo, hi = math.log(sde.eps), math.log(sde.T)
@@ -212,7 +208,7 @@ def test_elbo_takes_image_shaped_data_and_rejects_bad_counts():
 
 
 def test_prior_gap_bound_reproduces_methods_a_T():
-    """a_T = exp(-int_0^T beta) = 0.658, 0.195, 0.026, 4.3e-5 at T = 0.2, 0.4, 0.6, 1.0 (METHODS.md),
+    """a_T = exp(-int_0^T beta) = 0.658, 0.195, 0.026, 4.3e-5 at T = 0.2, 0.4, 0.6, 1.0 (docs/methods.md),
     read back from the bound: it is 1/2 d (-a - log(1 - a)) + a E||x0||^2 / 2."""
     x_zero = torch.zeros(10, 3)
     x_unit = torch.ones(10, 3)  # E||x0||^2 = 3
@@ -332,7 +328,7 @@ def test_prior_checkpoint_round_trip_and_sampling(name):
     buf = io.BytesIO()
     torch.save(prior.state_dict(), buf)
     buf.seek(0)
-    clone = prior_from_config(prior.config(), sde)
+    clone = make_prior(name, 2, sde)
     clone.load_state_dict(torch.load(buf, weights_only=True))
     x = torch.randn(7, 2)
     torch.testing.assert_close(clone.log_prob(x), prior.log_prob(x))
@@ -366,10 +362,10 @@ def test_bad_prior_input_raises_user_errors(monkeypatch):
     sde = VPSDE(T=0.3)
     with pytest.raises(UserError, match="standard, gaussian, gmm, flow"):
         make_prior("nomral", 2, sde)
-    with pytest.raises(UserError, match="prior 'gmm'"):
+    with pytest.raises(UserError, match="prior 'gmm' has no option"):
         make_prior("gmm", 2, sde, components=3)
     with pytest.raises(UserError, match="kind"):
-        make_prior("flow", 2, sde, kind="realnvp")
+        FlowPrior(2, kind="realnvp")
     prior = make_prior("gaussian", 2, sde)
     with pytest.raises(UserError, match="dimension 2"):
         prior.fit(torch.randn(100, 3), sde, progress=False)

@@ -1,20 +1,23 @@
 """scorefast: train score-based diffusion models in a fraction of the usual time.
 
     import scorefast
-    summary = scorefast.train(scorefast.TrainConfig(data="moons", out="runs/moons", steps=4000))
+    summary = scorefast.train(scorefast.Config(data="moons", out="runs/moons", steps=4000))
     run = scorefast.open_run("runs/moons")
     samples = run.sample(1000)
+
+``TrainConfig`` is the same class as ``Config`` (its keywords are the flags of ``scorefast train``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+_LAZY = {"train": ("training.recipe", "train"), "Config": ("training.config", "Config"),
+         "TrainConfig": ("training.config", "Config"), "open_run": ("run", "open_run"), "Run": ("run", "Run")}
 
 
 def __getattr__(name):
     """Lazy top-level API, so that ``import scorefast`` stays cheap."""
-    if name in ("train", "TrainConfig"):
-        from . import trainer as _train
-        return getattr(_train, name)
-    if name in ("open_run", "Run"):
-        from . import api
-        return getattr(api, name)
+    if name in _LAZY:
+        import importlib
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
     raise AttributeError(name)

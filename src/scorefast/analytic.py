@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .sde import SDE, _as_time
+from .sde import SDE, as_time
 
 Tensor = torch.Tensor
 
@@ -42,14 +42,14 @@ class GaussianScore(torch.nn.Module):
 
     def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean (d,) and covariance (d, d) of p_t for a scalar t."""
-        t = _as_time(t, self.mean)
+        t = as_time(t, self.mean)
         a, s = self.sde.alpha(t), self.sde.sigma(t)
         eye = torch.eye(self.mean.numel(), dtype=self.mean.dtype, device=self.mean.device)
         return a * self.mean, a * a * self.cov + s * s * eye
 
     def _eigen(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """U^T (x - alpha_t mu), the eigenvalues of cov_t per example, and U, all in x's dtype."""
-        t = _as_time(t, x).expand(x.shape[0])
+        t = as_time(t, x).expand(x.shape[0])
         a, s = self.sde.alpha(t)[:, None], self.sde.sigma(t)[:, None]
         evecs = self.evecs.to(x.dtype)
         proj = (x - a * self.mean.to(x.dtype)) @ evecs
@@ -130,7 +130,7 @@ class MixtureScore(torch.nn.Module):
     def _stats(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Flat x, posterior mean of the centres, log-normaliser and the variance, per example."""
         xf = x.flatten(1)
-        t = _as_time(t, xf).expand(xf.shape[0])
+        t = as_time(t, xf).expand(xf.shape[0])
         a = self.sde.alpha(t)
         var = a * a * self.bandwidth**2 + self.sde.sigma(t) ** 2
         mean, lognorm = kde_posterior(xf, a, var, self.aug.to(xf.dtype), self.chunk)

@@ -1,108 +1,82 @@
 """The ``scorefast`` command line: a thin layer over the Python API.
 
-Every bad input ends in one line on stderr and exit status 2; nothing of an existing run is touched.
+The flags of ``train`` and ``sweep-T`` are generated from the configuration's fields (``training.config``);
+heavy modules (torch and what needs it) are imported only once a command runs, so ``--help`` is
+instant. Every bad input ends in one line on stderr and exit status 2; nothing of an existing run is
+touched.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from .errors import UserError, run_command
 
-TRAIN_HELP = {
-    "data": "built-in data set (moons, 8gaussians, checkerboard, swissroll, pinwheel, rings, offcentre, gaussian2d, "
-            "digits, digits32, photos32) or a path (.npy/.npz, image folder, MNIST idx, CIFAR-10 batch)",
-    "out": "run directory to create (refused if it exists, unless --resume)",
-    "steps": "optimiser steps per network",
-    "time_budget": "stop after this many seconds of training (precomputation counted, evaluation not)",
-    "sde": "forward SDE: vp (beta 0.1..20), subvp, ve (geometric 0.01..50), vp-psm (beta=2ct, c=5), "
-           "ve-power (g=5^t, the score-embedding code's)",
-    "T": "end time of the forward diffusion, in (eps, 1]; T < 1 fits an auxiliary prior at T",
-    "eps": "smallest diffusion time",
-    "seed": "random seed (runs are deterministic on CPU for a given seed)",
-    "n_data": "use only the first N examples of the data set (generated sets: how many to draw)",
-    "batch_size": "examples per optimiser step (split across the data-parallel workers of a network)",
-    "lr": "Adam learning rate",
-    "warmup": "linear learning-rate warm-up steps (0: none)",
-    "ema": "EMA decay of the weights used for sampling (with the usual (1+n)/(10+n) warm-up)",
-    "grad_clip": "clip the gradient norm to this value (0: no clipping)",
-    "param": "network output: eps (noise), score, or data (x0)",
-    "arch": "network: mlp, unet, or auto (a U-Net for images, an MLP otherwise)",
-    "width": "hidden width of the MLP / base channels of the U-Net (default 128 / 32)",
-    "depth": "hidden layers of the MLP",
-    "weighting": "loss weighting: epsilon (w=1), likelihood (w=g^2/sigma^2), inv_g2 (w=1/(2g^2))",
-    "method": "training target: dsm (plain denoising score matching), fp-embed (transport embedding of a "
-              "pre-computed Fokker-Planck score), fp-regress (regress on the grid score), empirical (regress on "
-              "the closed-form KDE-mixture score, any dimension)",
-    "eval_every": "steps between evaluations of the periodic metric (SWD, or the digits Frechet distance)",
-    "eval_samples": "samples drawn for each evaluation (fixed seed)",
-    "eval_steps": "sampler steps for each evaluation and for the final samples",
-    "sampler": "sampler for the final samples: ode (probability flow), em (Euler-Maruyama), pc",
-    "ckpt_every": "steps between checkpoints (a killed run loses at most this many)",
-    "snapshot_every": "keep the EMA weights every N steps in snapshots/ (0: never), for quality-vs-time curves",
-    "threads": "torch CPU threads in this process (default: all cores; 1 per worker when distributed)",
-    "device": "auto (CUDA when present), cpu, cuda, cuda:N",
-    "fp_grid": "Fokker-Planck grid points per dimension",
-    "fp_steps": "Fokker-Planck time steps",
-    "bandwidth": "KDE bandwidth of the initial density (default: Scott's rule for the grid methods, 0 - the "
-                 "data's own distribution - for empirical)",
-    "fp_variant": "sound (consistent scheme, default) or paper (the published construction, defects included)",
-    "reference_size": "data points in the closed-form mixture target of --method empirical",
-    "prior": "prior at T: standard (N(0, I)), gaussian (moment-matched), gmm, flow (zuko normalizing flow)",
-    "prior_fit": "when to fit the prior: before, alongside (default, in a background thread) or after training",
-    "prior_steps": "maximum optimisation steps of the prior fit (early-stopped on held-out data)",
-    "intervals": "parallel score matching: number of time intervals, one network each",
-    "edges": "explicit interval edges, e.g. 0,0.02,0.1,0.3,1 (0 stands for eps)",
-    "partition": "how --intervals splits [eps, T]: logsnr (equal in log-SNR) or equal (equal in t)",
-    "per_time_point": "N time-unconditioned networks, one per time point (the paper's extreme case)",
-    "workers": "processes for torch.distributed training (intervals in parallel, DDP inside a group)",
-    "max_restarts": "with --workers: let torchrun restart failed workers this many times (they resume)",
-    "warm_start": "train a shared network this many steps first, then split it into the intervals",
-}
+GROUP_TITLES = {"data": "data", "sde": "forward SDE", "net": "network", "objective": "objective",
+                "optim": "optimisation", "budget": "budget", "log": "run directory and evaluation",
+                "launch": "launch", "target": "training target (--method)", "prior": "prior at T (--prior)",
+                "partition": "partition of time (parallel score matching)"}
 
 
-def _add_train_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    from .trainer import TrainConfig
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "extra" or f.name in skip:
+def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per configuration field, grouped by section; values are parsed by the configuration."""
+    import dataclasses
+
+    from .training.config import FLAGS, SELECTOR_HELP, SELECTORS
+    groups: dict[str, argparse._ArgumentGroup] = {}
+
+    def group(section: str) -> argparse._ArgumentGroup:
+        if section not in groups:
+            groups[section] = p.add_argument_group(GROUP_TITLES[section])
+        return groups[section]
+
+    for flag, slot in SELECTORS.items():
+        if flag not in skip:
+            group(slot).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                                     metavar=flag.upper(), help=f"{SELECTOR_HELP[flag]}")
+    for flag, spec in FLAGS.items():
+        if flag in skip:
             continue
-        default = f.default
-        kind = {"int": int, "float": float, "str": str}
-        typ = next((kind[k] for k in kind if k in str(f.type)), str)
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=typ, default=None,
-                       metavar=f.name.upper().replace("_", "-"),
-                       help=f"{TRAIN_HELP[f.name]} (default: {default})")
+        default = spec.owners[0][1].default
+        hidden = default is None or default is dataclasses.MISSING or spec.owners[0][1].metadata.get("selects")
+        shown = "" if hidden else f" (default: {default})"
+        owners = "" if spec.section not in ("target", "prior") else \
+            f" [{', '.join(cls.name for cls, _ in spec.owners)}]"
+        kw = {"action": "store_true"} if spec.kind is bool else {"metavar": flag.upper().replace("_", "-")}
+        group(spec.section).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                                         help=f"{spec.help}{shown}{owners}", **kw)
 
 
-def _given(args: argparse.Namespace) -> dict:
-    from .trainer import TrainConfig
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in vars(args).items() if k in names and v is not None}
+def config_flags(args: argparse.Namespace) -> dict:
+    """The configuration flags given on the command line, after those of ``--config FILE`` (the command line wins)."""
+    from .training.config import FLAGS, SELECTORS, read_config_file
+    given = {k: v for k, v in vars(args).items() if (k in FLAGS or k in SELECTORS) and v is not None}
+    if getattr(args, "config", None):
+        given = {**read_config_file(args.config), **given}
+    return given
 
 
 def cmd_train(args) -> int:
-    from .trainer import TrainConfig, train
-    given = _given(args)
-    if "out" not in given:
-        raise UserError("--out DIR is required")
-    cfg = TrainConfig(**given)
-    if "time_budget" in given and "steps" not in given:
-        cfg.steps = None
-    if args.prepare:
-        from .trainer import prepare, prepare_run
+    from .training.config import Config, to_toml
+    cfg = Config(**config_flags(args))
+    if args.print_config:
         cfg.validate()
-        prepare(prepare_run(cfg, False))
-        print(f"prepared {cfg.out}; run it on every node with\n  torchrun --nnodes N --nproc-per-node M "
-              f"--rdzv-backend c10d --rdzv-endpoint HOST:29500 -m scorefast.distributed {cfg.out}\n"
-              f"then assemble, sample and evaluate with: scorefast train --out {cfg.out} --resume")
+        print(to_toml(cfg), end="")
         return 0
-    summary = train(cfg, resume=args.resume, given=set(given), progress=not args.quiet)
+    if "out" not in cfg.given:
+        raise UserError("--out DIR is required")
+    if args.prepare:
+        from .training.recipe import prepare
+        path = prepare(cfg)
+        print(f"prepared {path}; run it on every node with\n  torchrun --nnodes N --nproc-per-node M "
+              f"--rdzv-backend c10d --rdzv-endpoint HOST:29500 -m scorefast.distributed {path}\n"
+              f"then assemble, sample and evaluate with: scorefast train --out {path} --resume")
+        return 0
+    from .training.recipe import train
+    summary = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"run directory: {summary['run']}")
     print(f"  {summary['metric_name']} = {summary['metric']:.4f}   training {summary['train_seconds']:.1f} s"
           f"   steps {summary['steps']}")
@@ -114,21 +88,37 @@ def _check_new_file(path: str, suffix: str) -> Path:
     out = Path(path)
     if out.suffix != suffix:
         raise UserError(f"--out '{out}': expected a {suffix} file name")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise UserError(f"--out '{out}': directory '{out.parent}' does not exist")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a directory")
     return out
 
 
+def _open(args):
+    """The run of a sample/nll/evaluate command, with its torch threads set."""
+    import torch
+
+    from .run import open_run
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return open_run(args.run, device=args.device)
+
+
 def cmd_sample(args) -> int:
-    from .api import open_run
+    import numpy as np
+
     from .checkpoint import atomic_write
     from .plots import plot_samples
     out = _check_new_file(args.out, ".npy")
-    run = open_run(args.run)
-    x = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=not args.quiet)
+    run = _open(args)
+    x = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=not args.quiet,
+                   schedule=args.schedule)
     atomic_write(out, lambda f: np.save(f, x.numpy()))
     pic = out.with_suffix(".png")
-    plot_samples(x.numpy(), pic, title=f"{run.config.data}: {args.sampler} sampler")
+    plot_samples(x.numpy(), pic, title=f"{run.config.data.spec}: {args.sampler or run.config.log.sampler} sampler")
     print(f"wrote {out} ({tuple(x.shape)}) and {pic}")
     return 0
 
@@ -142,35 +132,32 @@ def _print_result(result: dict, as_json: bool) -> None:
 
 
 def cmd_nll(args) -> int:
-    from .api import open_run
-    run = open_run(args.run)
+    run = _open(args)
     _print_result(run.nll(args.data, n=args.n, steps=args.steps, hutchinson=args.hutchinson, seed=args.seed,
                           progress=not (args.quiet or args.json)), args.json)
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .api import open_run
-    run = open_run(args.run)
+    run = _open(args)
     _print_result(run.evaluate(args.data, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               progress=not (args.quiet or args.json)), args.json)
+                               progress=not (args.quiet or args.json), schedule=args.schedule), args.json)
     return 0
 
 
 def cmd_sweep_T(args) -> int:
     from .sweep import format_table, parse_Ts, sweep_T
-    from .trainer import TrainConfig
-    given = _given(args)
-    if "out" not in given:
+    from .training.config import Config
+    flags = config_flags(args)
+    if "out" not in flags:
         raise UserError("--out DIR is required (one run per T is written under it)")
-    Ts = parse_Ts(args.T)
-    base = TrainConfig(**{**given, "T": 1.0})
-    result = sweep_T(base, Ts, given["out"], n_eval=args.n_eval, progress=not (args.quiet or args.json))
+    Ts = parse_Ts(args.Ts)
+    result = sweep_T(Config(**flags), Ts, flags["out"], n_eval=args.n_eval, progress=not (args.quiet or args.json))
     if args.json:
         print(json.dumps(result))
     else:
         print(format_table(result))
-        print(f"picture: {Path(given['out']) / 'sweep.png'}   numbers: {Path(given['out']) / 'sweep.json'}")
+        print(f"picture: {Path(flags['out']) / 'sweep.png'}   numbers: {Path(flags['out']) / 'sweep.json'}")
     return 0
 
 
@@ -197,84 +184,108 @@ def cmd_fp(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scorefast", description="Train score-based diffusion models fast: score "
-                                "embedding, shorter diffusion times, parallel score matching.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of dequantisation and probes)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
+
+def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model and write a run directory",
-                       description="Train a score model. Budgets: --steps and/or --time-budget.")
-    _add_train_flags(t)
+                       description="Train a score model. Budgets: --steps and/or --time-budget. Every flag can also "
+                                   "be a key of a --config file (TOML or JSON); flags given here win.")
+    t.add_argument("--config", metavar="FILE", help="read flags from a TOML/JSON file (top-level keys or [section] "
+                   "tables; see --print-config)")
+    t.add_argument("--print-config", action="store_true", help="print the resolved configuration as TOML and exit")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoints")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--prepare", action="store_true",
                    help="only check the configuration and write the run directory, for an external torchrun")
+    add_config_flags(t)
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("sample", help="draw samples from a trained run (writes FILE.npy and FILE.png)")
-    s.add_argument("--run", required=True, help="run directory")
-    s.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
-    s.add_argument("--out", required=True, help="output .npy file (a .png picture is written beside it)")
-    s.add_argument("--sampler", default="ode", help="ode, em or pc (default: ode)")
-    s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's, scaled by T)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_sample)
 
-    n = sub.add_parser("nll", help="test negative log-likelihood (nats; bits/dim for images)")
-    n.add_argument("--run", required=True, help="run directory")
-    n.add_argument("--data", required=True, help="data spec; the run's own data means its held-out split")
-    n.add_argument("--n", type=int, default=1000, help="examples to evaluate (default: 1000)")
-    n.add_argument("--steps", type=int, default=100, help="RK4 steps of the probability-flow ODE (default: 100)")
-    n.add_argument("--hutchinson", type=int, default=None,
-                   help="Hutchinson probes (default: exact divergence for d <= 64, else 1)")
-    n.add_argument("--seed", type=int, default=0, help="seed of dequantisation and probes")
-    n.add_argument("--json", action="store_true", help="print one JSON object (keys nll_nats, bpd, n, seconds)")
-    n.add_argument("--quiet", action="store_true", help="no progress bar")
-    n.set_defaults(func=cmd_nll)
-
-    e = sub.add_parser("evaluate", help="sample-quality metrics against held-out data")
-    e.add_argument("--run", required=True, help="run directory")
-    e.add_argument("--data", required=True, help="data spec; the run's own data means its held-out split")
-    e.add_argument("--n", type=int, default=2000, help="samples to draw (default: 2000)")
-    e.add_argument("--sampler", default="ode", help="ode, em or pc")
-    e.add_argument("--steps", type=int, default=None, help="sampler steps")
-    e.add_argument("--seed", type=int, default=0, help="sampling seed")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
-    e.add_argument("--quiet", action="store_true", help="no progress bar")
-    e.set_defaults(func=cmd_evaluate)
-    f = sub.add_parser("fp", help="solve the log-density Fokker-Planck equation on a grid (score embedding)",
-                       description="Writes axes, t, alpha, sigma, bandwidth, logp and score arrays to FILE.npz "
-                                   "(grid axes in 'ij' order) and a picture FILE.png.")
-    f.add_argument("--data", required=True, help="data spec (points in 1-3 dimensions)")
-    f.add_argument("--out", required=True, help="output .npz file")
-    f.add_argument("--grid", type=int, default=181, help="grid points per dimension (default: 181)")
-    f.add_argument("--steps", type=int, default=50, help="time steps (default: 50)")
-    f.add_argument("--bandwidth", type=float, default=None, help="KDE bandwidth (default: Scott's rule)")
-    f.add_argument("--sde", default="vp", help="forward SDE (default: vp)")
-    f.add_argument("--T", type=float, default=1.0, help="end time (default: 1)")
-    f.add_argument("--eps", type=float, default=1e-3, help="start time (default: 1e-3)")
-    f.add_argument("--solver", default="lu", help="lu (SuperLU, default) or krylov (BiCGSTAB + LU preconditioner)")
-    f.add_argument("--n-data", type=int, default=None, help="data points for the KDE (default: all)")
-    f.add_argument("--seed", type=int, default=0, help="seed of generated data")
-    f.add_argument("--quiet", action="store_true", help="no progress bar")
-    f.set_defaults(func=cmd_fp)
-
-    w = sub.add_parser("sweep-T", help="train one model per end time T and choose T by the validation ELBO",
-                       description="Same budget for every T; NLL/ELBO parts, sample quality and sampling cost vs T.")
-    w.add_argument("--T", default="auto", help="comma-separated end times, or auto (0.2,0.3,0.4,0.6,1.0); "
-                   "the chosen T has the best validation ELBO")
-    w.add_argument("--n-eval", type=int, default=1000, help="held-out examples for NLL and ELBO")
-    w.add_argument("--json", action="store_true", help="print one JSON object")
-    _add_train_flags(w, skip=("T",))
-    w.add_argument("--quiet", action="store_true", help="no progress bars")
-    w.set_defaults(func=cmd_sweep_T, resume=False, prepare=False)
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; the flags of a command are generated only when that command is asked for (fast --help)."""
+    p = argparse.ArgumentParser(prog="scorefast", description="Train score-based diffusion models fast: score "
+                                "embedding, shorter diffusion times, parallel score matching.")
+    sub = p.add_subparsers(dest="command", required=True)
+    helps = {"train": "train a model and write a run directory",
+             "sample": "draw samples from a trained run (writes FILE.npy and FILE.png)",
+             "nll": "test negative log-likelihood (nats; bits/dim for images)",
+             "evaluate": "sample-quality metrics against held-out data",
+             "fp": "solve the log-density Fokker-Planck equation on a grid (score embedding)",
+             "sweep-T": "train one model per end time T and choose T by the validation ELBO"}
+    for name, text in helps.items():
+        if name != command:
+            sub.add_parser(name, help=text, add_help=False)
+    if command == "train":
+        _train_parser(sub)
+    elif command == "sample":
+        s = sub.add_parser("sample", help=helps["sample"])
+        _run_flags(s)
+        s.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
+        s.add_argument("--out", required=True, help="output .npy file (a .png picture is written beside it)")
+        s.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the run's)")
+        s.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
+        s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's, scaled by T)")
+        s.set_defaults(func=cmd_sample)
+    elif command in ("nll", "evaluate"):
+        e = sub.add_parser(command, help=helps[command])
+        _run_flags(e)
+        e.add_argument("--data", required=True, help="data spec; the run's own data means its held-out split")
+        e.add_argument("--json", action="store_true", help="print one JSON object")
+        if command == "nll":
+            e.add_argument("--n", type=int, default=1000, help="examples to evaluate (default: 1000)")
+            e.add_argument("--steps", type=int, default=100, help="RK4 steps of the probability-flow ODE "
+                           "(default: 100)")
+            e.add_argument("--hutchinson", type=int, default=None,
+                           help="Hutchinson probes (default: exact divergence for d <= 64, else 1)")
+            e.set_defaults(func=cmd_nll)
+        else:
+            e.add_argument("--n", type=int, default=2000, help="samples to draw (default: 2000)")
+            e.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the "
+                           "run's)")
+            e.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
+            e.add_argument("--steps", type=int, default=None, help="sampler steps")
+            e.set_defaults(func=cmd_evaluate)
+    elif command == "fp":
+        f = sub.add_parser("fp", help=helps["fp"], description="Writes axes, t, alpha, sigma, bandwidth, logp and "
+                           "score arrays to FILE.npz (grid axes in 'ij' order) and a picture FILE.png.")
+        f.add_argument("--data", required=True, help="data spec (points in 1-3 dimensions)")
+        f.add_argument("--out", required=True, help="output .npz file")
+        f.add_argument("--grid", type=int, default=181, help="grid points per dimension (default: 181)")
+        f.add_argument("--steps", type=int, default=50, help="time steps (default: 50)")
+        f.add_argument("--bandwidth", type=float, default=None, help="KDE bandwidth (default: Scott's rule)")
+        f.add_argument("--sde", default="vp", help="forward SDE (default: vp)")
+        f.add_argument("--T", type=float, default=1.0, help="end time (default: 1)")
+        f.add_argument("--eps", type=float, default=1e-3, help="start time (default: 1e-3)")
+        f.add_argument("--solver", default="lu", help="lu (SuperLU, default) or krylov (BiCGSTAB + LU preconditioner)")
+        f.add_argument("--n-data", type=int, default=None, help="data points for the KDE (default: all)")
+        f.add_argument("--seed", type=int, default=0, help="seed of generated data")
+        f.add_argument("--quiet", action="store_true", help="no progress bar")
+        f.set_defaults(func=cmd_fp)
+    elif command == "sweep-T":
+        w = sub.add_parser("sweep-T", help=helps["sweep-T"],
+                           description="Same budget for every T; NLL/ELBO parts, sample quality and sampling cost "
+                                       "vs T.")
+        w.add_argument("--T", dest="Ts", default="auto", help="comma-separated end times, or auto "
+                       "(0.2,0.3,0.4,0.6,1.0); the chosen T has the best validation ELBO")
+        w.add_argument("--n-eval", type=int, default=1000, help="held-out examples for NLL and ELBO")
+        w.add_argument("--json", action="store_true", help="print one JSON object")
+        w.add_argument("--config", metavar="FILE", help="read flags from a TOML/JSON file")
+        w.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_config_flags(w, skip=("T",))
+        w.set_defaults(func=cmd_sweep_T)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     return run_command(lambda: args.func(args))
 
 

@@ -12,16 +12,17 @@ import sys
 import time
 from pathlib import Path
 
-from .api import open_run
 from .errors import run_command
-from .trainer import TrainConfig, train
+from .run import open_run
+from .training.config import Config
+from .training.recipe import train
 
 
 def run_demo(out: str | None = None, steps: int = 12000, data: str = "checkerboard") -> dict:
     out = out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = TrainConfig(data=data, out=out, steps=steps, eval_every=max(1, steps // 4), batch_size=512, lr=1e-3,
-                      width=128, depth=3, eval_samples=4000)
-    print(f"[1/3] training a {cfg.sde.upper()} score model on '{data}' for {steps} steps -> {out}")
+    cfg = Config(data=data, out=out, steps=steps, eval_every=max(1, steps // 4), batch_size=512, lr=1e-3,
+                 width=128, depth=3, eval_samples=4000)
+    print(f"[1/3] training a {cfg.sde.name.upper()} score model on '{data}' for {steps} steps -> {out}")
     summary = train(cfg)
     run = open_run(out)
     print("[2/3] test NLL by the probability-flow ODE (exact divergence)")

@@ -1,98 +1,149 @@
-"""Interval-parallel training on torch.distributed: intervals across process groups, DDP inside each.
+"""The torch.distributed worker of an interval-parallel run: intervals across process groups, DDP inside each.
 
-``scorefast train --workers P`` starts P processes through torchrun (torch.distributed.run): gloo on
-CPU, nccl on GPU. The P ranks form G = P / D groups of D ranks (D = P // K for K intervals, at least
-1); intervals are assigned to groups round-robin and queued inside a group; inside a group the network
-is trained with DistributedDataParallel. A single network (K = 1) is plain DDP over all P ranks.
-
-The worker entry point reads everything from the run directory, so the same command runs unchanged
-under an external launcher across machines:
+``scorefast train --workers P`` starts P of these through torchrun (``training.launcher``): gloo on CPU,
+nccl on GPU. The worker reads everything from the run directory it is given (never from the path
+recorded in config.json, so a prepared directory can be copied elsewhere), so the same command runs
+unchanged under an external launcher across machines:
 
     torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
         -m scorefast.distributed RUN_DIR
 
 Each interval's checkpoint is written by rank 0 of its group; a resumed run skips finished intervals.
-A worker that dies takes the job down (torchrun stops the others, nothing hangs) and ``--resume``
-finishes the missing intervals; with ``--max-restarts`` torchrun restarts the workers, which resume
-from their checkpoints by themselves.
+Failures: a worker that dies takes the job down (torchrun stops the others) and ``--resume`` finishes
+the missing intervals; with ``--max-restarts`` torchrun restarts the workers, which resume from their
+checkpoints by themselves. A worker that hangs (e.g. SIGSTOP) stops sending heartbeats
+(RUN_DIR/heartbeats/): after ``--worker-timeout`` seconds the others stop the job instead of waiting in a
+collective forever. SIGINT / SIGTERM (torchrun passes them on) and the death of the ``scorefast train``
+process that launched the job stop every worker after its current step, with its checkpoint saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import subprocess
+import signal
+import socket
 import sys
+import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from .errors import UserError, run_command
+from .errors import run_command
+from .run import RunDir
+from .training.interrupt import Interrupt
+from .training.launcher import assignment, layout
+from .training.recipe import Group, context, jobs, train_network
 
 
-def layout(workers: int, intervals: int) -> tuple[int, int]:
-    """(groups G, data-parallel size D) for P workers and K intervals, or a UserError."""
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    dp = max(1, workers // intervals)
-    if workers % dp:
-        raise UserError(f"--workers {workers} cannot be split into equal data-parallel groups for {intervals} "
-                        f"intervals (use a multiple of {intervals}, or fewer workers than intervals)")
-    groups = workers // dp
-    if groups > intervals:
-        raise UserError(f"--workers {workers} is more than intervals x data-parallel size ({intervals} x {dp})")
-    return groups, dp
+class Watchdog(threading.Thread):
+    """Writes this rank's heartbeat every ``period`` seconds and watches the others' and the launcher's.
 
+    A rank whose heartbeat has not changed for ``timeout`` seconds is hung: its process is killed if it
+    runs on this host (so torchrun sees it fail at once) and this worker exits, which makes torchrun stop
+    the job. If the launching process (SCOREFAST_PARENT_PID) or torchrun itself is gone, ``on_orphan``
+    asks this worker to stop after its current step.
+    """
 
-def assignment(intervals: int, groups: int) -> list[list[int]]:
-    """Intervals of each group, round-robin."""
-    return [list(range(g, intervals, groups)) for g in range(groups)]
+    def __init__(self, folder: Path, rank: int, world: int, timeout: float, on_orphan, period: float = 1.0):
+        super().__init__(daemon=True)
+        self.folder, self.rank, self.world, self.timeout, self.period = folder, rank, world, timeout, period
+        self.on_orphan = on_orphan
+        self.launcher = int(os.environ.get("SCOREFAST_PARENT_PID", "0")) or None
+        self.agent = os.getppid()
+        self.stopped = threading.Event()
+        folder.mkdir(parents=True, exist_ok=True)
 
+    def beat(self, count: int) -> None:
+        path = self.folder / f"rank-{self.rank}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"count": count, "pid": os.getpid(), "host": socket.gethostname()}))
+        os.replace(tmp, path)
 
-def launch(cfg) -> None:
-    """Run the worker entry point under torchrun on this machine; raise UserError if it fails."""
-    from .trainer import build_sde, edges_for
-    edges = edges_for(cfg, build_sde(cfg))
-    layout(cfg.workers, len(edges) - 1)
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={cfg.workers}",
-           f"--max-restarts={cfg.max_restarts}", "-m", "scorefast.distributed", str(cfg.out)]
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise UserError(f"distributed training stopped: a worker failed (torchrun exit {proc.returncode}); the "
-                        f"finished intervals are kept, run again with --resume to train the missing ones")
+    def orphaned(self) -> bool:
+        if os.getppid() != self.agent:
+            return True
+        if self.launcher is None:
+            return False
+        try:
+            os.kill(self.launcher, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def run(self) -> None:
+        seen: dict[int, tuple[object, float]] = {}
+        count = 0
+        while not self.stopped.wait(self.period):
+            count += 1
+            self.beat(count)
+            if self.orphaned():
+                self.on_orphan()
+            now = time.monotonic()
+            for peer in range(self.world):
+                if peer == self.rank:
+                    continue
+                try:
+                    info = json.loads((self.folder / f"rank-{peer}.json").read_text())
+                except (OSError, ValueError):
+                    info = None
+                mark = None if info is None else info["count"]
+                if peer not in seen or seen[peer][0] != mark:
+                    seen[peer] = (mark, now)
+                elif now - seen[peer][1] > self.timeout:
+                    self.abort(peer, info)
+
+    def abort(self, peer: int, info: dict | None) -> None:
+        print(f"scorefast: worker rank {peer} sent no heartbeat for {self.timeout:g} s (hung or stopped): stopping "
+              "the job; the finished intervals are kept, continue with --resume", file=sys.stderr, flush=True)
+        if info and info.get("host") == socket.gethostname():
+            try:
+                os.kill(int(info["pid"]), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        os._exit(3)
 
 
 def worker(run_dir: str) -> None:
     """One rank: join the job, train this group's intervals, wait for all groups."""
-    from .trainer import TrainConfig, _read_config, build_sde, edges_for, jobs_for, load_dataset, train_network
-    cfg = TrainConfig.from_dict(_read_config(Path(run_dir))["config"])
-    use_cuda = torch.cuda.is_available() and cfg.device != "cpu"
-    backend = "nccl" if use_cuda else "gloo"
+    run = RunDir(run_dir)
+    cfg = run.read_config().replace(out=str(run.path))
+    use_cuda = torch.cuda.is_available() and cfg.launch.device != "cpu"
     # torchrun's workers share the agent's key-value store across restarts, so a restarted gloo group can read a
     # dead worker's address left from the previous attempt; a prefix per attempt keeps every attempt's keys apart.
     store, rank, world = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"scorefast/attempt-{attempt}", store), rank=rank,
-                            world_size=world, timeout=timedelta(minutes=30))
-    if use_cuda:
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        torch.cuda.set_device(local)
-        cfg.device = f"cuda:{local}"
-    torch.set_num_threads(cfg.threads or 1)
-    sde = build_sde(cfg)
-    edges = edges_for(cfg, sde)
-    groups, dp = layout(world, len(edges) - 1)
-    handles = [dist.new_group(list(range(g * dp, (g + 1) * dp))) for g in range(groups)]
-    g = rank // dp
-    train_ds, test_ds = load_dataset(cfg)
-    mine = assignment(len(edges) - 1, groups)[g]
-    for job in jobs_for(cfg, edges, indices=mine):
-        job.group, job.rank_in_group, job.group_size = handles[g], rank % dp, dp
-        train_network(cfg, job, train_ds, None, progress=(rank % dp == 0) and sys.stderr.isatty())
-    dist.barrier()
+    store = dist.PrefixStore(f"scorefast/attempt-{attempt}", store)
+    with Interrupt() as interrupt:
+        watchdog = Watchdog(run.path / "heartbeats", rank, world, cfg.launch.worker_timeout,
+                            on_orphan=lambda: interrupt.request(signal.SIGTERM))
+        watchdog.start()
+        dist.init_process_group("nccl" if use_cuda else "gloo", store=store, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=max(60.0, 2 * cfg.launch.worker_timeout)))
+        if use_cuda:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            cfg = cfg.replace(device=f"cuda:{local}")
+        torch.set_num_threads(cfg.launch.threads or 1)
+        ctx = context(cfg, run)
+        groups, dp = layout(world, len(ctx.edges) - 1)
+        handles = [dist.new_group(list(range(g * dp, (g + 1) * dp))) for g in range(groups)]
+        g = rank // dp
+        init = None
+        if cfg.partition.warm_start:
+            from .checkpoint import load_checkpoint
+            init = load_checkpoint(run.checkpoint("warm"))["ema"]
+        for job in jobs(ctx, assignment(len(ctx.edges) - 1, groups)[g]):
+            train_network(ctx, job, Group(handles[g], rank % dp, dp), init=init, interrupt=interrupt,
+                          progress=(rank % dp == 0) and sys.stderr.isatty())
+        dist.barrier()
+        watchdog.stopped.set()
     dist.destroy_process_group()
 
 

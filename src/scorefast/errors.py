@@ -11,12 +11,13 @@ class UserError(ValueError):
 
 
 def run_command(body: Callable[[], object]) -> int:
-    """Run a command's body as an exit code: bad input -> one line on stderr and 2, Ctrl-C -> 130."""
+    """Run a command's body as an exit code: bad input -> one line on stderr and 2 (or the error's own
+    ``status``: an interrupted run exits with the signal's conventional 128 + N), Ctrl-C -> 130."""
     try:
         result = body()
     except UserError as exc:
         print(f"scorefast: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "status", 2)
     except KeyboardInterrupt:
         print("scorefast: interrupted", file=sys.stderr)
         return 130

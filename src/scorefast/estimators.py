@@ -52,7 +52,7 @@ import torch
 
 from .analytic import augment_centres, kde_posterior, normalised_weights
 from .errors import UserError
-from .sde import SDE
+from .sde import SDE, as_time
 
 Tensor = torch.Tensor
 
@@ -94,7 +94,7 @@ class PosteriorMeanTarget(ABC):
     def target(self, x0: Tensor, xt: Tensor, t: Tensor | float) -> Tensor:
         """The score target for the batch x0 perturbed to xt at times t (scalar or one per example)."""
         x0f, xf = x0.flatten(1).to(xt.dtype), xt.flatten(1)
-        t = torch.as_tensor(t, dtype=xf.dtype, device=xf.device).reshape(-1).expand(len(xf))
+        t = as_time(t, xf).reshape(-1).expand(len(xf))
         a, s = self.sde.alpha(t), self.sde.sigma(t)
         var = a * a * self.bandwidth**2 + s * s
         if self.band is None:

@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 
-from .sampling import integrate, time_grid
+from .sampling import integrate
 from .sde import SDE, ScoreFn
+from .time_grids import time_grid
 
 Tensor = torch.Tensor
 

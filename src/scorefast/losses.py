@@ -1,7 +1,7 @@
 """Losses as small objects: ``loss(model, x0) -> per-example loss (B,)``; the trainer reduces.
 
-Both losses draw t on [t_min, t_max] (so a truncated diffusion or one interval of a piecewise model
-is just another range), perturb x_t = alpha_t x0 + sigma_t z, and weight in the epsilon form:
+Both losses draw t from a time sampler on [t_min, t_max] (so a truncated diffusion or one interval of a
+piecewise model is just another range), perturb x_t = alpha_t x0 + sigma_t z, and weight in the epsilon form:
 
     DSM:         w(t) * mean || sigma_t s_theta(x_t, t) + z ||^2
     regression:  w(t) * mean || sigma_t (s_theta(x_t, t) - s*(x_t, t)) ||^2
@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 
 from .sde import SDE, ScoreFn, append_dims
+from .time_sampling import TimeSampler, UniformTimes
 
 Tensor = torch.Tensor
 
@@ -28,26 +29,29 @@ WEIGHTINGS: dict[str, Callable[[SDE, Tensor], Tensor]] = {
 
 
 class DSMLoss:
-    """Denoising score matching on t ~ U[t_min, t_max] (stratified over the batch if asked)."""
+    """Denoising score matching with times from ``times`` (default: U[t_min, t_max], stratified over the
+    batch if asked; t_min / t_max default to the SDE's [eps, T])."""
 
     def __init__(self, sde: SDE, weighting: str = "epsilon", t_min: float | None = None,
-                 t_max: float | None = None, stratified: bool = False):
+                 t_max: float | None = None, stratified: bool = False, times: TimeSampler | None = None):
         if weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting '{weighting}'; choose one of {sorted(WEIGHTINGS)}")
         self.sde = sde
         self.weighting = weighting
-        self.t_min = sde.eps if t_min is None else float(t_min)
-        self.t_max = sde.T if t_max is None else float(t_max)
-        if not (0 < self.t_min < self.t_max):
-            raise ValueError(f"need 0 < t_min < t_max, got [{self.t_min}, {self.t_max}]")
-        self.stratified = stratified
+        if times is None:
+            times = UniformTimes(sde.eps if t_min is None else t_min, sde.T if t_max is None else t_max, stratified)
+        self.times = times
+
+    @property
+    def t_min(self) -> float:
+        return self.times.t_min
+
+    @property
+    def t_max(self) -> float:
+        return self.times.t_max
 
     def sample_t(self, n: int, device=None, dtype: torch.dtype | None = None) -> Tensor:
-        """n times in [t_min, t_max]; stratified puts exactly one in each of n equal bins."""
-        u = torch.rand(n, device=device, dtype=dtype)
-        if self.stratified:
-            u = (torch.arange(n, device=device, dtype=u.dtype) + u) / n
-        return self.t_min + (self.t_max - self.t_min) * u
+        return self.times(n, device, dtype)
 
     def weight(self, t: Tensor) -> Tensor:
         return WEIGHTINGS[self.weighting](self.sde, t)

@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from .errors import UserError
 from .sde import SDE, append_dims
 
 Tensor = torch.Tensor
@@ -59,49 +60,109 @@ class TimeMLP(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, emb: int):
+    """GroupNorm-SiLU-conv twice, t's embedding added in between, dropout before the second conv; plus a skip."""
+
+    def __init__(self, cin: int, cout: int, emb: int, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.GroupNorm(min(8, cin), cin)
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb = nn.Linear(emb, cout)
         self.norm2 = nn.GroupNorm(min(8, cout), cout)
+        self.drop = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
         h = self.conv1(nn.functional.silu(self.norm1(x)))
         h = h + self.emb(e)[:, :, None, None]
-        h = self.conv2(nn.functional.silu(self.norm2(h)))
+        h = self.conv2(self.drop(nn.functional.silu(self.norm2(h))))
         return h + self.skip(x)
 
 
-class UNet(nn.Module):
-    """A small time-conditioned U-Net: one residual block per level, strided down, nearest up.
+class SelfAttention(nn.Module):
+    """x + proj(softmax(q k^T / sqrt(d)) v) over the H*W positions, per head; proj starts at zero, so the
+    block starts as the identity (as in DDPM)."""
 
-    ``mults`` sets the channel multiplier per level; the image side must be divisible by
-    2 ** (len(mults) - 1). (1, 2) suits 8x8 digits, (1, 2, 2) 32x32 images.
+    def __init__(self, channels: int, heads: int = 1):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(min(8, channels), channels)
+        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2).unbind(1)
+        a = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(a.transpose(-1, -2).reshape(b, c, h, w))
+
+
+def _check_unet_options(base: int, mults: tuple[int, ...], res_blocks: int, attention_levels: tuple[int, ...],
+                        dropout: float, heads: int) -> None:
+    """Raise a one-line UserError for U-Net options that cannot build a network."""
+    if not (isinstance(base, int) and base > 0):
+        raise UserError(f"the U-Net width must be a positive integer, got {base!r}")
+    if not mults or not all(isinstance(m, int) and m > 0 for m in mults):
+        raise UserError(f"channel_mults must be positive integers, one per level, got {mults!r}")
+    odd = sorted({base * m for m in mults if base * m > 8 and base * m % 8})
+    if odd:
+        raise UserError(f"U-Net channels must be at most 8 or multiples of 8 (GroupNorm's 8 groups); width {base} "
+                        f"x channel_mults {tuple(mults)} gives {odd}")
+    if not (isinstance(res_blocks, int) and res_blocks >= 1):
+        raise UserError(f"res_blocks must be an integer >= 1, got {res_blocks!r}")
+    if not (isinstance(dropout, (int, float)) and 0 <= dropout < 1):
+        raise UserError(f"dropout must be in [0, 1), got {dropout!r}")
+    if not (isinstance(heads, int) and heads >= 1):
+        raise UserError(f"heads must be an integer >= 1, got {heads!r}")
+    for level in attention_levels:
+        if level not in range(len(mults)):
+            raise UserError(f"attention level {level!r} is not one of the U-Net's levels 0..{len(mults) - 1}")
+        if base * mults[level] % heads:
+            raise UserError(f"{heads} attention heads do not divide the {base * mults[level]} channels "
+                            f"at level {level}")
+
+
+class UNet(nn.Module):
+    """A time-conditioned U-Net: ``res_blocks`` residual blocks per level, strided-conv down, nearest up.
+
+    Level i has ``base * mults[i]`` channels at 1 / 2**i of the input side; every down block's output is a
+    skip that one up block at the same level takes in. Levels in ``attention_levels`` follow each of their
+    blocks with self-attention (the middle block too when the lowest level is among them). The defaults
+    are the small network of the README's benchmarks; (1, 2) suits 8x8 digits, (1, 2, 2) 32x32 images.
     """
 
     def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2), time_dim: int = 64,
-                 time_conditioned: bool = True):
+                 time_conditioned: bool = True, res_blocks: int = 1, attention_levels: tuple[int, ...] = (),
+                 dropout: float = 0.0, heads: int = 1):
         super().__init__()
+        _check_unet_options(base, mults, res_blocks, attention_levels, dropout, heads)
         self.embed = nn.Sequential(TimeEmbedding(time_dim), nn.Linear(time_dim, time_dim), nn.SiLU()) \
             if time_conditioned else None
-        self.time_dim = time_dim
+        self.time_dim, self.res_blocks = time_dim, res_blocks
         widths = [base * m for m in mults]
+
+        def attend(level: int, c: int) -> nn.Module:
+            return SelfAttention(c, heads) if level in attention_levels else nn.Identity()
+
         self.inp = nn.Conv2d(channels, widths[0], 3, padding=1)
-        self.down = nn.ModuleList()
-        self.pool = nn.ModuleList()
+        self.down, self.down_attn, self.pool = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         cin = widths[0]
         for i, w in enumerate(widths):
-            self.down.append(ResBlock(cin, w, time_dim))
+            for _ in range(res_blocks):
+                self.down.append(ResBlock(cin, w, time_dim, dropout))
+                self.down_attn.append(attend(i, w))
+                cin = w
             self.pool.append(nn.Conv2d(w, w, 3, stride=2, padding=1) if i < len(widths) - 1 else nn.Identity())
-            cin = w
-        self.mid = ResBlock(cin, cin, time_dim)
-        self.up = nn.ModuleList()
-        for w in reversed(widths):
-            self.up.append(ResBlock(cin + w, w, time_dim))
-            cin = w
+        self.mid = ResBlock(cin, cin, time_dim, dropout)
+        self.mid_attn = attend(len(widths) - 1, cin)
+        self.up, self.up_attn = nn.ModuleList(), nn.ModuleList()
+        for i, w in reversed(list(enumerate(widths))):
+            for _ in range(res_blocks):
+                self.up.append(ResBlock(cin + w, w, time_dim, dropout))
+                self.up_attn.append(attend(i, w))
+                cin = w
         self.out = nn.Sequential(nn.GroupNorm(min(8, cin), cin), nn.SiLU(), nn.Conv2d(cin, channels, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
@@ -113,16 +174,17 @@ class UNet(nn.Module):
             e = x.new_zeros(x.shape[0], self.time_dim)
         h = self.inp(x)
         skips = []
-        for block, pool in zip(self.down, self.pool):
-            h = block(h, e)
+        for i, (block, attn) in enumerate(zip(self.down, self.down_attn)):
+            h = attn(block(h, e))
             skips.append(h)
-            h = pool(h)
-        h = self.mid(h, e)
-        for block in self.up:
+            if (i + 1) % self.res_blocks == 0:
+                h = self.pool[i // self.res_blocks](h)
+        h = self.mid_attn(self.mid(h, e))
+        for block, attn in zip(self.up, self.up_attn):
             s = skips.pop()
-            if h.shape[-1] != s.shape[-1]:
+            if h.shape[-2:] != s.shape[-2:]:
                 h = nn.functional.interpolate(h, size=s.shape[-2:], mode="nearest")
-            h = block(torch.cat([h, s], dim=1), e)
+            h = attn(block(torch.cat([h, s], dim=1), e))
         return self.out(h)
 
 
@@ -178,23 +240,68 @@ class DataParam(Parameterisation):
 PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam)}
 
 
+# U-Net options of make_net and their defaults (the small network of the README's benchmarks);
+# channel_mults None means (1, 2) for images up to 16 pixels wide and (1, 2, 2) above.
+UNET_DEFAULTS: dict[str, object] = dict(width=32, channel_mults=None, res_blocks=1, attention=(), dropout=0.0, heads=1)
+
+# Named U-Net sizes. cifar10: the sizes of DDPM's CIFAR-10 network (Ho et al. 2020, appendix B), for 32x32 or
+# 64x64 images; 23.8 M parameters here, 35.7 M in DDPM, which adds an up block per level, a second middle
+# block, learned upsampling and a 512-wide time embedding.
+NET_PRESETS: dict[str, dict[str, object]] = {
+    "cifar10": dict(width=128, channel_mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), dropout=0.1),
+}
+
+
 def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = None, depth: int = 3,
-             time_conditioned: bool = True) -> nn.Module:
-    """An MLP for flat data, a U-Net for (C, H, W) images; ``arch='auto'`` picks by shape."""
+             time_conditioned: bool = True, preset: str | None = None, channel_mults: tuple[int, ...] | None = None,
+             res_blocks: int | None = None, attention: tuple[int, ...] | None = None, dropout: float | None = None,
+             heads: int | None = None) -> nn.Module:
+    """An MLP for flat data, a U-Net for (C, H, W) images; ``arch='auto'`` picks by shape.
+
+    U-Net options left at None take the value of ``preset`` (a key of NET_PRESETS) if given, else
+    UNET_DEFAULTS: ``channel_mults`` (one multiplier of ``width`` per level; level i is 1 / 2**i of the
+    image side, so H and W must divide by 2**(levels - 1)), ``res_blocks`` per level, ``attention`` (the
+    sides in pixels of the levels whose blocks get self-attention, the shorter side for non-square
+    images; the middle block belongs to the lowest level), ``dropout`` in the residual blocks and
+    ``heads`` of attention.
+    """
+    given = dict(width=width, channel_mults=channel_mults, res_blocks=res_blocks, attention=attention,
+                 dropout=dropout, heads=heads)
+    if preset is not None and preset not in NET_PRESETS:
+        raise UserError(f"unknown network preset '{preset}'; choose one of {sorted(NET_PRESETS)}")
     if arch == "auto":
         arch = "unet" if len(shape) == 3 else "mlp"
     if arch == "mlp":
+        unet_only = [k for k, v in given.items() if k != "width" and v is not None]
+        if preset is not None or unet_only:
+            raise UserError(f"{f'preset {preset!r}' if preset else ', '.join(unet_only)} only applies to the U-Net, "
+                            f"not the MLP for data of shape {tuple(shape)}")
+        if width is not None and not (isinstance(width, int) and width > 0):
+            raise UserError(f"the MLP width must be a positive integer, got {width!r}")
         return TimeMLP(math.prod(shape), hidden=width or 128, depth=depth, time_conditioned=time_conditioned)
-    if arch == "unet":
-        if len(shape) != 3:
-            raise ValueError(f"the U-Net needs (C, H, W) data, got shape {tuple(shape)}")
-        mults = (1, 2) if shape[-1] <= 16 else (1, 2, 2)
-        return UNet(shape[0], base=width or 32, mults=mults, time_conditioned=time_conditioned)
-    raise ValueError(f"unknown architecture '{arch}'; choose mlp, unet or auto")
+    if arch != "unet":
+        raise UserError(f"unknown architecture '{arch}'; choose mlp, unet or auto")
+    if len(shape) != 3:
+        raise UserError(f"the U-Net needs (C, H, W) data, got shape {tuple(shape)}")
+    opts = {**UNET_DEFAULTS, **NET_PRESETS.get(preset or "", {}), **{k: v for k, v in given.items() if v is not None}}
+    h, w = shape[1:]
+    mults = ((1, 2) if w <= 16 else (1, 2, 2)) if opts["channel_mults"] is None else tuple(opts["channel_mults"])
+    scale = 2 ** (len(mults) - 1)
+    if h % scale or w % scale:
+        raise UserError(f"a {len(mults)}-level U-Net needs image sides divisible by {scale}, got {h}x{w}; "
+                        f"give fewer channel_mults or resize the images")
+    sides = [min(h, w) // 2**i for i in range(len(mults))]
+    missing = [r for r in opts["attention"] if r not in sides]
+    if missing:
+        raise UserError(f"attention resolution(s) {missing} are not among the U-Net's level sides {sides} "
+                        f"for {h}x{w} images")
+    return UNet(shape[0], base=opts["width"], mults=mults, time_conditioned=time_conditioned,
+                res_blocks=opts["res_blocks"], attention_levels=tuple(sides.index(r) for r in opts["attention"]),
+                dropout=opts["dropout"], heads=opts["heads"])
 
 
 def make_model(sde: SDE, shape: tuple[int, ...], param: str = "eps", **net_kwargs) -> Parameterisation:
     """A network for data of ``shape`` wrapped in the named parameterisation (eps, score, data)."""
     if param not in PARAMETERISATIONS:
-        raise ValueError(f"unknown parameterisation '{param}'; choose one of {sorted(PARAMETERISATIONS)}")
+        raise UserError(f"unknown parameterisation '{param}'; choose one of {sorted(PARAMETERISATIONS)}")
     return PARAMETERISATIONS[param](make_net(shape, **net_kwargs), sde)

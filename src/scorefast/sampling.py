@@ -5,76 +5,30 @@ Every sampler is ``sampler(model, sde, x, ts, *, callback=None, progress=True, *
 time grid (a tensor: the schedule is data, decoupled from the solver). ``callback`` receives
 ``{'i', 't', 'x'}`` after each step.
 
-Piecewise models (parallel score matching) expose ``edges`` (increasing times) and ``piece(k)``
-(the score model on [edges[k], edges[k+1]]). Every integration here is split at those edges: each
-fixed step lies inside one piece, an adaptive solver restarts at each edge, and the state is carried
-across. A plain model is one piece.
+The probability-flow ODE ('ode'), Euler-Maruyama ('em') and predictor-corrector ('pc') are here; the
+few-step samplers of k-diffusion (dpmpp-2m, heun, euler-a) and the noise-level schedules are in
+``ksampling``. Every integration is split at the edges of a piecewise model (``time_grids.pieces``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
+from .errors import UserError
+from .ksampling import KSAMPLERS, SCHEDULES
 from .sde import SDE, ScoreFn
+from .time_grids import pieces
 
 Tensor = torch.Tensor
 State = tuple[Tensor, ...]
 
 FIXED_METHODS = ("euler", "heun", "rk4")
+CHUNK = 4096  # samples integrated at once by ``sample``
 ADAPTIVE_METHODS = ("dopri5", "bosh3", "adaptive_heun", "dopri8")
-
-
-def time_grid(t_start: float, t_end: float, steps: int, edges: Sequence[float] | None = None,
-              device=None, dtype: torch.dtype | None = None) -> Tensor:
-    """``steps`` uniform steps from t_start to t_end (either direction), with every edge strictly
-    between them placed exactly on the grid (each piece gets steps in proportion to its length).
-    The grid is built in float64 and cast to ``dtype`` (default: torch's default dtype)."""
-    if steps < 1:
-        raise ValueError(f"need at least one step, got {steps}")
-    lo, hi = sorted((float(t_start), float(t_end)))
-    knots = [lo] + sorted(e for e in (edges or ()) if lo < e < hi) + [hi]
-    lengths = [b - a for a, b in zip(knots[:-1], knots[1:])]
-    counts = [max(1, round(steps * ln / (hi - lo))) for ln in lengths]
-    parts = [torch.linspace(a, b, n + 1, dtype=torch.float64)[:-1] for a, b, n in zip(knots[:-1], knots[1:], counts)]
-    grid = torch.cat(parts + [torch.tensor([hi], dtype=torch.float64)])
-    if t_start > t_end:
-        grid = grid.flip(0)
-    return grid.to(device=device, dtype=dtype or torch.get_default_dtype())
-
-
-def pieces(model: ScoreFn, ts: Tensor) -> list[tuple[ScoreFn, Tensor]]:
-    """Split the grid ``ts`` at the model's edges: [(score model of the piece, its sub-grid)].
-
-    Raises if an edge inside the grid's range is not a grid point (no step may cross an edge), or if
-    the grid reaches outside [edges[0], edges[-1]], where the model has no piece. Grid points match
-    edges up to the rounding of the grid's dtype (a float32 grid holds float32(edge)).
-    """
-    edges = getattr(model, "edges", None)
-    if edges is None:
-        return [(model, ts)]
-    out = []
-    lo, hi = float(ts.min()), float(ts.max())
-    edges = [float(e) for e in edges]
-    tol = 8 * torch.finfo(ts.dtype).eps * max(1.0, abs(hi))
-    if lo < edges[0] - tol or hi > edges[-1] + tol:
-        raise ValueError(f"time grid [{lo}, {hi}] reaches outside the model's edges [{edges[0]}, {edges[-1]}]")
-    for k in range(len(edges) - 1):
-        a, b = max(edges[k], lo), min(edges[k + 1], hi)
-        if b - a <= tol:
-            continue
-        mask = (ts >= a - tol) & (ts <= b + tol)
-        sub = ts[mask]
-        if sub.numel() < 2 or abs(float(sub.min()) - a) > tol or abs(float(sub.max()) - b) > tol:
-            raise ValueError(f"time grid is not aligned to the edge(s) of piece {k} [{a}, {b}]; "
-                             "build it with time_grid(..., edges=model.edges)")
-        out.append((model.piece(k), sub))
-    if ts[0] > ts[-1]:
-        out.reverse()
-    return out
 
 
 def _step(fn: Callable[[Tensor, State], State], t0: Tensor, t1: Tensor, y: State, method: str) -> State:
@@ -199,19 +153,29 @@ def sample_pc(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None,
                      corrector_steps=corrector_steps, snr=snr)
 
 
-SAMPLERS = {"ode": sample_ode, "em": sample_em, "pc": sample_pc}
+SAMPLERS = {"ode": sample_ode, "em": sample_em, "pc": sample_pc, **KSAMPLERS}
 
 
 def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler: str = "ode", steps: int = 100,
-           prior=None, generator: torch.Generator | None = None, device=None, progress: bool = True,
-           **options) -> Tensor:
+           schedule: str | None = None, prior=None, generator: torch.Generator | None = None, device=None,
+           progress: bool = True, chunk: int = CHUNK, **options) -> Tensor:
     """Draw n samples: x_T from ``prior`` (an object with ``sample(n, generator)``) or the SDE's
-    reference prior, then the chosen sampler from sde.T to sde.eps on a grid aligned to any edges."""
+    reference prior, then the chosen sampler from sde.T to sde.eps on the ``schedule``'s grid (uniform in
+    t; karras or logsnr in the noise level; default: the sampler's own), aligned to any edges.
+
+    The samples are integrated ``chunk`` at a time (all x_T are drawn first), so memory stays bounded
+    for any n; a result depends on the seed and, for n above ``chunk``, on the chunk size."""
     if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler '{sampler}'; choose one of {sorted(SAMPLERS)}")
+        raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
+    schedule = schedule or getattr(SAMPLERS[sampler], "default_schedule", "uniform")
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+    if steps < 1:
+        raise UserError(f"sampler steps must be >= 1, got {steps}")
     if prior is not None:
         x = prior.sample(n, generator=generator).reshape(n, *shape).to(device)
     else:
         x = sde.prior_sampling((n, *shape), generator=generator, device=device)
-    ts = time_grid(sde.T, sde.eps, steps, getattr(model, "edges", None), device=device, dtype=x.dtype)
-    return SAMPLERS[sampler](model, sde, x, ts, progress=progress, generator=generator, **options)
+    ts = SCHEDULES[schedule](sde, steps, getattr(model, "edges", None), device=device, dtype=x.dtype)
+    return torch.cat([SAMPLERS[sampler](model, sde, part, ts, progress=progress, generator=generator, **options)
+                      for part in x.split(max(1, chunk))])

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from .errors import UserError
+
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -24,7 +26,8 @@ def append_dims(v: Tensor, ndim: int) -> Tensor:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-def _as_time(t: float | Tensor, like: Tensor | None = None) -> Tensor:
+def as_time(t: float | Tensor, like: Tensor | None = None) -> Tensor:
+    """t as a tensor (on the device and in the dtype of ``like``, when given)."""
     if isinstance(t, Tensor):
         return t if like is None else t.to(device=like.device, dtype=like.dtype)
     device = like.device if like is not None else None
@@ -74,12 +77,12 @@ class SDE(ABC):
 
     def sde(self, x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """(drift f(x, t), diffusion g(t)) broadcast against x."""
-        t = _as_time(t, x)
+        t = as_time(t, x)
         return append_dims(self.drift_coef(t), x.ndim) * x, append_dims(self.diffusion(t), x.ndim)
 
     def marginal_prob(self, x0: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
         """Mean and std of p_t(x_t | x0)."""
-        t = _as_time(t, x0)
+        t = as_time(t, x0)
         return append_dims(self.alpha(t), x0.ndim) * x0, append_dims(self.sigma(t), x0.ndim)
 
     def perturb(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
@@ -215,18 +218,20 @@ class VESDE(SDE):
 
 
 SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
+# the published schedules, as (family, constructor arguments)
+PRESETS: dict[str, tuple[str, dict]] = {"vp-psm": ("vp", {"beta_min": 0.0, "beta_max": 10.0}),
+                                        "ve-power": ("ve", {"base": 5.0})}
+SDE_NAMES: tuple[str, ...] = (*SDES, *PRESETS)
 
 
 def make_sde(name: str, T: float = 1.0, eps: float = 1e-3, **kwargs) -> SDE:
     """Build an SDE by name: 'vp', 'subvp', 've', plus the published presets
     'vp-psm' (beta = 2ct, c = 5), 've-power' (g = s^t, s = 5 unless base is given)."""
-    presets = {"vp-psm": ("vp", {"beta_min": 0.0, "beta_max": 10.0}),
-               "ve-power": ("ve", {"base": 5.0})}
-    if name in presets:
-        name, defaults = presets[name]
+    if name in PRESETS:
+        name, defaults = PRESETS[name]
         kwargs = {**defaults, **kwargs}
     if name not in SDES:
-        raise ValueError(f"unknown SDE '{name}'; choose one of {sorted(SDES) + sorted(presets)}")
+        raise UserError(f"unknown SDE '{name}'; choose one of {', '.join(SDE_NAMES)}")
     return SDES[name](T=T, eps=eps, **kwargs)
 
 

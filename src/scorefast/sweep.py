@@ -7,13 +7,12 @@ picks the T with the best validation ELBO (ties to the cheaper T): a rule the pa
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 from .checkpoint import write_json
 from .errors import UserError
-from .trainer import TrainConfig, load_dataset, train
+from .training.config import Config
 
 DEFAULT_TS = (0.2, 0.3, 0.4, 0.6, 1.0)
 
@@ -31,27 +30,31 @@ def parse_Ts(text: str) -> list[float]:
     return Ts
 
 
-def sweep_T(base: TrainConfig, Ts: list[float], out: str | Path, n_eval: int = 1000, nll_steps: int = 100,
+def sweep_T(base: Config, Ts: list[float], out: str | Path, n_eval: int = 1000, nll_steps: int = 100,
             progress: bool = True) -> dict:
     """Train one model per T (resuming finished ones), evaluate each the same way, choose T."""
-    from .api import open_run
-    from .methods.truncation import choose_T, elbo
+    from .methods.elbo import choose_T, elbo
     from .plots import plot_sweep
+    from .run import open_run, split_data
+    from .training.recipe import train
     out = Path(out)
-    for T in Ts:
-        dataclasses.replace(base, T=T).validate()
+    configs = [base.replace(T=T, out=str(out / f"T={T:g}")) for T in Ts]
+    for cfg in configs:
+        cfg.validate()
     rows = []
-    for T in Ts:
-        cfg = dataclasses.replace(base, T=T, out=str(out / f"T={T:g}"))
-        resume = (Path(cfg.out) / "config.json").exists()
-        summary = train(cfg, resume=resume, given={"steps", "time_budget"} if resume else None, progress=progress)
-        run = open_run(cfg.out)
-        val = load_dataset(run.config)[1]
-        nll = run.nll(base.data, n=n_eval, steps=nll_steps, progress=False)
+    for T, cfg in zip(Ts, configs):
+        resume = (Path(cfg.log.out) / "config.json").exists()
+        if resume:
+            cfg = cfg.replace()
+            cfg.given = frozenset({"out", "steps", "time_budget"})
+        summary = train(cfg, resume=resume, progress=progress)
+        run = open_run(cfg.log.out)
+        val = split_data(run.config)[1]
+        nll = run.nll(base.data.spec, n=n_eval, steps=nll_steps, progress=False)
         x = val.x[:n_eval].to(run.device)
         t0 = time.perf_counter()
         parts = {k: float(v.mean()) for k, v in elbo(run.model, run.sde, x, run.prior).items()}
-        rows.append({"T": T, "run": cfg.out, "nll_nats": nll["nll_nats"], "bpd": nll.get("bpd"),
+        rows.append({"T": T, "run": cfg.log.out, "nll_nats": nll["nll_nats"], "bpd": nll.get("bpd"),
                      "elbo": parts["elbo"], "prior_term": parts["prior_term"], "score_term": parts["score_term"],
                      "theta_free": parts["theta_free"], "elbo_seconds": time.perf_counter() - t0,
                      "metric_name": summary["metric_name"], "metric": summary["metric"],
@@ -59,9 +62,10 @@ def sweep_T(base: TrainConfig, Ts: list[float], out: str | Path, n_eval: int = 1
                      "train_seconds": summary["train_seconds"],
                      "prior_fit_seconds": (summary.get("prior_fit") or {}).get("seconds", 0.0)})
     best = choose_T(Ts, {r["T"]: r["elbo"] for r in rows})
-    result = {"data": base.data, "prior": base.prior, "steps": base.steps, "chosen_T": best, "rows": rows}
+    result = {"data": base.data.spec, "prior": base.prior.name, "steps": base.budget.steps, "chosen_T": best,
+              "rows": rows}
     write_json(out / "sweep.json", result)
-    plot_sweep(rows, out / "sweep.png", title=f"{base.data}, prior {base.prior}")
+    plot_sweep(rows, out / "sweep.png", title=f"{base.data.spec}, prior {base.prior.name}")
     return result
 
 

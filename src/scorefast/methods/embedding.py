@@ -1,6 +1,7 @@
-"""Training on pre-computed scores (score embedding, METHODS.md 1.3-1.4), as loss objects.
+"""Training on pre-computed scores (score embedding, Na et al. 2024; docs/methods.md 1), as loss objects.
 
-Every loss here follows losses.py: ``loss(model, x0) -> per-example loss (B,)``.
+The training-target plug-ins in ``targets`` build them. Every loss here follows losses.py:
+``loss(model, x0) -> per-example loss (B,)``.
 
 - ``fp-regress``: ``ScoreRegressionLoss`` onto the Fokker-Planck grid score (d <= 3):
   w(t) || sigma_t (s_theta(x_t, t) - s_grid(x_t, t)) ||^2, x_t = alpha_t x0 + sigma_t z.
@@ -26,9 +27,6 @@ Every loss here follows losses.py: ``loss(model, x0) -> per-example loss (B,)``.
 
 from __future__ import annotations
 
-import math
-import time
-
 import numpy as np
 import torch
 
@@ -36,12 +34,10 @@ from ..analytic import MixtureScore
 from ..errors import UserError
 from ..losses import DSMLoss, ScoreRegressionLoss
 from ..sde import SDE, ScoreFn, append_dims
-from .fokker_planck import MAX_DIM, paper_image_score, scott_bandwidth, solve_fp
+from .fokker_planck import paper_image_score
 
 Tensor = torch.Tensor
 
-METHODS = ("empirical", "fp-embed", "fp-regress")
-VARIANTS = ("paper", "sound")
 _MIXTURE_ELEMENTS = 2**24  # batch x centres per chunk of the mixture score
 
 
@@ -154,59 +150,4 @@ class FPEmbedLoss(DSMLoss):
         return self.reduce(self.residual(model, x0, xn + sigma * noise, t, noise), t)
 
 
-def make_loss(method: str, sde: SDE, x: Tensor, *, t_min: float, t_max: float, weighting: str = "epsilon",
-              grid: int = 129, fp_steps: int = 48, bandwidth: float | None = None, variant: str = "sound",
-              reference_size: int = 1024, embed_bins: int = 10, seed: int = 0,
-              progress: bool = True) -> tuple[DSMLoss, dict]:
-    """The loss object for ``method`` on data x (N, ...) and a dict of what was pre-computed.
-
-    fp-regress / fp-embed (sound) with d <= 3 solve the FP equation on a ``grid``^d grid with
-    ``fp_steps`` steps (``solve_fp``); fp-embed with d > 3 uses the closed-form mixture, variant
-    'paper' the published per-image feature (images only, ``embed_bins`` solve steps).
-    """
-    if method not in METHODS:
-        raise UserError(f"unknown score-embedding method '{method}'; choose one of {', '.join(METHODS)}")
-    if variant not in VARIANTS:
-        raise UserError(f"unknown variant '{variant}'; choose one of {', '.join(VARIANTS)}")
-    if bandwidth is not None and not (bandwidth >= 0 and math.isfinite(bandwidth)):
-        raise UserError(f"the KDE bandwidth must be >= 0, got {bandwidth}")
-    if reference_size < 1:
-        raise UserError(f"reference_size must be >= 1, got {reference_size}")
-    d = x[0].numel()
-    image = x.ndim == 4 and x.shape[-1] == x.shape[-2]
-    if variant == "paper" and not (method == "fp-embed" and image):
-        raise UserError("variant 'paper' is the published per-image construction: it needs method fp-embed and "
-                        f"square images (N, C, H, W), got method {method} and data of shape {tuple(x.shape)}")
-    if method == "fp-regress" and d > MAX_DIM:
-        raise UserError(f"fp-regress needs a grid, so d <= {MAX_DIM} (got d = {d}); method 'empirical' regresses "
-                        "on the same closed-form score in any dimension")
-    kw = {"weighting": weighting, "t_min": t_min, "t_max": t_max}
-    t0 = time.perf_counter()
-    info: dict = {"method": method, "variant": variant, "grid": None, "fp_steps": None}
-    if method == "empirical" or (method == "fp-embed" and variant == "sound" and d > MAX_DIM):
-        h = 0.0 if bandwidth is None else float(bandwidth)
-        provider = ReferenceMixture(sde, x, h, reference_size, seed)
-        info.update(source="mixture", bandwidth=h, reference_size=min(reference_size, len(x)))
-    elif variant == "paper":
-        provider = PaperImageTarget(sde, x, embed_bins)
-        info.update(source="paper-image", bandwidth=None, fp_steps=embed_bins)
-    else:
-        flat = x.flatten(1)
-        h = scott_bandwidth(flat.detach().cpu().double().numpy()) if bandwidth is None else float(bandwidth)
-        stats: dict = {}
-        sol = solve_fp(flat, sde, grid=grid, steps=fp_steps, bandwidth=h, progress=progress, stats=stats)
-        provider = FixedTarget(sol.score_at)
-        info.update(source="grid", bandwidth=h, grid=grid, fp_steps=fp_steps,
-                    box=[[float(a[0]), float(a[-1])] for a in sol.axes], factorizations=stats["factorizations"])
-    if method == "fp-embed":
-        loss = FPEmbedLoss(sde, provider, bins=embed_bins, **kw)
-    elif isinstance(provider, FixedTarget) or getattr(provider, "full", None) is not None:
-        loss = ScoreRegressionLoss(sde, target=provider.for_batch(x[:1]), **kw)
-    else:
-        loss = TargetRegressionLoss(sde, provider, **kw)
-    info["precompute_seconds"] = time.perf_counter() - t0
-    return loss, info
-
-
-__all__ = ["FPEmbedLoss", "FixedTarget", "METHODS", "PaperImageTarget", "ReferenceMixture", "TargetRegressionLoss",
-           "make_loss"]
+__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "ReferenceMixture", "TargetRegressionLoss"]

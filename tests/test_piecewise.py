@@ -14,8 +14,7 @@ from scorefast.analytic import GaussianScore
 from scorefast.errors import UserError
 from scorefast.likelihood import log_likelihood
 from scorefast.losses import DSMLoss
-from scorefast.methods.parallel import (
-    FixedTimeDSMLoss,
+from scorefast.methods.piecewise import (
     FrozenTime,
     PiecewiseModel,
     assemble,
@@ -29,6 +28,7 @@ from scorefast.methods.parallel import (
 from scorefast.nets import make_model
 from scorefast.sampling import sample
 from scorefast.sde import make_sde
+from scorefast.time_sampling import FixedTime
 
 MEAN = [0.6, -0.4]
 COV = [[1.0, 0.3], [0.3, 0.5]]
@@ -285,7 +285,7 @@ def test_interval_loss_draws_t_only_inside_its_interval(sde):
 def test_fixed_time_loss_for_a_per_time_point_net(sde):
     edges = partition("equal", 4, sde.eps, sde.T)
     loss = interval_loss(sde, edges, 2, fixed_t=edges[3])
-    assert isinstance(loss, FixedTimeDSMLoss)
+    assert isinstance(loss.times, FixedTime)
     model = Recording(make_model(sde, (2,), width=8, depth=1, time_conditioned=False))
     out = loss(model, torch.randn(32, 2))
     assert out.shape == (32,)

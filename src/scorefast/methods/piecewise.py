@@ -1,4 +1,4 @@
-"""Parallel score matching (Haxholli & Lorenzi 2023): one score network per time interval.
+"""Parallel score matching (Haxholli & Lorenzi 2023): the mathematics of one score network per time interval.
 
 TPSM splits [t_min, t_max] at edges t_min = tau_0 < ... < tau_K = t_max; network k is trained by DSM
 on t ~ U[tau_k, tau_{k+1}] only, independently of the others, and the composite score is
@@ -9,7 +9,8 @@ network k trained at the single time tau_{k+1} and used, frozen at that time, on
 ``piece(k)``), so the samplers and the likelihood integrate it block by block, never stepping across
 an edge, without knowing what is inside. Partitions: 'equal' in t, or 'logsnr', equally spaced in
 lambda(t) = log(alpha_t^2 / sigma_t^2), which puts more edges near t = 0 (the published unequal
-partitions [0, 0.1, 1] and [0, 0.02, 0.1, 0.3, 1] are roughly of that kind).
+partitions [0, 0.1, 1] and [0, 0.02, 0.1, 0.3, 1] are roughly of that kind). The plug-ins that choose a
+partition for a run are in ``partitions``.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from torch import nn
 from ..errors import UserError
 from ..losses import DSMLoss
 from ..sde import SDE
+from ..time_sampling import FixedTime
 
 Tensor = torch.Tensor
 
-PARTITIONS = ("logsnr", "equal")
+SPACINGS = ("logsnr", "equal")
 
 
 def log_snr(sde: SDE, t: Tensor) -> Tensor:
@@ -72,8 +74,8 @@ def partition(kind: str, K: int, t_min: float, t_max: float, sde: SDE | None = N
     The log-SNR edges solve lambda(t) = lambda_j by bisection on the monotone lambda (vectorised over
     the K - 1 inner edges, in float64).
     """
-    if kind not in PARTITIONS:
-        raise UserError(f"unknown partition '{kind}'; choose one of {', '.join(PARTITIONS)}")
+    if kind not in SPACINGS:
+        raise UserError(f"unknown --partition '{kind}'; choose one of {', '.join(SPACINGS)}")
     try:
         K = operator.index(K)
     except TypeError:
@@ -211,19 +213,6 @@ def split(shared_model: nn.Module, K: int) -> list[nn.Module]:
     return [copy.deepcopy(shared_model) for _ in range(K)]
 
 
-class FixedTimeDSMLoss(DSMLoss):
-    """DSM at the single time t (a DPSM per-time-point network)."""
-
-    def __init__(self, sde: SDE, t: float, weighting: str = "epsilon"):
-        super().__init__(sde, weighting)
-        if not 0 < t <= sde.T:
-            raise UserError(f"a fixed training time must lie in (0, {sde.T}], got {t}")
-        self.t_min = self.t_max = float(t)
-
-    def sample_t(self, n: int, device=None, dtype: torch.dtype | None = None) -> Tensor:
-        return torch.full((n,), self.t_min, device=device, dtype=dtype)
-
-
 def interval_loss(sde: SDE, edges: Sequence[float], k: int, weighting: str = "epsilon", *,
                   fixed_t: float | None = None, stratified: bool = False) -> DSMLoss:
     """DSM for network k: t ~ U[edges[k], edges[k+1]], or t = fixed_t (inside that interval) for DPSM."""
@@ -234,9 +223,9 @@ def interval_loss(sde: SDE, edges: Sequence[float], k: int, weighting: str = "ep
     if fixed_t is not None:
         if not a <= fixed_t <= b:
             raise UserError(f"fixed time {fixed_t} lies outside interval {k} [{a}, {b}]")
-        return FixedTimeDSMLoss(sde, fixed_t, weighting)
+        return DSMLoss(sde, weighting, times=FixedTime(fixed_t))
     return DSMLoss(sde, weighting, t_min=a, t_max=b, stratified=stratified)
 
 
-__all__ = ["PARTITIONS", "FixedTimeDSMLoss", "FrozenTime", "PiecewiseModel", "assemble", "check_partition",
+__all__ = ["SPACINGS", "FrozenTime", "PiecewiseModel", "assemble", "check_partition",
            "interval_loss", "log_snr", "parse_edges", "partition", "split"]

@@ -1,27 +1,22 @@
-"""Shorter diffusion times bridged by an auxiliary prior (Franzese et al. 2023, METHODS.md section 2).
+"""Auxiliary densities at the end time T of a shortened diffusion (Franzese et al. 2023; docs/methods.md 2).
 
-The score network is trained on t in [eps, T] only, with T < 1; an auxiliary density nu at T is fitted
-by maximum likelihood to forward samples x_T = alpha_T x0 + sigma_T z of the data. Sampling draws
-x_T ~ nu and runs any sampler from T; the likelihood adds log nu(x_T) at the end of the PF-ODE.
+The score network is trained on t in [eps, T] only, with T < 1; a density nu at T is fitted by maximum
+likelihood to forward samples x_T = alpha_T x0 + sigma_T z of the data. Sampling draws x_T ~ nu and
+runs any sampler from T; the likelihood adds log nu(x_T) at the end of the PF-ODE.
 
-Priors, all behind :class:`Prior` (an ``nn.Module``, so a checkpoint stores it as a state dict):
-'standard' N(0, prior_std^2 I) (the baseline; no fit), 'gaussian' (moment-matched, closed form),
-'gmm' (Gaussian mixture, online EM on fresh forward samples), 'flow' (a zuko flow, spline NSF up to
-d = 16 and affine MAF above, on the residual whitened by the moment-matched Gaussian, so it starts at
-that Gaussian and converges in few steps). Every fit draws fresh noise per batch, has its own step
-budget and early stopping, and keeps the state with the best NLL on held-out forward samples; its cost
-is returned so that a time-to-quality comparison can count it.
-
-:func:`elbo` is the continuous-time ELBO (Huang et al. 2021; Song et al. 2021) split into a prior
-term, a score term and a closed-form theta-free term; :func:`choose_T` picks T from validation ELBOs
-(the rule behind ``--T auto``); :func:`prior_gap_bound` bounds KL[p_T || N(0, prior_std^2 I)].
+All behind :class:`Prior` (an ``nn.Module``, so a checkpoint stores it as a state dict):
+N(0, prior_std^2 I) (the baseline; no fit), the moment-matched Gaussian (closed form), a Gaussian
+mixture (online EM on fresh forward samples) and a zuko flow (spline NSF up to d = 16, affine MAF
+above, on the residual whitened by the moment-matched Gaussian, so it starts at that Gaussian and
+converges in few steps). Every fit draws fresh noise per batch, has its own step budget and early
+stopping, and keeps the state with the best NLL on held-out forward samples; its cost is returned so
+that a time-to-quality comparison can count it. The plug-ins that choose among them are in ``priors``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -381,11 +376,15 @@ class FlowPrior(Prior):
         return {**super().config(), "kind": self.kind, "transforms": self.transforms, "hidden": self.hidden,
                 "bins": self.bins}
 
-    def _identity_init(self) -> None:
-        """Fresh hyper-network weights with a zero output layer: every transform is the identity."""
+    def _identity_init(self, generator: torch.Generator | None = None) -> None:
+        """Fresh hyper-network weights (torch's Linear initialisation, drawn from ``generator``) with a zero
+        output layer: every transform is the identity."""
         for module in self.flow.modules():
             if isinstance(module, nn.Linear):
-                module.reset_parameters()
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                if module.bias is not None:
+                    bound = 1 / math.sqrt(module.in_features) if module.in_features > 0 else 0
+                    nn.init.uniform_(module.bias, -bound, bound, generator=generator)
         for t in self.flow.transform.transforms:
             last = t.hyper[-1].parameters() if hasattr(t, "hyper") else t.phi  # d = 1: element-wise maps
             for p in last:
@@ -405,9 +404,7 @@ class FlowPrior(Prior):
              eval_every, **opts):
         mean, cov = forward_moments(train, sde)
         _store_moments(self, mean, cov)
-        with torch.random.fork_rng(devices=[] if self.mean.device.type == "cpu" else [self.mean.device]):
-            torch.manual_seed(seed)
-            self._identity_init()
+        self._identity_init(torch.Generator(device=self.mean.device).manual_seed(seed))
         opt = torch.optim.Adam(self.flow.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.1 * lr)
         params = list(self.flow.parameters())
@@ -456,123 +453,4 @@ class FlowPrior(Prior):
         return old
 
 
-PRIORS: dict[str, type[Prior]] = {p.name: p for p in (StandardPrior, GaussianPrior, GMMPrior, FlowPrior)}
-
-
-def make_prior(name: str, dim: int, sde: SDE, **kwargs) -> Prior:
-    """A prior by name ('standard', 'gaussian', 'gmm', 'flow'); ``kwargs`` go to its constructor
-    (the standard prior takes its std from ``sde`` unless given)."""
-    if name not in PRIORS:
-        raise UserError(f"unknown prior '{name}'; choose one of {', '.join(PRIORS)}")
-    if name == "standard":
-        kwargs.setdefault("std", sde.prior_std())
-    try:
-        return PRIORS[name](dim, **kwargs)
-    except TypeError as err:
-        raise UserError(f"prior '{name}': {err}") from None
-
-
-def prior_from_config(cfg: dict, sde: SDE) -> Prior:
-    """Inverse of ``prior.config()``; load the state dict afterwards."""
-    cfg = dict(cfg)
-    return make_prior(cfg.pop("name"), cfg.pop("dim"), sde, **cfg)
-
-
-# ---------------------------------------------------------------------------------------------------
-# The ELBO and the choice of T
-
-
-def _kernel_from_eps(sde: SDE, t: Tensor) -> tuple[Tensor, Tensor]:
-    """(alpha_{t|eps}, sigma_{t|eps}) of the forward kernel started at time eps (float64):
-    alpha_t / alpha_eps and sqrt(sigma_t^2 - alpha_{t|eps}^2 sigma_eps^2)."""
-    te = torch.tensor(sde.eps, dtype=torch.float64, device=t.device)
-    a = sde.alpha(t) / sde.alpha(te)
-    var = sde.sigma(t) ** 2 - a * a * sde.sigma(te) ** 2
-    return a, var.clamp_min(1e-300).sqrt()
-
-
-@torch.no_grad()
-def elbo(model: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, prior: Prior | None = None,
-         n_t: int = 128, stratified: bool = True, generator: torch.Generator | None = None, *,
-         n_prior: int = 4) -> dict[str, Tensor]:
-    """Per-example continuous-time ELBO (nats) of the reverse-SDE model on [eps, T] with prior nu.
-
-    With the forward process started at x at time eps, x_t = a_t x + s_t z (a_t = alpha_t/alpha_eps,
-    s_t^2 = sigma_t^2 - a_t^2 sigma_eps^2), and s = model(x_t, t) the score:
-
-        log p_eps(x) >= E log nu(x_T)                                        'prior_term'
-                        - 1/2 int_eps^T g^2/s_t^2 (E||s_t s + z||^2 - d) dt   'score_term'
-                        + d int_eps^T f(t) dt = d log(alpha_T / alpha_eps)    'theta_free'
-
-    The bound is on the model's density at eps evaluated at x itself, and it is tight (equality in
-    expectation, for every x) for the exact score with nu = p_T. The theta-free term is the -2 d f
-    part; the -d inside the score term is kept there, per noise draw as ||z||^2, which makes the
-    integrand g^2 (||s||^2 + 2 s.z / s_t) free of chi-square noise.
-    Monte Carlo: ``n_t`` times per example, t = eps + (T - eps) u^2 with u stratified in [0, 1)
-    (the u^2 substitution keeps the variance finite near t = eps, where s_t -> 0), one z per time;
-    ``n_prior`` noise draws for the prior term (also Monte Carlo for a Gaussian nu).
-    ``model`` is any score callable (x, t) -> s; t is passed per example, shape (B,).
-    """
-    if n_t < 1 or n_prior < 1:
-        raise UserError(f"elbo: n_t and n_prior must be positive, got {n_t}, {n_prior}")
-    b, d = x0.shape[0], x0[0].numel()
-    dev, dtype = x0.device, x0.dtype
-    f64 = {"dtype": torch.float64, "device": dev}
-    T = torch.tensor(sde.T, **f64)
-    a_T, s_T = _kernel_from_eps(sde, T)
-    log_nu = prior.log_prob if prior is not None else sde.prior_logp
-    prior_term = torch.zeros(b, **f64)
-    for _ in range(n_prior):
-        z = torch.randn(x0.shape, generator=generator, device=dev, dtype=dtype)
-        prior_term += log_nu(a_T.to(dtype) * x0 + s_T.to(dtype) * z).double() / n_prior
-    score_term = torch.zeros(b, **f64)
-    for k in range(n_t):
-        u = torch.rand(b, generator=generator, **f64).clamp_min(1e-6)
-        if stratified:
-            u = (k + u) / n_t
-        t = sde.eps + (sde.T - sde.eps) * u * u
-        weight = 2 * (sde.T - sde.eps) * u / n_t
-        a, s = _kernel_from_eps(sde, t)
-        z = torch.randn(x0.shape, generator=generator, device=dev, dtype=dtype)
-        shape = (b,) + (1,) * (x0.ndim - 1)
-        xt = a.to(dtype).view(shape) * x0 + s.to(dtype).view(shape) * z
-        score = _flat(model(xt, t.to(dtype))).double()
-        integrand = sde.g2(t) * (score.pow(2).sum(1) + 2 * (score * _flat(z).double()).sum(1) / s)
-        score_term -= 0.5 * weight * integrand
-    t_eps = torch.tensor(sde.eps, **f64)
-    theta_free = d * (torch.log(sde.alpha(T)) - torch.log(sde.alpha(t_eps))) * torch.ones(b, **f64)
-    out = {"prior_term": prior_term, "score_term": score_term, "theta_free": theta_free}
-    out["elbo"] = prior_term + score_term + theta_free
-    return {k: v.to(dtype) for k, v in out.items()}
-
-
-def prior_gap_bound(sde: SDE, x0: Tensor) -> float:
-    """Upper bound on KL[p_T || N(0, s^2 I)] (s = prior_std) by convexity of the KL:
-    E_x0 KL[N(alpha_T x0, sigma_T^2 I) || N(0, s^2 I)]
-    = 1/2 [d (r - 1 - log r) + alpha_T^2 E||x0||^2 / s^2],  r = sigma_T^2 / s^2.
-    For VP (s = 1, sigma_T^2 = 1 - a_T, a_T = exp(-int_0^T beta)) this is METHODS.md's
-    1/2 [d (-a_T - log(1 - a_T)) + a_T E||x0||^2]."""
-    x = _flat(x0).double()
-    T = torch.tensor(sde.T, dtype=torch.float64)
-    a2, s2 = float(sde.alpha(T)) ** 2, float(sde.sigma(T)) ** 2
-    p2 = sde.prior_std() ** 2
-    r = s2 / p2
-    d = x.shape[1]
-    return 0.5 * (d * (r - 1 - math.log(r)) + a2 * float(x.pow(2).sum(1).mean()) / p2)
-
-
-def choose_T(candidates: Sequence[float], val_elbo: dict[float, float]) -> float:
-    """The candidate T with the highest validation ELBO; ties go to the smaller (cheaper) T."""
-    if not candidates:
-        raise UserError("choose_T: no candidate end times given")
-    missing = [T for T in candidates if T not in val_elbo]
-    if missing:
-        raise UserError(f"choose_T: no validation ELBO for T = {', '.join(map(str, missing))}")
-    finite = [T for T in candidates if math.isfinite(val_elbo[T])]
-    if not finite:
-        raise UserError("choose_T: every validation ELBO is non-finite")
-    return min(finite, key=lambda T: (-val_elbo[T], T))
-
-
-__all__ = ["Prior", "StandardPrior", "GaussianPrior", "GMMPrior", "FlowPrior", "PRIORS", "make_prior",
-           "prior_from_config", "forward_moments", "elbo", "prior_gap_bound", "choose_T"]
+__all__ = ["Prior", "StandardPrior", "GaussianPrior", "GMMPrior", "FlowPrior", "forward_moments"]

@@ -1,0 +1,162 @@
+"""One evaluator for every caller, and one rule for "time to reach a target".
+
+:class:`Evaluator` fixes the protocol - the seed, the start law (a fitted prior at T or the SDE's
+reference prior), the sampler, its steps on a grid that holds the model's edges - so that the periodic
+metric of training, ``Run.evaluate`` and the benchmarks measure the same thing. :func:`test_nll` is
+the held-out likelihood (PF-ODE plus the prior at T; bits/dim for discrete images) and
+:func:`time_to` reads the wall-clock at which a quality curve first reaches a target.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .data import Dataset
+from .errors import UserError
+from .sde import SDE
+
+Tensor = torch.Tensor
+
+
+def metric_name(ds: Dataset) -> str:
+    """The cheap periodic metric of a data set: digits Frechet distance for digits, sliced Wasserstein otherwise."""
+    return "digits_fd" if ds.name == "digits" else "swd"
+
+
+def quality(name: str, samples: Tensor, reference: Tensor, seed: int = 0) -> float:
+    """Sample quality (lower is better): 'swd', 'mmd' or 'digits_fd' of samples against reference data."""
+    from . import metrics
+    if name == "digits_fd":
+        return float(metrics.digits_frechet(samples.clamp(-1, 1), reference))  # pixels live in [-1, 1]
+    if name == "mmd":
+        return float(metrics.mmd(samples.flatten(1), reference.flatten(1)))
+    if name == "swd":
+        return float(metrics.sliced_wasserstein(samples.flatten(1), reference.flatten(1), seed=seed))
+    raise UserError(f"unknown metric '{name}'; choose one of swd, mmd, digits_fd")
+
+
+def sample_steps(steps_at_T1: int, sde: SDE) -> int:
+    """Steps for [eps, T] at the step size that ``steps_at_T1`` steps have on [eps, 1]: a truncated
+    diffusion samples in about T of the steps."""
+    return max(1, round(steps_at_T1 * (sde.T - sde.eps) / (1.0 - sde.eps)))
+
+
+@dataclass
+class Evaluator:
+    """Fixed-seed samples and their quality: ``n`` samples from the start law, ``sampler`` with ``steps``
+    (scaled to [eps, T] when ``scale_steps``) on ``schedule``'s grid (None: the sampler's own), drawn from
+    the evaluator's own generator (training RNG untouched)."""
+
+    n: int = 2000
+    sampler: str = "ode"
+    steps: int = 100
+    seed: int = 12345
+    scale_steps: bool = True
+    schedule: str | None = None
+
+    def __post_init__(self):
+        from .sampling import SAMPLERS
+        if self.n < 1:
+            raise UserError(f"--n must be >= 1, got {self.n}")
+        if self.steps < 1:
+            raise UserError(f"--steps must be >= 1, got {self.steps}")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}")
+        if self.schedule is not None:
+            from .ksampling import SCHEDULES
+            if self.schedule not in SCHEDULES:
+                raise UserError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
+
+    def samples(self, model, sde: SDE, shape: tuple[int, ...], prior=None, device=None,
+                progress: bool = False) -> Tensor:
+        from .sampling import sample
+        device = torch.device(device or "cpu")
+        g = torch.Generator(device=device).manual_seed(self.seed)
+        steps = sample_steps(self.steps, sde) if self.scale_steps else self.steps
+        was_training = getattr(model, "training", False)
+        model.eval()
+        try:
+            x = sample(model, sde, self.n, tuple(shape), sampler=self.sampler, steps=steps, schedule=self.schedule,
+                       prior=prior, generator=g, device=device, progress=progress)
+        finally:
+            model.train(was_training)
+        return x.cpu()
+
+    def scores(self, samples: Tensor, ds: Dataset, seed: int = 0) -> dict:
+        """SWD and MMD against the held-out data (plus the digits Frechet distance for digits)."""
+        names = ("swd", "mmd", "digits_fd") if ds.name == "digits" else ("swd", "mmd")
+        return {name: quality(name, samples, ds.x, seed=seed) for name in names}
+
+    def __call__(self, model, sde: SDE, ds: Dataset, prior=None, device=None) -> dict:
+        """{'metric', 'metric_name'}: the data set's periodic metric of fresh fixed-seed samples."""
+        name = metric_name(ds)
+        x = self.samples(model, sde, ds.shape, prior, device)
+        return {"metric": quality(name, x, ds.x), "metric_name": name}
+
+
+def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: int = 100, hutchinson: int | None = None,
+             batch_size: int = 1000, seed: int = 0, progress: bool = False, with_elbo: bool = False) -> dict:
+    """Held-out NLL in nats per example (PF-ODE + log nu(x_T)), and bits/dim for discrete images
+    (uniformly dequantised). Exact divergence for d <= 64 unless ``hutchinson`` probes are asked for.
+    ``steps`` RK4 steps would span [eps, 1]: a truncated run uses the same step size, so about T of them.
+    ``with_elbo`` adds the ELBO's parts (which bound the reverse-SDE model, not the PF-ODE model whose NLL
+    this is: -ELBO can fall below the NLL)."""
+    from .likelihood import bits_per_dim, dequantize, log_likelihood
+    if steps < 1:
+        raise UserError(f"--steps must be >= 1, got {steps}")
+    if hutchinson is not None and hutchinson < 0:
+        raise UserError(f"--hutchinson must be >= 0 (0: exact divergence), got {hutchinson}")
+    if batch_size < 1:
+        raise UserError(f"batch size must be >= 1, got {batch_size}")
+    device = torch.device(device or "cpu")
+    g = torch.Generator().manual_seed(seed)
+    x = dequantize(ds.x, ds.levels, generator=g) if ds.levels else ds.x
+    probes = hutchinson if hutchinson is not None else (0 if ds.dim <= 64 else 1)
+    prior_logp = prior.log_prob if prior is not None else None
+    t0 = time.perf_counter()
+    parts = []
+    for xb in x.split(batch_size):
+        gen = g if device.type == "cpu" else None
+        parts.append(log_likelihood(model, sde, xb.to(device), steps=sample_steps(steps, sde), hutchinson=probes,
+                                    prior_logp=prior_logp, generator=gen, progress=progress).detach().cpu())
+    logp = torch.cat(parts)
+    out = {"nll_nats": float(-logp.mean()), "nll_nats_sem": float(logp.std() / len(logp) ** 0.5), "n": len(logp),
+           "dim": ds.dim, "T": sde.T, "divergence": "exact" if probes == 0 else f"hutchinson-{probes}"}
+    if ds.levels:
+        out["bpd"] = float(bits_per_dim(logp, ds.dim, ds.levels).mean())
+    if with_elbo:
+        from .methods.elbo import elbo
+        terms = elbo(model, sde, x[:batch_size].to(device), prior, generator=g if device.type == "cpu" else None)
+        out["elbo"] = {k: float(v.mean()) for k, v in terms.items()}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def time_to(curve: Sequence[tuple[float, float]], target: float, lower_is_better: bool = True) -> float | None:
+    """The wall-clock at which a quality curve first reaches ``target``.
+
+    ``curve`` is [(seconds, value), ...] in increasing time (snapshots); lower values are better unless
+    ``lower_is_better`` is False (SSIM). Linear interpolation between the last point that misses the target
+    and the first point that meets it; the first point's time if it already meets the target (nothing
+    earlier is known); None if the curve never reaches it (an explicit "not reached", never inf or NaN).
+    Non-finite values never count as reaching.
+    """
+    if not lower_is_better:
+        return time_to([(s, -v) for s, v in curve], -target)
+    prev = None
+    for seconds, value in curve:
+        if math.isfinite(value) and value <= target:
+            if prev is None or not math.isfinite(prev[1]):
+                return float(seconds)
+            (s0, v0), (s1, v1) = prev, (seconds, value)
+            return float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+        prev = (seconds, value)
+    return None
+
+
+__all__ = ["Evaluator", "metric_name", "quality", "sample_steps", "test_nll", "time_to"]

@@ -1,0 +1,206 @@
+"""Training targets: what the score network regresses on, one registered plug-in each.
+
+``--method NAME`` selects one; its options are the dataclass fields below (flags of ``scorefast train``).
+A target builds a loss object ``loss(model, x0) -> per-example loss (B,)`` for the times a time
+sampler draws (the whole [eps, T], one interval of a partition, or a fixed time), and reports what
+its precomputation cost, so that a time-to-quality comparison counts it:
+
+- ``dsm``: plain denoising score matching, target -z / sigma_t (noisy, unbiased).
+- ``fp-regress``: regression onto the Fokker-Planck grid score of the data's KDE (d <= 3): a
+  zero-variance target (Na et al. 2024, made consistent; docs/methods.md 1.4).
+- ``empirical``: regression onto the closed-form score of the diffused KDE over a reference batch
+  (Stable Target Field, Xu et al. 2023), any dimension.
+- ``fp-embed``: the score-embedding paper's transport embedding (its published form, see
+  ``embedding.FPEmbedLoss``); ``--fp-variant paper`` reproduces the published per-image construction.
+
+Heavy modules (torch, the solvers) are imported when a target is built, not when this module is
+imported, so the command line can list the targets and their options instantly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from ..errors import UserError
+from ..registry import Plugin, Registry, option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..sde import SDE
+    from ..time_sampling import TimeSampler
+
+TARGETS = Registry("target", flag="method")
+MAX_GRID_DIM = 3  # the FP grid solver's dimensions (fokker_planck.MAX_DIM; checked by a test)
+
+
+class Target(Plugin):
+    """Base of the training targets; a subclass overrides ``build`` (and ``check`` for data it refuses)."""
+
+    draws_own_times: ClassVar[bool] = False
+
+    def check(self, shape: tuple[int, ...]) -> None:
+        """Raise UserError if this target cannot train on examples of ``shape`` (before anything is written)."""
+
+    def build(self, sde: SDE, x: torch.Tensor, times: TimeSampler, *, weighting: str, seed: int,
+              progress: bool) -> tuple[object, dict]:
+        """(loss object, info about the precomputation) for training data ``x`` (N, ...)."""
+        raise NotImplementedError
+
+
+def _timed(build):
+    """Wrap ``build`` so that its info records the precomputation seconds."""
+    def wrapper(self, *args, **kwargs):
+        t0 = time.perf_counter()
+        loss, info = build(self, *args, **kwargs)
+        return loss, {"method": self.name, **info, "precompute_seconds": time.perf_counter() - t0}
+    return wrapper
+
+
+@TARGETS.register("dsm")
+@dataclass
+class DSM(Target):
+    """Plain denoising score matching."""
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        from ..losses import DSMLoss
+        return DSMLoss(sde, weighting, times=times), {}
+
+
+def _check_bandwidth(bandwidth: float | None) -> None:
+    if bandwidth is not None and not (bandwidth >= 0 and math.isfinite(bandwidth)):
+        raise UserError(f"--bandwidth must be >= 0, got {bandwidth}")
+
+
+def _reference(sde, x, bandwidth: float | None, reference_size: int, seed: int):
+    """A reference-mixture provider (bandwidth 0 unless given: the empirical distribution itself)."""
+    from .embedding import ReferenceMixture
+    h = 0.0 if bandwidth is None else float(bandwidth)
+    info = {"source": "mixture", "bandwidth": h, "reference_size": min(reference_size, len(x))}
+    return ReferenceMixture(sde, x, h, reference_size, seed), info
+
+
+def _grid(sde, x, grid: int, steps: int, bandwidth: float | None, progress: bool):
+    """The FP grid solution's score as a fixed target provider (d <= 3)."""
+    from .embedding import FixedTarget
+    from .fokker_planck import scott_bandwidth, solve_fp
+    flat = x.flatten(1)
+    h = scott_bandwidth(flat.detach().cpu().double().numpy()) if bandwidth is None else float(bandwidth)
+    stats: dict = {}
+    sol = solve_fp(flat, sde, grid=grid, steps=steps, bandwidth=h, progress=progress, stats=stats)
+    info = {"source": "grid", "bandwidth": h, "grid": grid, "fp_steps": steps,
+            "box": [[float(a[0]), float(a[-1])] for a in sol.axes], "factorizations": stats["factorizations"]}
+    return FixedTarget(sol.score_at), info
+
+
+def _regression(sde, provider, times, weighting):
+    """Regression onto a provider's score: one fixed field, or a field per batch."""
+    from ..losses import ScoreRegressionLoss
+    from .embedding import FixedTarget, TargetRegressionLoss
+    if isinstance(provider, FixedTarget) or getattr(provider, "full", None) is not None:
+        fixed = provider.fn if isinstance(provider, FixedTarget) else provider.full
+        return ScoreRegressionLoss(sde, target=fixed, weighting=weighting, times=times)
+    return TargetRegressionLoss(sde, provider, weighting=weighting, times=times)
+
+
+@dataclass
+class GridOptions:
+    """Options of the targets that solve the Fokker-Planck equation on a grid."""
+
+    fp_grid: int = option(129, "Fokker-Planck grid points per dimension")
+    fp_steps: int = option(48, "Fokker-Planck time steps")
+    bandwidth: float | None = option(None, "KDE bandwidth of the initial density (default: Scott's rule for the "
+                                     "grid methods, 0 - the data's own distribution - for empirical)")
+
+    def validate(self) -> None:
+        if self.fp_grid < 3:
+            raise UserError(f"--fp-grid must be >= 3, got {self.fp_grid}")
+        if self.fp_steps < 1:
+            raise UserError(f"--fp-steps must be >= 1, got {self.fp_steps}")
+        _check_bandwidth(self.bandwidth)
+
+
+@TARGETS.register("fp-regress")
+@dataclass
+class FPRegress(GridOptions, Target):
+    """Regression onto the Fokker-Planck grid score (d <= 3)."""
+
+    def check(self, shape):
+        d = math.prod(shape)
+        if d > MAX_GRID_DIM:
+            raise UserError(f"--method fp-regress needs a grid, so d <= {MAX_GRID_DIM} (got d = {d}); --method "
+                            "empirical regresses on the same closed-form score in any dimension")
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        provider, info = _grid(sde, x, self.fp_grid, self.fp_steps, self.bandwidth, progress)
+        return _regression(sde, provider, times, weighting), info
+
+
+@TARGETS.register("empirical")
+@dataclass
+class Empirical(Target):
+    """Regression onto the closed-form score of the diffused KDE over a reference batch, any dimension."""
+
+    reference_size: int = option(1024, "data points in the closed-form mixture target (the batch plus random "
+                                 "others, redrawn each step; the whole data set when it is smaller)")
+    bandwidth: float | None = option(None, "KDE bandwidth of the initial density (default: Scott's rule for the "
+                                     "grid methods, 0 - the data's own distribution - for empirical)")
+
+    def validate(self):
+        if self.reference_size < 1:
+            raise UserError(f"--reference-size must be >= 1, got {self.reference_size}")
+        _check_bandwidth(self.bandwidth)
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        provider, info = _reference(sde, x, self.bandwidth, self.reference_size, seed)
+        return _regression(sde, provider, times, weighting), info
+
+
+@TARGETS.register("fp-embed")
+@dataclass
+class FPEmbed(GridOptions, Target):
+    """The paper's transport embedding of a pre-computed score (grid for d <= 3, closed-form mixture above)."""
+
+    draws_own_times: ClassVar[bool] = True
+    fp_variant: str = option("sound", "sound (consistent scheme, default) or paper (the published construction, "
+                             "defects included: images only)", choices=("sound", "paper"))
+    embed_bins: int = option(10, "fp-embed: stratified time bins per batch (the published 10)")
+    reference_size: int = option(1024, "data points in the closed-form mixture target (the batch plus random "
+                                 "others, redrawn each step; the whole data set when it is smaller)")
+
+    def validate(self):
+        super().validate()
+        if self.fp_variant not in ("sound", "paper"):
+            raise UserError(f"unknown --fp-variant '{self.fp_variant}'; choose one of sound, paper")
+        if self.embed_bins < 1:
+            raise UserError(f"--embed-bins must be >= 1, got {self.embed_bins}")
+        if self.reference_size < 1:
+            raise UserError(f"--reference-size must be >= 1, got {self.reference_size}")
+
+    def check(self, shape):
+        if self.fp_variant == "paper" and not (len(shape) == 3 and shape[-1] == shape[-2]):
+            raise UserError("--fp-variant paper is the published per-image construction: it needs square images "
+                            f"(C, H, W), got examples of shape {tuple(shape)}")
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        from .embedding import FPEmbedLoss, PaperImageTarget
+        if self.fp_variant == "paper":
+            provider = PaperImageTarget(sde, x, self.embed_bins)
+            info = {"source": "paper-image", "fp_steps": self.embed_bins}
+        elif x[0].numel() > MAX_GRID_DIM:
+            provider, info = _reference(sde, x, self.bandwidth, self.reference_size, seed)
+        else:
+            provider, info = _grid(sde, x, self.fp_grid, self.fp_steps, self.bandwidth, progress)
+        loss = FPEmbedLoss(sde, provider, bins=self.embed_bins, weighting=weighting, t_min=times.t_min,
+                           t_max=times.t_max)
+        return loss, {"variant": self.fp_variant, **info}
+
+
+__all__ = ["DSM", "Empirical", "FPEmbed", "FPRegress", "TARGETS", "Target"]

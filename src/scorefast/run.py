@@ -1,0 +1,273 @@
+"""The run directory, in both directions, and the Python API over a trained run.
+
+    config.json      {"run_format", "scorefast_version", "config": the nested configuration}
+    metrics.jsonl    one JSON object per log line: step, wall (training seconds, precomputation included:
+                     FP solve, a prior fitted before training; evaluation excluded), loss, net, time, and
+                     the periodic metric
+    checkpoints/     net-K.pt per network (weights, EMA, optimiser, RNG, step, wall), prior.pt
+    snapshots/       net-K-STEP.pt: EMA weights every --snapshot-every steps (for quality-vs-time curves)
+    samples.npy / samples.png / metrics.png / summary.json
+
+:class:`RunDir` owns this format (create, resume, read, write); :class:`Run` is a trained run's model
+with ``sample``, ``nll`` and ``evaluate``, which the CLI's commands are thin layers over:
+
+    run = scorefast.open_run("runs/moons")
+    x = run.sample(1000)                # (1000, 2)
+    run.nll("moons")                    # {'nll_nats': ..., 'n': ..., 'seconds': ...}
+    run.evaluate("moons")               # {'swd': ..., 'mmd': ...}
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .checkpoint import load_checkpoint, write_json
+from .data import Dataset, load_data
+from .errors import UserError
+from .sde import SDE
+from .training.config import Config
+
+RUN_FORMAT = 2
+
+
+class RunDir:
+    """The files of one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.json"
+
+    def checkpoint(self, index: int | str) -> Path:
+        return self.path / "checkpoints" / f"net-{index}.pt"
+
+    def snapshot(self, index: int | str, step: int) -> Path:
+        return self.path / "snapshots" / f"net-{index}-{step:08d}.pt"
+
+    @property
+    def prior_path(self) -> Path:
+        return self.path / "checkpoints" / "prior.pt"
+
+    # -- config ---------------------------------------------------------------------------------------
+    def read_config(self) -> Config:
+        """The saved configuration; one clear error for a missing, corrupt or old-format config.json."""
+        if not self.config_path.is_file():
+            raise UserError(f"run directory '{self.path}': no config.json (not a scorefast run, or it never started)")
+        try:
+            saved = json.loads(self.config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"run directory '{self.path}': config.json is corrupt ({getattr(exc, 'msg', exc)})") \
+                from None
+        version = saved.get("run_format") if isinstance(saved, dict) else None
+        if version != RUN_FORMAT:
+            hint = ("it was written by scorefast 0.1 (run format 1): open it with scorefast 0.1, or train it again "
+                    "with this version" if version == 1 else "it was not written by this scorefast")
+            raise UserError(f"run directory '{self.path}': run format {version} cannot be read by this scorefast "
+                            f"(which reads format {RUN_FORMAT}); {hint}")
+        if "config" not in saved:
+            raise UserError(f"run directory '{self.path}': config.json has no 'config' section")
+        return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json")
+
+    def write_config(self, cfg: Config) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_json(self.config_path, {"run_format": RUN_FORMAT, "scorefast_version": __version__,
+                                      "config": cfg.to_dict()})
+
+    def check_new(self) -> None:
+        """A fresh run refuses an existing, non-empty directory (nothing is ever overwritten)."""
+        if self.config_path.exists() or (self.path.is_dir() and any(self.path.iterdir())):
+            raise UserError(f"run directory '{self.path}' already exists and is not empty; use --resume to continue "
+                            "it or choose another --out")
+
+    def resume(self, cfg: Config) -> Config:
+        """The saved configuration with the budgets, logging and launch flags that ``cfg`` was given.
+
+        A resumed run may not change what defines it (data, SDE, network, target, prior, partition)."""
+        saved = self.read_config()
+        changed = cfg.locked_changes(saved)
+        if changed:
+            flag = changed[0]
+            raise UserError(f"--resume: --{flag.replace('_', '-')} {cfg.flags().get(flag)} differs from the run's "
+                            f"saved {saved.flags().get(flag)}; start a new run with another --out")
+        merged = saved.replace(**{k: v for k, v in cfg.flags().items() if k in cfg.given})
+        return merged.replace(out=str(self.path))
+
+    # -- metrics and summary --------------------------------------------------------------------------
+    def append_metrics(self, row: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+
+    def metrics(self) -> list[dict]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_summary(self, summary: dict) -> None:
+        write_json(self.path / "summary.json", summary)
+
+    def shape(self, cfg: Config) -> tuple[int, ...]:
+        """Per-example data shape (from summary.json, else from the run's data set)."""
+        summary = self.path / "summary.json"
+        if summary.exists():
+            return tuple(json.loads(summary.read_text())["shape"])
+        return tuple(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).shape)
+
+    # -- weights --------------------------------------------------------------------------------------
+    def load_model(self, cfg: Config, sde: SDE, shape, step: int | None = None) -> torch.nn.Module:
+        """The EMA model: one network, or the networks assembled by the run's partition; with ``step``,
+        the EMA weights of the snapshots taken at that step."""
+        edges = cfg.partition.edges(sde)
+        nets = []
+        for k in range(len(edges) - 1):
+            path = self.checkpoint(k) if step is None else self.snapshot(k, step)
+            net = new_model(cfg, sde, shape, cfg.partition.time_conditioned)
+            try:
+                net.load_state_dict(load_checkpoint(path)["ema"])
+            except (RuntimeError, KeyError) as exc:
+                raise UserError(f"checkpoint '{path}': weights do not fit the run's network "
+                                f"({str(exc).splitlines()[0][:120]})") from None
+            nets.append(net.eval())
+        return cfg.partition.assemble(nets, edges).eval()
+
+    def load_prior(self, cfg: Config, sde: SDE, dim: int):
+        """The run's fitted prior at T, or None for the SDE's reference prior."""
+        if not cfg.prior.needed(cfg.sde.T):
+            return None
+        state = load_checkpoint(self.prior_path)
+        prior = cfg.prior.build(dim, sde)
+        prior.load_state_dict(state["state"])
+        return prior.eval()
+
+
+def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True) -> torch.nn.Module:
+    """A fresh network of the run's architecture, wrapped in its parameterisation."""
+    from .nets import make_model
+    return make_model(sde, tuple(shape), cfg.net.param, time_conditioned=time_conditioned, **cfg.net.options())
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'; one clear error for anything else."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown --device '{name}'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def split_data(cfg: Config) -> tuple[Dataset, Dataset]:
+    """The run's data split into train and held-out parts (seeded, so the same every time)."""
+    ds = load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed)
+    if len(ds) < 10:  # memorisation runs: train and evaluate on the same few examples
+        train, test = ds, ds
+    else:
+        train, test = ds.split(0.2, seed=cfg.optim.seed)
+    if cfg.optim.batch_size > len(train):
+        raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "
+                        f"'{cfg.data.spec}'")
+    return train, test
+
+
+@dataclass
+class Run:
+    """A trained run directory: its configuration, SDE, EMA model and prior at T."""
+
+    path: Path
+    config: Config
+    sde: SDE
+    model: torch.nn.Module
+    prior: object
+    shape: tuple[int, ...]
+    device: torch.device
+
+    def evaluator(self, n: int, sampler: str | None, steps: int | None, seed: int, schedule: str | None):
+        """The run's evaluation protocol with the given overrides (None: the run's own)."""
+        from .evaluate import Evaluator
+        log = self.config.log
+        if sampler is not None and schedule is None and sampler != log.sampler:
+            schedule = None  # another sampler: its own schedule, not the run's
+        elif schedule is None:
+            schedule = log.schedule
+        return Evaluator(n=n, sampler=sampler or log.sampler, steps=steps or log.eval_steps, seed=seed,
+                         scale_steps=steps is None, schedule=schedule)
+
+    def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+               progress: bool = True, schedule: str | None = None) -> torch.Tensor:
+        """n samples; ``steps`` defaults to the training-time evaluation grid (which already spans only
+        [eps, T], so a truncated run takes about T of the steps of a T = 1 run at the same step size).
+        Samplers: ode, em, pc, dpmpp-2m, heun, euler-a; schedules: uniform, karras, logsnr."""
+        ev = self.evaluator(n, sampler, steps, seed, schedule)
+        return ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
+
+    def denoiser(self):
+        """The model as a k-diffusion denoiser ``D(x, sigma) = E[x0 | x]`` in the variable x = x_t / alpha_t
+        (noise level sigma = sigma_t / alpha_t), so k-diffusion's own samplers run on it unchanged;
+        ``.sigma_min`` / ``.sigma_max`` are the levels at eps and T. Starting noise: a prior sample at T
+        divided by alpha_T (``self.prior`` or N(0, prior_std^2 I))."""
+        from .ksampling import Denoiser
+        return Denoiser(self.model, self.sde)
+
+    def heldout(self, spec: str, n: int | None = None) -> Dataset:
+        """The data to evaluate on: the run's own held-out split when ``spec`` is the training data."""
+        cfg = self.config
+        ds = split_data(cfg)[1] if spec == cfg.data.spec else load_data(spec, seed=cfg.optim.seed + 1)
+        if tuple(ds.shape) != tuple(self.shape):
+            raise UserError(f"data '{spec}': examples of shape {tuple(ds.shape)} do not match the run's "
+                            f"{tuple(self.shape)}")
+        if n is not None:
+            if n < 1:
+                raise UserError(f"--n must be >= 1, got {n}")
+            ds = Dataset(ds.x[:n], ds.name, ds.kind, ds.levels)
+        return ds
+
+    def nll(self, spec: str, n: int | None = 1000, steps: int = 100, hutchinson: int | None = None,
+            batch_size: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+        """Test NLL in nats per example (PF-ODE + the prior at T), and bits/dim for discrete images
+        (uniformly dequantised). See :func:`scorefast.evaluate.test_nll`."""
+        from .evaluate import test_nll
+        out = test_nll(self.model, self.sde, self.heldout(spec, n), self.prior, self.device, steps=steps,
+                       hutchinson=hutchinson, batch_size=batch_size, seed=seed, progress=progress,
+                       with_elbo=self.prior is not None)
+        return {**out, "prior": self.config.prior.name}
+
+    def evaluate(self, spec: str, n: int = 2000, sampler: str | None = None, steps: int | None = None, seed: int = 0,
+                 progress: bool = True, schedule: str | None = None) -> dict:
+        """Sample quality against held-out data: SWD and MMD (plus the digits Frechet distance)."""
+        ds = self.heldout(spec)
+        ev = self.evaluator(n, sampler, steps, seed, schedule)
+        t0 = time.perf_counter()
+        x = ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
+        seconds = time.perf_counter() - t0
+        return {**ev.scores(x, ds, seed=seed), "n": n, "n_reference": len(ds), "sampler": ev.sampler,
+                "schedule": ev.schedule, "sample_seconds": seconds}
+
+
+def open_run(path: str | Path, device: str | None = None, step: int | None = None) -> Run:
+    """Open a run directory written by ``scorefast.train``; one clear error if it is not one.
+    ``step`` opens the EMA snapshot taken at that step instead of the final weights."""
+    rd = RunDir(path)
+    if not rd.path.is_dir():
+        raise UserError(f"run directory '{rd.path}' does not exist")
+    cfg = rd.read_config()
+    dev = resolve_device(device or cfg.launch.device)
+    sde = cfg.sde.build()
+    shape = rd.shape(cfg)
+    model = rd.load_model(cfg, sde, shape, step=step).to(dev)
+    prior = rd.load_prior(cfg, sde, int(torch.Size(shape).numel()))
+    return Run(rd.path, cfg, sde, model, prior, shape, dev)
+
+
+__all__ = ["RUN_FORMAT", "Run", "RunDir", "new_model", "open_run", "resolve_device", "split_data"]

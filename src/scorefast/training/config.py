@@ -1,0 +1,436 @@
+"""The configuration of a run: nested sections, generated flags, config files.
+
+A :class:`Config` holds one dataclass per section (data, sde, net, objective, optim, budget, log,
+launch) and one plug-in object per slot (target, prior, partition). Every field carries its help text,
+its flag name and whether a resumed run may change it (``registry.option``), so the command line, the
+config files and the resume check are all generated from the fields and never drift from them.
+
+    cfg = Config(data="moons", out="runs/moons", steps=4000, method="empirical", reference_size=512)
+    cfg.optim.lr, cfg.target.reference_size, cfg.partition.name      # 0.001, 512, 'single'
+
+Keywords are flag names (the ``scorefast train`` flags with underscores). A flag that belongs to a
+plug-in that is not selected is an error, not silently ignored. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from ..methods.partitions import PARTITIONS, select_partition
+from ..methods.priors import PRIORS
+from ..methods.targets import TARGETS
+from ..registry import Registry, coerce, field_type, flag_of, option
+
+
+@dataclass
+class DataSection:
+    spec: str = option("moons", "built-in data set (moons, 8gaussians, checkerboard, swissroll, pinwheel, rings, "
+                       "offcentre, gaussian2d, digits, digits32, photos32) or a path (.npy/.npz, image folder, MNIST "
+                       "idx, CIFAR-10 batch)", flag="data")
+    n: int | None = option(None, "use only the first N examples of the data set (generated sets: how many to draw)",
+                           flag="n_data")
+
+    def validate(self) -> None:
+        if not self.spec:
+            raise UserError("--data must name a data set or a path")
+        _at_least(self, "n", 1)
+
+
+@dataclass
+class SDESection:
+    name: str = option("vp", "forward SDE: vp (beta 0.1..20), subvp, ve (geometric 0.01..50), vp-psm (beta=2ct, "
+                       "c=5), ve-power (g=5^t, the score-embedding code's)", flag="sde")
+    T: float = option(1.0, "end time of the forward diffusion, in (eps, 1]; T < 1 fits an auxiliary prior at T")
+    eps: float = option(1e-3, "smallest diffusion time")
+
+    def validate(self) -> None:
+        from ..sde import SDE_NAMES
+        if self.name not in SDE_NAMES:
+            raise UserError(f"unknown SDE '{self.name}'; choose one of {', '.join(SDE_NAMES)}")
+        if not (0 < self.eps < 0.1):
+            raise UserError(f"--eps must be in (0, 0.1), got {self.eps}")
+        if not (self.eps < self.T <= 1.0):
+            raise UserError(f"--T must be in ({self.eps}, 1], got {self.T}")
+
+    def build(self):
+        from ..sde import make_sde
+        return make_sde(self.name, T=self.T, eps=self.eps)
+
+
+@dataclass
+class NetSection:
+    param: str = option("eps", "network output: eps (noise), score, or data (x0)")
+    arch: str = option("auto", "network: mlp, unet, or auto (a U-Net for images, an MLP otherwise)",
+                       choices=("auto", "mlp", "unet"))
+    width: int | None = option(None, "hidden width of the MLP / base channels of the U-Net (default 128 / 32, or "
+                               "the preset's)")
+    depth: int = option(3, "hidden layers of the MLP")
+    preset: str | None = option(None, "U-Net preset: cifar10 (DDPM's CIFAR-10 settings, 23.8 M parameters)",
+                                flag="net_preset")
+    channel_mults: tuple[int, ...] | None = option(None, "U-Net channel multiplier per level, e.g. 1,2,2,2 (default "
+                                                   "1,2 up to 16 pixels, else 1,2,2)")
+    res_blocks: int | None = option(None, "U-Net residual blocks per level (default 1)")
+    attention: tuple[int, ...] | None = option(None, "U-Net levels (image side in pixels) with self-attention, e.g. "
+                                               "16 (default none)")
+    dropout: float | None = option(None, "U-Net dropout in the residual blocks (default 0)")
+    heads: int | None = option(None, "U-Net attention heads (default 1)")
+
+    def validate(self) -> None:
+        from ..nets import PARAMETERISATIONS
+        _choice(self, "param", PARAMETERISATIONS)
+        _choice(self, "arch", ("auto", "mlp", "unet"))
+        _at_least(self, "width", 1)
+        _at_least(self, "depth", 1)
+
+    def options(self) -> dict:
+        """Keyword arguments of ``nets.make_net`` (U-Net options left at None take the preset's or default)."""
+        return {"arch": self.arch, "width": self.width, "depth": self.depth, "preset": self.preset,
+                "channel_mults": self.channel_mults, "res_blocks": self.res_blocks, "attention": self.attention,
+                "dropout": self.dropout, "heads": self.heads}
+
+
+@dataclass
+class ObjectiveSection:
+    weighting: str = option("epsilon", "loss weighting: epsilon (w=1), likelihood (w=g^2/sigma^2), inv_g2 "
+                            "(w=1/(2g^2))")
+
+    def validate(self) -> None:
+        from ..losses import WEIGHTINGS
+        _choice(self, "weighting", WEIGHTINGS)
+
+
+@dataclass
+class OptimSection:
+    batch_size: int = option(512, "examples per optimiser step (split across the data-parallel workers of a "
+                             "network)", locked=False)
+    lr: float = option(1e-3, "Adam learning rate", locked=False)
+    warmup: int = option(0, "linear learning-rate warm-up steps (0: none)", locked=False)
+    ema: float = option(0.999, "EMA decay of the weights used for sampling (with the usual (1+n)/(10+n) warm-up)",
+                        locked=False)
+    grad_clip: float = option(1.0, "clip the gradient norm to this value (0: no clipping)", locked=False)
+    seed: int = option(0, "random seed (runs are deterministic on CPU for a given seed)", locked=False)
+
+    def validate(self) -> None:
+        _at_least(self, "batch_size", 1)
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        _at_least(self, "warmup", 0)
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1), got {self.ema}")
+        if not self.grad_clip >= 0:
+            raise UserError(f"--grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
+
+
+@dataclass
+class BudgetSection:
+    steps: int | None = option(None, "optimiser steps per network (default: 2000, or no cap with --time-budget)",
+                               locked=False)
+    time_budget: float | None = option(None, "stop after this many seconds of training per network "
+                                       "(precomputation counted, evaluation not)", locked=False)
+
+    DEFAULT_STEPS = 2000
+
+    def validate(self) -> None:
+        _at_least(self, "steps", 1)
+        if self.time_budget is not None and not self.time_budget > 0:
+            raise UserError(f"--time-budget must be > 0 seconds, got {self.time_budget}")
+
+    @property
+    def max_steps(self) -> int | None:
+        """The step cap: --steps, else 2000 unless a time budget is given (then no cap)."""
+        if self.steps is not None:
+            return self.steps
+        return None if self.time_budget is not None else self.DEFAULT_STEPS
+
+
+@dataclass
+class LogSection:
+    out: str = option("runs/run", "run directory to create (refused if it exists, unless --resume)", locked=False)
+    eval_every: int = option(500, "steps between evaluations of the periodic metric (SWD, or the digits Frechet "
+                             "distance)", locked=False)
+    eval_samples: int = option(2000, "samples drawn for each evaluation (fixed seed)", locked=False)
+    eval_steps: int = option(100, "sampler steps for each evaluation and for the final samples (at T = 1; a "
+                             "truncated run takes about T of them)", locked=False)
+    sampler: str = option("ode", "sampler for the evaluations and the final samples: ode (probability flow, RK4), em "
+                          "(Euler-Maruyama), pc (predictor-corrector), dpmpp-2m (DPM-Solver++(2M)), heun (EDM's), "
+                          "euler-a (Euler ancestral)", locked=False)
+    schedule: str | None = option(None, "time grid of the sampler: uniform (in t), karras or logsnr (in the noise "
+                                  "level); default: the sampler's own (uniform for ode/em/pc, logsnr for dpmpp-2m, "
+                                  "karras for heun/euler-a)", locked=False)
+    ckpt_every: int = option(500, "steps between checkpoints (a killed run loses at most this many)", locked=False)
+    snapshot_every: int = option(0, "keep the EMA weights every N steps in snapshots/ (0: never), for "
+                                 "quality-vs-time curves", locked=False)
+
+    def validate(self) -> None:
+        from ..sampling import SAMPLERS
+        for name in ("eval_every", "eval_samples", "eval_steps", "ckpt_every"):
+            _at_least(self, name, 1)
+        _at_least(self, "snapshot_every", 0)
+        _choice(self, "sampler", SAMPLERS)
+        if self.schedule is not None:
+            from ..ksampling import SCHEDULES
+            _choice(self, "schedule", SCHEDULES)
+
+
+@dataclass
+class LaunchSection:
+    workers: int = option(1, "processes for torch.distributed training (intervals in parallel, DDP inside a group)",
+                          locked=False)
+    max_restarts: int = option(0, "with --workers: let torchrun restart failed workers this many times (they "
+                               "resume)", locked=False)
+    threads: int | None = option(None, "torch CPU threads in this process (default: all cores; 1 per worker when "
+                                 "distributed)", locked=False)
+    device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", locked=False)
+    worker_timeout: float = option(300.0, "with --workers: seconds a worker may send no heartbeat (hung, stopped) "
+                                   "before the job is stopped", locked=False)
+
+    def validate(self) -> None:
+        _at_least(self, "workers", 1)
+        _at_least(self, "max_restarts", 0)
+        _at_least(self, "threads", 1)
+        if not self.worker_timeout > 0:
+            raise UserError(f"--worker-timeout must be > 0 seconds, got {self.worker_timeout}")
+
+
+SECTIONS: dict[str, type] = {"data": DataSection, "sde": SDESection, "net": NetSection,
+                             "objective": ObjectiveSection, "optim": OptimSection, "budget": BudgetSection,
+                             "log": LogSection, "launch": LaunchSection}
+SLOTS: dict[str, Registry] = {"target": TARGETS, "prior": PRIORS, "partition": PARTITIONS}
+DEFAULT_PLUGIN = {"target": "dsm", "prior": "standard", "partition": "single"}
+
+
+def _at_least(section: Any, name: str, lowest: int) -> None:
+    value = getattr(section, name)
+    if value is not None and value < lowest:
+        f = next(f for f in dataclasses.fields(section) if f.name == name)
+        raise UserError(f"--{flag_of(f).replace('_', '-')} must be >= {lowest}, got {value}")
+
+
+def _choice(section: Any, name: str, choices) -> None:
+    value = getattr(section, name)
+    if value not in choices:
+        raise UserError(f"unknown --{name.replace('_', '-')} '{value}'; choose one of {', '.join(sorted(choices))}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Where a flag lives: a section field, a slot's selector, or options of some plug-ins of a slot."""
+
+    name: str
+    section: str
+    owners: tuple[tuple[type, dataclasses.Field], ...]
+
+    @property
+    def help(self) -> str:
+        return self.owners[0][1].metadata["help"]
+
+    @property
+    def locked(self) -> bool:
+        return self.owners[0][1].metadata["locked"]
+
+    @property
+    def kind(self) -> type:
+        return field_type(*self.owners[0])
+
+
+def _flag_table() -> dict[str, Flag]:
+    table: dict[str, Flag] = {}
+
+    def add(flag: Flag) -> None:
+        if flag.name in table:
+            raise TypeError(f"flag --{flag.name} is declared twice ({table[flag.name].section}, {flag.section})")
+        table[flag.name] = flag
+
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            add(Flag(flag_of(f), section, ((cls, f),)))
+    for slot, registry in SLOTS.items():
+        for name, owners in registry.option_owners().items():
+            add(Flag(name, slot, tuple(owners)))
+    return table
+
+
+FLAGS: dict[str, Flag] = _flag_table()
+SELECTORS: dict[str, str] = {reg.flag: slot for slot, reg in SLOTS.items() if reg.flag}
+SELECTOR_HELP = {"method": f"training target: one of {', '.join(TARGETS.names())}",
+                 "prior": f"prior at T: one of {', '.join(PRIORS.names())} (standard = N(0, I))"}
+
+
+class Config:
+    """A run's configuration: sections ``data, sde, net, objective, optim, budget, log, launch`` and the
+    plug-ins ``target, prior, partition``. Built from flag keywords; ``given`` records which were set."""
+
+    def __init__(self, **flags: Any):
+        unknown = sorted(set(flags) - set(FLAGS) - set(SELECTORS))
+        if unknown:
+            raise UserError(f"unknown configuration key(s): {', '.join(unknown)}")
+        flags = {k: v if k in SELECTORS else coerce(*FLAGS[k].owners[0], v, "configuration")
+                 for k, v in flags.items() if v is not None}
+        self.given: frozenset[str] = frozenset(flags)
+        for name, cls in SECTIONS.items():
+            fields = dataclasses.fields(cls)
+            setattr(self, name, cls(**{f.name: flags[flag_of(f)] for f in fields if flag_of(f) in flags}))
+        chosen = {"target": flags.get("method", DEFAULT_PLUGIN["target"]),
+                  "prior": flags.get("prior", DEFAULT_PLUGIN["prior"]),
+                  "partition": select_partition(flags)}
+        if chosen["partition"] == "single":
+            flags.pop("intervals", None)  # --intervals 1 is one network
+        for slot, registry in SLOTS.items():
+            cls = registry.get(chosen[slot])
+            mine = {flag_of(f): f for f in dataclasses.fields(cls)}
+            options = {}
+            for flag, value in flags.items():
+                if FLAGS.get(flag) is None or FLAGS[flag].section != slot:
+                    continue
+                if flag not in mine:
+                    owners = ", ".join(o.name for o, _ in FLAGS[flag].owners)
+                    how = f"--{registry.flag} {chosen[slot]}" if registry.flag else f"partition {chosen[slot]}"
+                    raise UserError(f"--{flag.replace('_', '-')} is an option of {slot} {owners}, not of the "
+                                    f"selected {how}")
+                options[mine[flag].name] = value
+            setattr(self, slot, registry.create(chosen[slot], **options))
+
+    # -- views ---------------------------------------------------------------------------------------
+    def flags(self) -> dict[str, Any]:
+        """Every flag with its value (the selected plug-ins' options only); ``Config(**cfg.flags())`` == cfg."""
+        out: dict[str, Any] = {}
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out.update({flag_of(f): getattr(section, f.name) for f in dataclasses.fields(section)})
+        for slot, registry in SLOTS.items():
+            plugin = getattr(self, slot)
+            if registry.flag:
+                out[registry.flag] = plugin.name
+            out.update({flag_of(f): getattr(plugin, f.name) for f in dataclasses.fields(plugin)})
+        return out
+
+    def to_dict(self) -> dict:
+        """Nested plain data (config.json): {section: {field: value}}, plug-ins with their ``name``."""
+        out = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        out.update({slot: getattr(self, slot).to_dict() for slot in SLOTS})
+        return json.loads(json.dumps(out))  # tuples -> lists, as they will be read back
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "configuration") -> Config:
+        """Inverse of :meth:`to_dict`; one clear error for unknown sections or keys and wrong types."""
+        if not isinstance(data, dict):
+            raise UserError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
+        flags: dict[str, Any] = {}
+        for name, values in data.items():
+            owner = SECTIONS.get(name)
+            if owner is None and name not in SLOTS:
+                raise UserError(f"{where}: unknown section '{name}'")
+            if not isinstance(values, dict):
+                raise UserError(f"{where}: section '{name}' must be a mapping, got {type(values).__name__}")
+            if name in SLOTS:
+                values = dict(values)
+                plugin = SLOTS[name].get(str(values.pop("name", DEFAULT_PLUGIN[name])))
+                owner = plugin
+                if SLOTS[name].flag:
+                    flags[SLOTS[name].flag] = plugin.name
+                elif plugin.name == "single":
+                    continue
+            known = {f.name: f for f in dataclasses.fields(owner)}
+            for key, value in values.items():
+                if key not in known:
+                    raise UserError(f"{where}: unknown key '{key}' in section '{name}'")
+                flags[flag_of(known[key])] = coerce(owner, known[key], value, where)
+        cfg = cls(**flags)
+        return cfg
+
+    def replace(self, **flags: Any) -> Config:
+        """A copy with some flags changed (``given`` keeps the original's plus these)."""
+        new = Config(**{**self.flags(), **flags})
+        new.given = self.given | {k for k, v in flags.items() if v is not None}
+        return new
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        given = ", ".join(f"{k}={v!r}" for k, v in self.flags().items() if k in self.given)
+        return f"Config({given})"
+
+    # -- checks --------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise UserError (one line) for any value out of range, before anything is written."""
+        for name in (*SECTIONS, *SLOTS):
+            part = getattr(self, name)
+            for f in dataclasses.fields(part):
+                value = getattr(part, f.name)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UserError(f"--{flag_of(f).replace('_', '-')} must be a finite number, got {value}")
+            part.validate()
+        if self.target.draws_own_times and not self.partition.time_conditioned:
+            raise UserError(f"--method {self.target.name} draws its own training times; it cannot train "
+                            "per-time-point networks")
+
+    def locked_changes(self, saved: Config) -> list[str]:
+        """The given flags whose value differs from ``saved``'s although a resumed run may not change them."""
+        mine, theirs = self.flags(), saved.flags()
+        return [f for f in sorted(self.given) if f in FLAGS and FLAGS[f].locked and mine.get(f) != theirs.get(f)
+                or f in SELECTORS and mine.get(f) != theirs.get(f)]
+
+
+# -- config files ------------------------------------------------------------------------------------
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Flags from a TOML or JSON file: top-level keys, or keys inside [section] tables, are flag names."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file '{path}' does not exist")
+    try:
+        text = path.read_text()
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"config file '{path}': cannot be read ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file '{path}': expected a table of flags, got {type(data).__name__}")
+    flags: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in SECTIONS and key not in SLOTS:
+                raise UserError(f"config file '{path}': unknown section [{key}]")
+            for sub, v in value.items():
+                where = FLAGS.get(sub).section if sub in FLAGS else SELECTORS.get(sub)
+                if where != key:
+                    raise UserError(f"config file '{path}': unknown key '{sub}' in [{key}]")
+                flags[sub] = v
+        elif key in FLAGS or key in SELECTORS:
+            flags[key] = value
+        else:
+            raise UserError(f"config file '{path}': unknown key '{key}'")
+    for key, value in flags.items():
+        if key in FLAGS:
+            cls, f = FLAGS[key].owners[0]
+            flags[key] = coerce(cls, f, value, f"config file '{path}'")
+        elif not isinstance(value, str):
+            raise UserError(f"config file '{path}': --{key} expects str, got {value!r}")
+    return flags
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved configuration as a TOML config file (flags by section; empty values omitted)."""
+    import tomli_w
+    tables: dict[str, dict[str, Any]] = {}
+    for flag, value in cfg.flags().items():
+        section = FLAGS[flag].section if flag in FLAGS else SELECTORS[flag]
+        if value is not None:
+            tables.setdefault(section, {})[flag] = list(value) if isinstance(value, tuple) else value
+    return tomli_w.dumps(tables)
+
+
+__all__ = ["Config", "FLAGS", "SECTIONS", "SELECTORS", "SELECTOR_HELP", "SLOTS", "read_config_file", "to_toml"]

@@ -1,0 +1,343 @@
+"""The one place that composes the plug-ins into a run: jobs -> launcher -> fit -> assemble -> finish.
+
+    summary = train(Config(data="moons", out="runs/moons", steps=4000))
+
+The partition says which networks to train (one per interval; a single network is one interval); each
+is trained by ``loop.fit`` on the loss its target builds, with the hooks of ``hooks``. A prior at T is
+fitted before, alongside or after training, as the prior plug-in says. Networks run one after another
+here, or side by side under torchrun (``launcher``; the worker is ``scorefast.distributed``), and are
+assembled by the partition into the model that is sampled and evaluated at the end.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import __version__
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data import Dataset
+from ..errors import UserError
+from ..evaluate import Evaluator, metric_name, quality, sample_steps
+from ..methods.partitions import Job
+from ..run import RunDir, new_model, resolve_device, split_data
+from ..sde import SDE
+from ..time_sampling import FixedTime, UniformTimes
+from . import launcher
+from .config import Config
+from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots
+from .interrupt import Interrupt, Interrupted
+from .loop import Budget, Diverged, RandomBatches, TrainState, fit
+from .optim import EMA, Optimiser
+
+
+@dataclass
+class RunContext:
+    """What every network of a run shares: configuration, directory, SDE, edges, data, device."""
+
+    cfg: Config
+    run: RunDir
+    sde: SDE
+    edges: list[float]
+    train: Dataset
+    test: Dataset
+    device: torch.device
+
+
+@dataclass
+class Group:
+    """The data-parallel process group that trains one network under torch.distributed."""
+
+    handle: object
+    rank: int
+    size: int
+
+    def agree(self, wall: float, stop: bool) -> tuple[float, bool]:
+        """The group's largest wall-clock and whether any rank was asked to stop."""
+        import torch.distributed as dist
+        v = torch.tensor([wall, float(stop)], dtype=torch.float64)
+        dist.all_reduce(v, op=dist.ReduceOp.MAX, group=self.handle)
+        return float(v[0]), bool(v[1])
+
+    def gather_rng(self) -> list[torch.Tensor]:
+        """Every rank's torch RNG state, in rank order (so that a resumed group draws what it would have)."""
+        import torch.distributed as dist
+        states: list = [None] * self.size
+        dist.all_gather_object(states, torch.get_rng_state(), group=self.handle)
+        return states
+
+
+def context(cfg: Config, run: RunDir) -> RunContext:
+    """Check everything a run needs (data, partition, target, layout) without writing anything."""
+    cfg.validate()
+    sde = cfg.sde.build()
+    edges = cfg.partition.edges(sde)
+    cfg.partition.check_steps(edges, cfg.budget.max_steps)
+    train, test = split_data(cfg)
+    cfg.target.check(train.shape)
+    with torch.device("meta"):  # the network's options are checked without allocating it
+        new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
+    if cfg.launch.workers > 1:
+        launcher.layout(cfg.launch.workers, len(edges) - 1)
+    return RunContext(cfg, run, sde, edges, train, test, resolve_device(cfg.launch.device))
+
+
+class LossModule(torch.nn.Module):
+    """model + loss as one module, so that DistributedDataParallel sees the whole step in forward."""
+
+    def __init__(self, model: torch.nn.Module, loss_fn):
+        super().__init__()
+        self.model, self.loss_fn = model, loss_fn
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.loss_fn(self.model, x0)
+
+
+def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, steps: int | None = None,
+                  init: dict | None = None, evaluate: bool = True, progress: bool = True,
+                  interrupt: Interrupt | None = None) -> dict:
+    """Train (or resume) the network of ``job``; returns its summary.
+
+    ``steps`` overrides the run's budget (the shared warm-start network), ``init`` is a state dict to
+    start from. Checkpoints go to checkpoints/net-{index}.pt; the periodic metric needs a whole model, so
+    it is computed only for a run's single network, by the rank that writes. With ``interrupt``, a signal
+    stops the loop after its current step, whose checkpoint is saved, and raises :class:`Interrupted`."""
+    interrupt = interrupt or Interrupt()
+    cfg, run, sde = ctx.cfg, ctx.run, ctx.sde
+    rank, size = (group.rank, group.size) if group else (0, 1)
+    writer = rank == 0
+    torch.manual_seed(cfg.optim.seed * 1000 + (job.index if isinstance(job.index, int) else 997) * 17 + rank)
+    x_train = ctx.train.x.to(ctx.device)
+    began = time.perf_counter()
+    times = FixedTime(job.fixed_t) if job.fixed_t is not None else UniformTimes(job.t_min, job.t_max)
+    loss, info = cfg.target.build(sde, x_train, times, weighting=cfg.objective.weighting, seed=cfg.optim.seed,
+                                  progress=progress and writer)
+    precompute = time.perf_counter() - began
+    single = not cfg.partition.piecewise and steps is None
+    if single and cfg.prior.fit == "before" and run.prior_path.exists():
+        precompute += float(load_checkpoint(run.prior_path)["fit"].get("seconds", 0.0))
+
+    model = new_model(cfg, sde, ctx.train.shape, cfg.partition.time_conditioned).to(ctx.device)
+    if init is not None:
+        model.load_state_dict(init)
+    state = TrainState(model, EMA(model, cfg.optim.ema), wall=precompute)
+    optimiser = Optimiser(model.parameters(), cfg.optim.lr, cfg.optim.warmup, cfg.optim.grad_clip)
+    path = run.checkpoint(job.index)
+    if path.exists():
+        saved = load_checkpoint(path)
+        state.load_state_dict(saved)
+        optimiser.load_state_dict(saved["optimizer"])
+        if size > 1 and len(saved.get("rng_ranks", ())) == size:
+            torch.set_rng_state(saved["rng_ranks"][rank])
+    objective: torch.nn.Module = LossModule(model, loss)
+    if size > 1:
+        objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
+    budget = Budget(steps=steps or cfg.budget.max_steps, seconds=None if steps else cfg.budget.time_budget,
+                    stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
+
+    def collect(done: bool) -> dict:
+        extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
+        return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "done": done,
+                "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
+
+    def periodic() -> dict | None:
+        prior = prior_for_eval(ctx, cache)
+        if prior is False:
+            return None
+        ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule)
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
+
+    cache: dict = {}
+    checkpointer = Checkpointer(path, cfg.log.ckpt_every, collect, budget.complete, writer)
+    hooks = [PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None),
+             Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
+             checkpointer,
+             MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
+             Progress(budget.steps, f"train net {job.index}" if cfg.partition.piecewise else "train",
+                      progress and writer)]
+    try:
+        with interrupt.deferred():
+            fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,
+                hooks)
+    except Diverged as exc:
+        kept = "no checkpoint was written yet" if checkpointer.saved_step is None else \
+            f"the last good checkpoint (step {checkpointer.saved_step}) is kept in {path.parent}"
+        raise UserError(f"{exc} (net {job.index}); {kept}") from None
+    if interrupt.requested and not budget.complete(state):
+        raise Interrupted(interrupt.signum, f"the checkpoint of step {state.step} is saved in {path.parent}")
+    return {"index": job.index, "step": state.step, "wall": state.wall, "loss": state.loss, "precompute": info,
+            "precompute_seconds": precompute}
+
+
+def prior_for_eval(ctx: RunContext, cache: dict):
+    """The fitted prior at T once it exists (None when the run samples from N(0, I)); False while it is
+    still being fitted: the periodic metric waits, since samples from N(0, I) at T < 1 would misstate it."""
+    cfg = ctx.cfg
+    if not cfg.prior.needed(cfg.sde.T):
+        return None
+    if "prior" not in cache:
+        if not ctx.run.prior_path.exists():
+            return False
+        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim)
+    return cache["prior"]
+
+
+def new_prior(ctx: RunContext):
+    """The run's prior at T, initialised from its own seed (the training RNG is left where it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(ctx.cfg.optim.seed)
+        return ctx.cfg.prior.build(ctx.train.dim, ctx.sde)
+
+
+def fit_prior(ctx: RunContext, prior, progress: bool) -> dict:
+    """Fit ``prior`` on forward samples of the training data at T and save it to checkpoints/prior.pt (it
+    draws only from its own generators, so it can run in a thread beside training)."""
+    cfg = ctx.cfg
+    info = prior.fit(ctx.train.x.flatten(1), ctx.sde, seed=cfg.optim.seed, progress=progress,
+                     **cfg.prior.fit_options())
+    save_checkpoint(ctx.run.prior_path, {"prior": cfg.prior.to_dict(), "dim": ctx.train.dim,
+                                         "state": prior.state_dict(), "fit": info})
+    return info
+
+
+class PriorFit:
+    """Fits the prior when the plug-in says: before training, alongside it (a thread), or after it."""
+
+    def __init__(self, ctx: RunContext, progress: bool):
+        self.ctx, self.progress = ctx, progress
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def pending(self) -> bool:
+        cfg = self.ctx.cfg
+        return cfg.prior.needed(cfg.sde.T) and not self.ctx.run.prior_path.exists()
+
+    def start(self) -> None:
+        if not self.pending():
+            return
+        if self.ctx.cfg.prior.fit == "before":
+            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
+        elif self.ctx.cfg.prior.fit == "alongside":
+            self.thread = threading.Thread(target=self._work, args=(new_prior(self.ctx),), daemon=True)
+            self.thread.start()
+
+    def _work(self, prior) -> None:
+        try:
+            fit_prior(self.ctx, prior, False)
+        except BaseException as exc:  # re-raised in the main thread by finish()
+            self.error = exc
+
+    def finish(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+            if self.error is not None:
+                raise self.error
+        if self.pending():
+            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
+
+
+def warm_start(ctx: RunContext, progress: bool, interrupt: Interrupt | None = None) -> dict | None:
+    """The EMA weights of the shared network of a warm-started piecewise run (trained once, then split)."""
+    partition = ctx.cfg.partition
+    if not (partition.piecewise and partition.warm_start):
+        return None
+    path = ctx.run.checkpoint("warm")
+    if not (path.exists() and load_checkpoint(path).get("done")):
+        train_network(ctx, Job("warm", ctx.edges[0], ctx.edges[-1]), steps=partition.warm_start, progress=progress,
+                      interrupt=interrupt)
+    return load_checkpoint(path)["ema"]
+
+
+def jobs(ctx: RunContext, indices: list[int] | None = None) -> list[Job]:
+    """The networks of a run (all, or those of the given interval indices)."""
+    every = ctx.cfg.partition.jobs(ctx.edges)
+    return every if indices is None else [every[k] for k in indices]
+
+
+def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = None, progress: bool = True) -> dict:
+    """Train a model as configured and write its run directory; returns the summary dict.
+
+    ``resume`` continues the run in ``cfg.log.out`` from its latest checkpoints; only the flags the caller
+    gave (``cfg.given``, or ``given``) are taken from ``cfg``, and only budgets, logging and launch may change.
+    """
+    if isinstance(cfg, dict):
+        cfg = Config(**cfg)
+    if given is not None:
+        cfg = cfg.replace()
+        cfg.given = frozenset(given)
+    cfg.validate()
+    run = RunDir(cfg.log.out)
+    if resume:
+        cfg = run.resume(cfg)
+    else:
+        run.check_new()
+    threads = torch.get_num_threads()
+    if cfg.launch.threads:
+        torch.set_num_threads(cfg.launch.threads)
+    try:
+        ctx = context(cfg, run)
+        run.write_config(cfg)
+        began = time.perf_counter()
+        with Interrupt() as interrupt:
+            init = warm_start(ctx, progress, interrupt)
+            prior = PriorFit(ctx, progress)
+            prior.start()
+            if cfg.launch.workers > 1:
+                launcher.launch(cfg, run.path)
+            else:
+                for job in jobs(ctx):
+                    train_network(ctx, job, init=init, progress=progress, interrupt=interrupt)
+            prior.finish()
+        return finish(ctx, progress, elapsed=time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def prepare(cfg: Config) -> Path:
+    """Check a new run and write its directory without training (for an external torchrun)."""
+    cfg.validate()
+    run = RunDir(cfg.log.out)
+    run.check_new()
+    context(cfg, run)
+    run.write_config(cfg)
+    return run.path
+
+
+def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None) -> dict:
+    """Assemble the trained model, sample with it, evaluate, plot, and write summary.json."""
+    from ..plots import plot_metrics, plot_samples
+    cfg, run, sde = ctx.cfg, ctx.run, ctx.sde
+    model = run.load_model(cfg, sde, ctx.train.shape).to(ctx.device)
+    prior = prior_for_eval(ctx, {})
+    states = [load_checkpoint(run.checkpoint(k)) for k in range(len(ctx.edges) - 1)]
+    ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule)
+    t0 = time.perf_counter()
+    samples = ev.samples(model, sde, ctx.train.shape, prior, ctx.device)
+    sample_seconds = time.perf_counter() - t0
+    name = metric_name(ctx.train)
+    summary = {"run": str(run.path), "data": cfg.data.spec, "shape": list(ctx.train.shape), "method": cfg.target.name,
+               "sde": cfg.sde.name, "T": cfg.sde.T, "prior": cfg.prior.name, "partition": cfg.partition.name,
+               "networks": len(states), "steps": [int(s["step"]) for s in states],
+               "train_seconds": sum(float(s["wall"]) for s in states),
+               "max_network_seconds": max(float(s["wall"]) for s in states), "elapsed_seconds": elapsed,
+               "metric_name": name, "metric": quality(name, samples, ctx.test.x), "sample_seconds": sample_seconds,
+               "eval_samples": cfg.log.eval_samples, "eval_steps": sample_steps(cfg.log.eval_steps, sde),
+               "scorefast_version": __version__}
+    if run.prior_path.exists():
+        summary["prior_fit"] = load_checkpoint(run.prior_path).get("fit")
+    np.save(run.path / "samples.npy", samples.numpy())
+    plot_samples(samples.numpy(), run.path / "samples.png", title=f"{cfg.data.spec}: {cfg.target.name}, T={cfg.sde.T}",
+                 reference=ctx.test.x.numpy() if ctx.train.kind == "points" else None)
+    if (run.path / "metrics.jsonl").exists():
+        plot_metrics(run.path / "metrics.jsonl", run.path / "metrics.png")
+    run.write_summary(summary)
+    return summary
+
+
+__all__ = ["Group", "LossModule", "RunContext", "context", "finish", "jobs", "prepare", "train", "train_network"]

@@ -1,0 +1,165 @@
+"""The registries and the configuration: selection, round trips, config files, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from scorefast.errors import UserError
+from scorefast.registry import Plugin, Registry, option
+from scorefast.training.config import FLAGS, SECTIONS, SELECTORS, SLOTS, Config, read_config_file, to_toml
+
+
+def test_registry_keeps_names_beside_classes_and_refuses_bad_use():
+    reg = Registry("gadget", flag="gadget")
+
+    @reg.register("plain")
+    @dataclasses.dataclass
+    class Plain(Plugin):
+        size: int = option(3, "how big")
+
+    assert reg.names() == ["plain"] and Plain.name == "plain" and "plain" in reg
+    assert reg.create("plain", size="5").size == 5
+    with pytest.raises(UserError, match="unknown --gadget 'fancy'; choose one of plain"):
+        reg.get("fancy")
+    with pytest.raises(UserError, match="has no option"):
+        reg.create("plain", colour="red")
+    with pytest.raises(UserError, match="--size expects int"):
+        reg.create("plain", size="big")
+    with pytest.raises(ValueError, match="twice"):
+        reg.register("plain")(Plain)
+    with pytest.raises(TypeError, match="dataclass"):
+        reg.register("other")(type("Other", (Plugin,), {}))
+
+
+def test_every_flag_has_help_and_one_home():
+    assert set(SELECTORS) == {"method", "prior"}
+    for name, spec in FLAGS.items():
+        assert spec.help and name not in SELECTORS
+        assert all(f.metadata["help"] for _, f in spec.owners)
+
+
+def test_help_texts_name_every_registered_choice():
+    """Choices whose registries are heavy are written in the help text; this keeps them from drifting."""
+    from scorefast.losses import WEIGHTINGS
+    from scorefast.nets import PARAMETERISATIONS
+    from scorefast.sampling import SAMPLERS
+    from scorefast.sde import SDE_NAMES
+    for flag, names in (("weighting", WEIGHTINGS), ("sampler", SAMPLERS), ("sde", SDE_NAMES),
+                        ("param", PARAMETERISATIONS)):
+        for name in names:
+            assert name in FLAGS[flag].help, (flag, name)
+    from scorefast.methods.fokker_planck import MAX_DIM
+    from scorefast.methods.targets import MAX_GRID_DIM
+    assert MAX_GRID_DIM == MAX_DIM
+
+
+def test_flags_select_plugins_and_options_belong_to_them():
+    cfg = Config(method="empirical", reference_size=64, prior="gmm", prior_components=3, intervals=3,
+                 partition="equal", T=0.5)
+    assert (cfg.target.name, cfg.target.reference_size) == ("empirical", 64)
+    assert (cfg.prior.name, cfg.prior.prior_components) == ("gmm", 3)
+    assert (cfg.partition.name, cfg.partition.intervals, cfg.partition.partition) == ("intervals", 3, "equal")
+    assert Config(intervals=1).partition.name == "single"
+    assert Config(edges="0,0.2,1").partition.name == "edges"
+    assert Config(per_time_point=4).partition.name == "per-time-point"
+    for flags, needle in [({"fp_grid": 65}, "--fp-grid is an option of target fp-regress, fp-embed"),
+                          ({"reference_size": 8, "method": "fp-regress"}, "--reference-size"),
+                          ({"prior_steps": 10, "prior": "gaussian"}, "--prior-steps"),
+                          ({"partition": "equal"}, "--partition is an option of partition intervals"),
+                          ({"warm_start": 5}, "--warm-start"),
+                          ({"edges": "0,0.5,1", "intervals": 4}, "only one of the partition flags"),
+                          ({"method": "magic"}, "unknown --method 'magic'"),
+                          ({"colour": "red"}, "unknown configuration key")]:
+        with pytest.raises(UserError, match=needle):
+            Config(**flags)
+
+
+def test_time_budget_alone_means_no_step_cap_in_the_api_too():
+    assert Config(time_budget=30).budget.max_steps is None
+    assert Config().budget.max_steps == 2000
+    assert Config(time_budget=30, steps=50).budget.max_steps == 50
+
+
+@pytest.mark.parametrize("flags", [
+    {},
+    {"data": "digits", "width": 64, "method": "empirical", "reference_size": 256, "bandwidth": 0.1},
+    {"T": 0.4, "prior": "flow", "prior_steps": 300, "prior_fit": "before", "time_budget": 12.5},
+    {"edges": "0,0.02,0.1,1", "warm_start": 100, "workers": 2, "threads": 1},
+    {"per_time_point": 5, "sde": "vp-psm", "weighting": "likelihood", "grad_clip": 0.0},
+    {"data": "digits32", "channel_mults": (1, 2, 2), "attention": (16,), "dropout": 0.1, "net_preset": "cifar10"},
+])
+def test_round_trips_flags_config_json_toml(flags, tmp_path):
+    cfg = Config(out="runs/x", **flags)
+    again = Config(**cfg.flags())
+    assert again == cfg
+    assert Config.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    path = tmp_path / "run.toml"
+    path.write_text(to_toml(cfg))
+    assert Config(**read_config_file(path)) == cfg
+    jpath = tmp_path / "run.json"
+    jpath.write_text(json.dumps(cfg.flags()))
+    assert Config(**read_config_file(jpath)) == cfg
+
+
+def test_config_files_refuse_unknown_keys_and_wrong_types(tmp_path):
+    cases = {"[optim]\nlr = 0.01\ncolour = 1\n": "unknown key 'colour' in [optim]",
+             "[optimiser]\nlr = 0.01\n": "unknown section",
+             "[optim]\nsteps = 10\n": "unknown key 'steps' in [optim]",
+             "steps = 'many'\n": "--steps expects int",
+             "steps = 1.5\n": "--steps expects int",
+             "lr = true\n": "--lr expects float",
+             "nosuch = 1\n": "unknown key 'nosuch'",
+             "steps = [\n": "cannot be read"}
+    for text, needle in cases.items():
+        path = tmp_path / "bad.toml"
+        path.write_text(text)
+        with pytest.raises(UserError, match=needle.replace("[", r"\[").replace("]", r"\]")) as err:
+            read_config_file(path)
+        assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="does not exist"):
+        read_config_file(tmp_path / "none.toml")
+
+
+def test_from_dict_refuses_other_shapes():
+    good = Config().to_dict()
+    for bad, needle in [([], "mapping of sections"), ({"optim": 3}, "must be a mapping"),
+                        ({**good, "colour": {}}, "unknown section"),
+                        ({**good, "net": {**good["net"], "width": "wide"}}, "--width expects int"),
+                        ({**good, "target": {"name": "nope"}}, "unknown --method")]:
+        with pytest.raises(UserError, match=needle):
+            Config.from_dict(bad)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    ({"sde": "vp-foo"}, "unknown SDE 'vp-foo'"),
+    ({"grad_clip": -1.0}, "--grad-clip"),
+    ({"width": 0}, "--width must be >= 1"),
+    ({"depth": -2}, "--depth must be >= 1"),
+    ({"time_budget": float("nan")}, "finite"),
+    ({"time_budget": float("inf")}, "finite"),
+    ({"per_time_point": 0}, "--per-time-point must be >= 1"),
+    ({"method": "fp-embed", "per_time_point": 3}, "per-time-point"),
+    ({"weighting": "cosine"}, "--weighting"),
+    ({"sampler": "magic"}, "--sampler"),
+])
+def test_validation_catches_values_that_would_run_wrongly(flags, needle):
+    with pytest.raises(UserError, match=needle):
+        Config(**flags).validate()
+
+
+def test_sections_and_slots_cover_the_config():
+    cfg = Config()
+    assert set(cfg.to_dict()) == set(SECTIONS) | set(SLOTS)
+
+
+def test_help_is_fast_and_imports_no_torch():
+    code = ("import sys, time; t = time.perf_counter(); from scorefast.cli import build_parser; "
+            "build_parser('train').format_help(); build_parser().format_help(); "
+            "print(time.perf_counter() - t, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[1] == "False"

@@ -1,0 +1,59 @@
+"""The one evaluator and the one time-to-target rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from scorefast.analytic import GaussianScore
+from scorefast.data import load_data
+from scorefast.errors import UserError
+from scorefast.evaluate import Evaluator, sample_steps, time_to
+from scorefast.sde import make_sde
+
+
+def test_time_to_interpolates_between_snapshots():
+    curve = [(1.0, 0.9), (2.0, 0.5), (4.0, 0.1)]
+    assert time_to(curve, 0.3) == pytest.approx(3.0)  # 0.5 -> 0.1 between 2 s and 4 s
+    assert time_to(curve, 0.5) == pytest.approx(2.0)  # exactly at a snapshot
+    assert time_to(curve, 0.7) == pytest.approx(1.5)
+
+
+def test_time_to_at_the_first_snapshot_and_never():
+    curve = [(1.0, 0.2), (2.0, 0.1)]
+    assert time_to(curve, 0.3) == 1.0  # nothing earlier is known
+    assert time_to(curve, 0.05) is None
+    assert time_to([], 1.0) is None
+
+
+def test_time_to_for_higher_is_better_metrics():
+    assert time_to([(1.0, 0.5), (3.0, 0.9)], 0.8, lower_is_better=False) == pytest.approx(2.5)
+    assert time_to([(1.0, 0.5)], 0.8, lower_is_better=False) is None
+
+
+def test_time_to_ignores_non_finite_values_and_takes_the_first_crossing():
+    assert time_to([(1.0, math.nan), (2.0, 0.1)], 0.3) == 2.0
+    assert time_to([(1.0, math.inf), (2.0, 0.5), (3.0, 0.1)], 0.3) == pytest.approx(2.5)
+    assert time_to([(1.0, 0.9), (2.0, 0.2), (3.0, 0.8), (4.0, 0.1)], 0.3) == pytest.approx(1 + 6 / 7)
+
+
+def test_evaluator_is_fixed_seed_and_scaled_to_T():
+    sde = make_sde("vp", T=0.5)
+    assert sample_steps(100, sde) == 50 and sample_steps(1, sde) == 1
+    model = GaussianScore(sde, torch.zeros(2), torch.eye(2))
+    ev = Evaluator(n=300, steps=20)
+    a, b = ev.samples(model, sde, (2,)), ev.samples(model, sde, (2,))
+    assert torch.equal(a, b) and a.shape == (300, 2)
+    assert not torch.equal(a, Evaluator(n=300, steps=20, seed=1).samples(model, sde, (2,)))
+    ds = load_data("gaussian2d", n=500, seed=0)
+    out = ev(GaussianScore(make_sde("vp"), torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]])),
+             make_sde("vp"), ds)
+    assert out["metric_name"] == "swd" and out["metric"] < 0.15  # the exact score samples the data
+
+
+@pytest.mark.parametrize("kw, needle", [({"n": 0}, "--n"), ({"steps": 0}, "--steps"), ({"sampler": "x"}, "sampler")])
+def test_evaluator_refuses_bad_settings(kw, needle):
+    with pytest.raises(UserError, match=needle):
+        Evaluator(**kw)
