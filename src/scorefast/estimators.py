@@ -115,7 +115,8 @@ class PosteriorMeanTarget(ABC):
 
 class ReferenceBatchTarget(PosteriorMeanTarget):
     """Stable Target Field: the posterior mean over the batch plus ``reference_size`` - B training points
-    drawn with replacement every step, one set shared by the batch (see the module docstring).
+    drawn with replacement every step, one set shared by the batch (see the module docstring); a batch
+    of ``reference_size`` or more is its own set (still the own x0 plus B - 1 iid points: unbiased).
 
     With ``reference_size`` = N the set is the whole data: the exact score of the diffused KDE.
     """
@@ -132,11 +133,7 @@ class ReferenceBatchTarget(PosteriorMeanTarget):
         """``augment_centres`` of this step's reference set: the batch x0 (flat) and fresh data points."""
         if self.reference_size == len(self.data):
             return self.aug
-        extra = self.reference_size - len(x0)
-        if extra < 0:
-            raise UserError(f"the batch ({len(x0)}) is larger than the reference size ({self.reference_size}): "
-                            "the reference set must hold the whole batch")
-        idx = torch.randint(0, len(self.data), (extra,), device=self.data.device)
+        idx = torch.randint(0, len(self.data), (max(0, self.reference_size - len(x0)),), device=self.data.device)
         return torch.cat([augment_centres(x0), self.aug[idx]])
 
     def posterior_mean(self, x0, rows, x, a, var):
