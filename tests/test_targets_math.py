@@ -81,6 +81,10 @@ def test_nearest_neighbour_target_with_k_equal_n_is_the_full_target(search):
     assert torch.allclose(knn.target(x0, xt, t), full, rtol=1e-9, atol=1e-9)
     ref = ReferenceBatchTarget(sde, data, reference_size=40, bandwidth=0.2)
     assert torch.allclose(ref.target(x0, xt, t), full, rtol=1e-9, atol=1e-9)
+    images = data.view(40, 1, 3, 1)  # any example shape: flattened inside, the target shaped like x_t
+    got = NearestNeighbourTarget(sde, images, k=40, bandwidth=0.2, search=search).target(x0.view(12, 1, 3, 1),
+                                                                                      xt.view(12, 1, 3, 1), t)
+    assert got.shape == (12, 1, 3, 1) and torch.allclose(got.flatten(1), full, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("search", ["tree", "brute"])
