@@ -45,12 +45,10 @@ def test_every_flag_has_help_and_one_home():
 
 def test_help_texts_name_every_registered_choice():
     """Choices whose registries are heavy are written in the help text; this keeps them from drifting."""
-    from scorefast.losses import WEIGHTINGS
     from scorefast.nets import PARAMETERISATIONS
     from scorefast.sampling import SAMPLERS
     from scorefast.sde import SDE_NAMES
-    for flag, names in (("weighting", WEIGHTINGS), ("sampler", SAMPLERS), ("sde", SDE_NAMES),
-                        ("param", PARAMETERISATIONS)):
+    for flag, names in (("sampler", SAMPLERS), ("sde", SDE_NAMES), ("param", PARAMETERISATIONS)):
         for name in names:
             assert name in FLAGS[flag].help, (flag, name)
     from scorefast.methods.fokker_planck import MAX_DIM

@@ -4,6 +4,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from scorefast.data import (
     load_data,
     sample_toy,
 )
+from scorefast.datafiles import MAX_ABS_VALUE
 from scorefast.errors import UserError
 
 # ------------------------------------------------------------------------------------------------
@@ -309,6 +311,16 @@ def test_pickle_of_other_numpy_callables_is_refused(tmp_path):
 # Bad input: one-line UserError that names the file
 
 
+class _Reduce:
+    """Pickles as the call ``fn(*args)``: how a crafted file asks the unpickler to allocate."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
 def _write_bad(tmp_path, case):
     p = tmp_path / f"bad_{case}.npy"
     if case == "missing":
@@ -381,6 +393,74 @@ def _write_bad(tmp_path, case):
         p = tmp_path / "bad_empty_folder"
         p.mkdir()
         return p, "no images"
+    if case == "folder_of_folders":
+        p = tmp_path / "bad_folder_of_folders"
+        (p / "a" / "b").mkdir(parents=True)
+        (p / "c").mkdir()
+        (p / "c" / "notes.txt").write_text("no images here")
+        return p, "nor in its 3 subfolders"
+    if case.startswith("empty_file_"):
+        p = tmp_path / {"npy": "e.npy", "npz": "e.npz", "idx": "e-images-idx3-ubyte", "idxgz": "e-images-idx3-ubyte.gz",
+                        "cifar": "data_batch_e", "png": "e.png"}[case[len("empty_file_"):]]
+        p.write_bytes(b"")
+        return p, "is empty (0 bytes)"
+    if case == "npz_truncated_zip":
+        p = tmp_path / "bad_trunc.npz"
+        np.savez_compressed(p, x=np.zeros((50, 2)))
+        p.write_bytes(p.read_bytes()[:-30])
+        return p, "truncated or corrupt"
+    if case == "npz_empty_archive":
+        p = tmp_path / "bad_noarrays.npz"
+        np.savez(p)
+        return p, "holds no arrays"
+    if case == "npy_huge_header":
+        with open(p, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (10**13,)})
+            f.write(bytes(32))
+        return p, "GiB"
+    if case == "npy_header_lies_small":
+        np.save(p, np.zeros((1000, 2)))
+        p.write_bytes(p.read_bytes()[:-8])
+        return p, "truncated, its header declares (1000, 2) float64 (16000 bytes) but 15992 bytes follow"
+    if case == "too_large":
+        np.save(p, np.array([[1.0, 2.0], [3.0, 1e300]]))
+        return p, "beyond +-1e+10"
+    if case == "too_large_int":
+        np.save(p, np.array([[1, 2], [3, 10**12]], dtype=np.int64))
+        return p, "beyond +-1e+10"
+    if case == "idx_header_lies_huge":
+        p = tmp_path / "bad-huge-images-idx3-ubyte"
+        p.write_bytes(b"\x00\x00\x08\x03" + struct.pack(">III", 0xFFFFFFFF, 0xFFFF, 0xFFFF) + bytes(100))
+        return p, "do not match its idx header"
+    if case == "idx_gz_header_lies_huge":
+        p = tmp_path / "bad-huge-images-idx3-ubyte.gz"
+        p.write_bytes(gzip.compress(b"\x00\x00\x08\x03" + struct.pack(">III", 0xFFFFFFFF, 0xFFFF, 0xFFFF) + bytes(100)))
+        return p, "GiB"
+    if case == "idx_gz_longer_than_header":
+        p = tmp_path / "bad-long-images-idx3-ubyte.gz"
+        p.write_bytes(gzip.compress(_idx_bytes(np.zeros((2, 4, 4), dtype=np.uint8)) + bytes(10**6)))
+        return p, "decompressed size does not match"
+    if case == "cifar_wrong_length":
+        p = tmp_path / "data_batch_short"
+        p.write_bytes(pickle.dumps({b"data": np.zeros((2, 3000), dtype=np.uint8)}))
+        return p, "N x 3072"
+    if case == "cifar_memo_bomb":
+        p = tmp_path / "data_batch_memo"
+        p.write_bytes(b"\x80\x02N" + b"r" + struct.pack("<I", 2**30) + b".")  # NONE, LONG_BINPUT 2**30, STOP
+        return p, "refused, the pickle's memo index 1073741824"
+    if case == "cifar_allocates_ndarray":
+        p = tmp_path / "data_batch_alloc"
+        p.write_bytes(pickle.dumps({b"data": _Reduce(np.ndarray, (10**6, 3072), "u1")}, protocol=2))
+        return p, "refused, the pickle calls numpy.ndarray"
+    if case == "cifar_allocates_bytearray":
+        p = tmp_path / "data_batch_bytes"
+        p.write_bytes(pickle.dumps({b"data": _Reduce(bytearray, 10**10)}, protocol=4))
+        return p, "refused, the pickle calls bytearray on"
+    if case == "png_bomb":
+        p = tmp_path / "bad_bomb.png"
+        Image.new("L", (1, 1)).save(p)
+        p.write_bytes(_png_with_size(p.read_bytes(), 100000, 100000))
+        return p, "decompression bomb"
     raise AssertionError(case)
 
 
@@ -405,9 +485,37 @@ BAD_CASES = [
     "cifar_truncated",
     "unknown_suffix",
     "empty_folder",
+    "folder_of_folders",
+    "empty_file_npy",
+    "empty_file_npz",
+    "empty_file_idx",
+    "empty_file_idxgz",
+    "empty_file_cifar",
+    "empty_file_png",
+    "npz_truncated_zip",
+    "npz_empty_archive",
+    "npy_huge_header",
+    "npy_header_lies_small",
+    "too_large",
+    "too_large_int",
+    "idx_header_lies_huge",
+    "idx_gz_header_lies_huge",
+    "idx_gz_longer_than_header",
+    "cifar_wrong_length",
+    "cifar_memo_bomb",
+    "cifar_allocates_ndarray",
+    "cifar_allocates_bytearray",
+    "png_bomb",
 ]
 
 
+def _png_with_size(png: bytes, width: int, height: int) -> bytes:
+    """A PNG whose IHDR chunk (right after the 8-byte signature) declares another size, CRC fixed."""
+    body = b"IHDR" + struct.pack(">II", width, height) + png[24:29]
+    return png[:12] + body + struct.pack(">I", zlib.crc32(body)) + png[33:]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_raises_one_line_user_error(tmp_path, case):
     path, expected = _write_bad(tmp_path, case)
@@ -446,3 +554,141 @@ def test_folder_with_corrupt_image_names_the_file(tmp_path):
 def test_bad_n():
     with pytest.raises(UserError):
         load_data("moons", n=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile files: nothing hangs, nothing runs, every refusal is one line naming the file
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", ["pipe.npy", "pipe.npz", "pipe.png", "data_batch_1", "train-images-idx3-ubyte"])
+def test_fifo_is_refused_without_opening(tmp_path, name):
+    """Opening a FIFO for reading blocks until a writer comes: it must be refused by type, never opened."""
+    os.mkfifo(tmp_path / name)
+    with pytest.raises(UserError, match=f"{name}': is a named pipe \\(FIFO\\), not a regular file$"):
+        load_data(str(tmp_path / name))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("name", ["z_pipe.png", "data_batch_9", "train-images-idx3-ubyte"])
+def test_fifo_inside_a_folder_is_refused_not_skipped(tmp_path, name):
+    folder, _ = _png_folder(tmp_path, "L")
+    if name != "z_pipe.png":
+        for png in folder.iterdir():
+            png.unlink()
+    os.mkfifo(folder / name)
+    with pytest.raises(UserError, match=f"{name}': is a named pipe"):
+        load_data(str(folder))
+
+
+def test_links_loops_and_odd_entries(tmp_path):
+    (tmp_path / "loop_a.npy").symlink_to(tmp_path / "loop_b.npy")
+    (tmp_path / "loop_b.npy").symlink_to(tmp_path / "loop_a.npy")
+    with pytest.raises(UserError, match="loop_a.npy': is a symbolic link loop$"):
+        load_data(str(tmp_path / "loop_a.npy"))
+    (tmp_path / "dangling.npy").symlink_to(tmp_path / "gone.npy")
+    with pytest.raises(UserError, match="dangling.npy': is a broken symbolic link$"):
+        load_data(str(tmp_path / "dangling.npy"))
+    folder, arrays = _png_folder(tmp_path, "L")
+    (folder / "self").symlink_to(folder)  # a folder loop is not followed: the images load once each
+    assert torch.equal(load_data(str(folder)).x[:, 0], torch.from_numpy(arrays.astype(np.float32)) / 127.5 - 1)
+    (folder / "img_zz.png").symlink_to(folder / "img_zz.png")
+    with pytest.raises(UserError, match="img_zz.png': is a symbolic link loop$"):
+        load_data(str(folder))
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_unreadable_file_and_folder(tmp_path):
+    np.save(tmp_path / "secret.npy", np.zeros((3, 2)))
+    (tmp_path / "secret.npy").chmod(0)
+    with pytest.raises(UserError, match="secret.npy': cannot be read \\(permission denied\\)$"):
+        load_data(str(tmp_path / "secret.npy"))
+    folder, _ = _png_folder(tmp_path, "L")
+    folder.chmod(0)
+    try:
+        with pytest.raises(UserError, match="cannot list .*permission denied"):
+            load_data(str(folder))
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.parametrize("raw_name", [b"caf\xff\xfe.csv", b"two\nlines.npy", b"tab\there.npy"])
+def test_undecodable_and_control_characters_in_names_stay_one_line(tmp_path, raw_name):
+    path = os.path.join(os.fsencode(tmp_path), raw_name)
+    with open(path, "wb") as f:
+        f.write(b"garbage")
+    with pytest.raises(UserError) as info:
+        load_data(os.fsdecode(path))
+    msg = str(info.value)
+    shown = raw_name.decode("utf-8", "backslashreplace").encode("unicode_escape").decode().replace("\\\\", "\\")
+    assert shown in msg and "\n" not in msg and "\t" not in msg
+    msg.encode("utf-8")  # printable anywhere: no lone surrogates from the undecodable bytes
+
+
+def test_undecodable_image_name_in_a_folder(tmp_path):
+    folder, _ = _png_folder(tmp_path, "L")
+    Image.fromarray(np.zeros((9, 9), dtype=np.uint8)).save(os.path.join(os.fsencode(folder), b"odd\xff.png"))
+    with pytest.raises(UserError, match=r"odd\\xff.png': size 9x9 differs"):
+        load_data(str(folder))
+
+
+def _live_payload(marker):
+    """A pickled object whose unpickling runs `touch marker`."""
+    return _Reduce(os.system, f"touch {marker}")
+
+
+@pytest.mark.parametrize("fmt", ["npy", "npz", "cifar"])
+def test_code_running_payloads_are_refused_and_not_run(tmp_path, fmt):
+    marker, control = tmp_path / "MARKER", tmp_path / "CONTROL"
+    path = tmp_path / {"npy": "evil.npy", "npz": "evil.npz", "cifar": "data_batch_1"}[fmt]
+
+    def write(target, m):
+        objects = np.array([_live_payload(m), 1], dtype=object)
+        if fmt == "npy":
+            np.save(target, objects, allow_pickle=True)
+        elif fmt == "npz":
+            np.savez(target, x=objects)
+        else:
+            target.write_bytes(pickle.dumps({b"data": _live_payload(m)}))
+
+    write(path, marker)
+    with pytest.raises(UserError) as info:
+        load_data(str(path))
+    assert path.name in str(info.value) and "\n" not in str(info.value)
+    assert not marker.exists()
+    # The payload is live: a loader that unpickles runs it.
+    write(tmp_path / f"control_{path.name}", control)
+    if fmt == "cifar":
+        pickle.loads((tmp_path / f"control_{path.name}").read_bytes())
+    else:
+        loaded = np.load(tmp_path / f"control_{path.name}", allow_pickle=True)
+        if fmt == "npz":
+            loaded["x"]
+    assert control.exists()
+
+
+def test_magnitude_limit_keeps_float32_training_finite(tmp_path):
+    """At the limit, squares summed over every value of a large set stay finite in float32; above
+    the float32 range the old loader produced inf, now the file is refused."""
+    at_limit = np.full((10000, 3), MAX_ABS_VALUE) * np.where(np.arange(3) % 2, -1, 1)
+    np.save(tmp_path / "limit.npy", at_limit)
+    x = load_data(str(tmp_path / "limit.npy")).x
+    assert x.dtype == torch.float32 and torch.isfinite((x * x).sum() * 1e4)
+    np.save(tmp_path / "over.npy", np.nextafter(at_limit, np.inf))
+    with pytest.raises(UserError, match="over.npy': values span .*beyond"):
+        load_data(str(tmp_path / "over.npy"))
+
+
+def test_mixed_gray_and_colour_images_load_as_colour(tmp_path):
+    folder, gray = _png_folder(tmp_path, "L", n=2)
+    colour = np.random.default_rng(2).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    Image.fromarray(colour, mode="RGB").save(folder / "img_99.png")
+    d = load_data(str(folder))
+    assert d.x.shape == (3, 3, 5, 6)
+    assert torch.equal(d.x[0], torch.from_numpy(np.repeat(gray[0][None], 3, 0).astype(np.float32)) / 127.5 - 1)
+    assert torch.equal(d.x[2], torch.from_numpy(colour.transpose(2, 0, 1).astype(np.float32)) / 127.5 - 1)
+
+
+def test_empty_spec_is_refused_not_the_current_folder():
+    with pytest.raises(UserError, match="empty name"):
+        load_data("  ")

@@ -280,3 +280,25 @@ def test_run_command_turns_bad_input_into_one_line_and_exit_2(capsys):
     assert run_command(lambda: 3) == 3 and run_command(lambda: {"nll": 1.0}) == 0
     with pytest.raises(RuntimeError):  # a bug is not bad input: it keeps its traceback
         run_command(lambda: (_ for _ in ()).throw(RuntimeError("bug")))
+
+
+def test_tensorboard_events_mirror_the_metrics_log(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "tb"
+    assert main(["train", "--data", "moons", "--out", str(run), "--tensorboard", *TINY]) == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    loss = acc.Scalars("loss/net-0")
+    assert [e.step for e in loss] == [r["step"] for r in rows]
+    assert [e.value for e in loss] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+    assert [e.value for e in acc.Scalars("swd/net-0")] == pytest.approx([r["metric"] for r in rows], rel=1e-6)
+
+
+def test_tensorboard_without_the_package_is_one_clear_line(tmp_path):
+    out = tmp_path / "never"
+    code = ("import sys; sys.modules['tensorboard'] = None; from scorefast.cli import main; "
+            f"sys.exit(main(['train', '--data', 'moons', '--out', {str(out)!r}, '--tensorboard', '--steps', '5']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2 and "pip install 'scorefast[tensorboard]'" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not out.exists()

@@ -6,38 +6,29 @@ piecewise model is just another range), perturb x_t = alpha_t x0 + sigma_t z, an
     DSM:         w(t) * mean || sigma_t s_theta(x_t, t) + z ||^2
     regression:  w(t) * mean || sigma_t (s_theta(x_t, t) - s*(x_t, t)) ||^2
 
-Weightings: 'epsilon' (w = 1, the "simple" loss, lambda = sigma^2), 'likelihood' (w = g^2 / sigma^2,
-an ELBO bound), 'inv_g2' (w = 1 / (2 g^2), the score-embedding code's choice).
+The weighting w(t) is a ``weightings.Weighting`` (or its registered name): 'epsilon' (w = 1, the
+"simple" loss), 'likelihood' (w = g^2 / sigma^2, an ELBO bound), 'inv_g2' (the score-embedding code's),
+'min-snr', 'soft-min-snr', 'edm'.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 
 from .sde import SDE, ScoreFn, append_dims
 from .time_sampling import TimeSampler, UniformTimes
+from .weightings import WEIGHTINGS, Epsilon, Weighting
 
 Tensor = torch.Tensor
-
-WEIGHTINGS: dict[str, Callable[[SDE, Tensor], Tensor]] = {
-    "epsilon": lambda sde, t: torch.ones_like(t),
-    "likelihood": lambda sde, t: sde.g2(t) / sde.sigma(t) ** 2,
-    "inv_g2": lambda sde, t: 0.5 / sde.g2(t),
-}
-
 
 class DSMLoss:
     """Denoising score matching with times from ``times`` (default: U[t_min, t_max], stratified over the
     batch if asked; t_min / t_max default to the SDE's [eps, T])."""
 
-    def __init__(self, sde: SDE, weighting: str = "epsilon", t_min: float | None = None,
+    def __init__(self, sde: SDE, weighting: str | Weighting = "epsilon", t_min: float | None = None,
                  t_max: float | None = None, stratified: bool = False, times: TimeSampler | None = None):
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"unknown weighting '{weighting}'; choose one of {sorted(WEIGHTINGS)}")
         self.sde = sde
-        self.weighting = weighting
+        self.weighting = WEIGHTINGS.create(weighting) if isinstance(weighting, str) else weighting
         if times is None:
             times = UniformTimes(sde.eps if t_min is None else t_min, sde.T if t_max is None else t_max, stratified)
         self.times = times
@@ -54,7 +45,7 @@ class DSMLoss:
         return self.times(n, device, dtype)
 
     def weight(self, t: Tensor) -> Tensor:
-        return WEIGHTINGS[self.weighting](self.sde, t)
+        return self.weighting(self.sde, t)
 
     def residual(self, model, x0: Tensor, xt: Tensor, t: Tensor, noise: Tensor) -> Tensor:
         """sigma (s_theta - target) in the epsilon form; for DSM the target is -z / sigma."""
@@ -71,7 +62,7 @@ class DSMLoss:
     def reduce(self, residual: Tensor, t: Tensor) -> Tensor:
         """w(t) * mean over all but the batch dimension of residual^2."""
         loss = residual.pow(2).flatten(1).mean(1)
-        return loss if self.weighting == "epsilon" else self.weight(t) * loss  # w = 1: skip a multiply per step
+        return loss if isinstance(self.weighting, Epsilon) else self.weight(t) * loss  # w = 1: no multiply
 
 
 class ScoreRegressionLoss(DSMLoss):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -63,9 +62,9 @@ def plot_samples(samples: np.ndarray, path: str | Path, reference: np.ndarray | 
     _save(fig, path)
 
 
-def plot_metrics(metrics_path: str | Path, path: str | Path) -> None:
-    """Training loss and the evaluation metric against wall-clock seconds, from metrics.jsonl."""
-    rows = [json.loads(line) for line in Path(metrics_path).read_text().splitlines() if line.strip()]
+def plot_metrics(rows: list[dict], path: str | Path) -> None:
+    """Training loss and the evaluation metric against wall-clock seconds, from the rows of metrics.jsonl."""
+    rows = [r for r in rows if isinstance(r.get("wall"), (int, float))]
     if not rows:
         return
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))

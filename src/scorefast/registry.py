@@ -32,6 +32,12 @@ def option(default: Any, help: str, *, flag: str | None = None, locked: bool = T
                                                         "selects": selects, "choices": choices})
 
 
+def options_of(cls_or_obj) -> list[dataclasses.Field]:
+    """The fields of a dataclass declared with :func:`option` (its configurable options; other fields are
+    values bound at run time, such as a statistic of the data)."""
+    return [f for f in dataclasses.fields(cls_or_obj) if "help" in f.metadata]
+
+
 def flag_of(f: dataclasses.Field) -> str:
     """The flag name (with underscores) of a field declared by :func:`option`."""
     return f.metadata.get("flag") or f.name
@@ -125,7 +131,7 @@ class Registry:
     def create(self, name: str, **options: Any) -> Any:
         """An instance of plug-in ``name`` with ``options`` (field names); unknown options are an error."""
         cls = self.get(name)
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        known = {f.name: f for f in options_of(cls)}
         unknown = sorted(set(options) - set(known))
         if unknown:
             raise UserError(f"{self.slot} '{name}' has no option(s) {', '.join(unknown)}")
@@ -136,7 +142,7 @@ class Registry:
         """flag name -> [(plug-in class, field)] for every option of every plug-in of this slot."""
         owners: dict[str, list[tuple[type, dataclasses.Field]]] = {}
         for cls in self._items.values():
-            for f in dataclasses.fields(cls):
+            for f in options_of(cls):
                 owners.setdefault(flag_of(f), []).append((cls, f))
         return owners
 
@@ -147,10 +153,10 @@ class Plugin:
     name: ClassVar[str] = "plugin"
 
     def to_dict(self) -> dict:
-        return {"name": self.name, **{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}}
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in options_of(self)}}
 
     def validate(self) -> None:
         """Raise UserError (one line) for an option out of range; called before anything is written."""
 
 
-__all__ = ["Plugin", "Registry", "coerce", "field_type", "flag_of", "option", "optional"]
+__all__ = ["Plugin", "Registry", "coerce", "field_type", "flag_of", "option", "optional", "options_of"]

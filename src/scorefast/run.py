@@ -19,7 +19,7 @@ with ``sample``, ``nll`` and ``evaluate``, which the CLI's commands are thin lay
 
 from __future__ import annotations
 
-import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .checkpoint import load_checkpoint, write_json
+from .checkpoint import append_jsonl, load_checkpoint, read_json, read_jsonl, remove_stale_temporaries, write_json
 from .data import Dataset, load_data
 from .errors import UserError
 from .sde import SDE
@@ -59,38 +59,50 @@ class RunDir:
     # -- config ---------------------------------------------------------------------------------------
     def read_config(self) -> Config:
         """The saved configuration; one clear error for a missing, corrupt or old-format config.json."""
-        if not self.config_path.is_file():
+        if not self.config_path.exists():
             raise UserError(f"run directory '{self.path}': no config.json (not a scorefast run, or it never started)")
-        try:
-            saved = json.loads(self.config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"run directory '{self.path}': config.json is corrupt ({getattr(exc, 'msg', exc)})") \
-                from None
-        version = saved.get("run_format") if isinstance(saved, dict) else None
+        saved = read_json(self.config_path, "config.json")
+        version = saved.get("run_format")
         if version != RUN_FORMAT:
             hint = ("it was written by scorefast 0.1 (run format 1): open it with scorefast 0.1, or train it again "
                     "with this version" if version == 1 else "it was not written by this scorefast")
             raise UserError(f"run directory '{self.path}': run format {version} cannot be read by this scorefast "
                             f"(which reads format {RUN_FORMAT}); {hint}")
-        if "config" not in saved:
+        if not isinstance(saved.get("config"), dict):
             raise UserError(f"run directory '{self.path}': config.json has no 'config' section")
         return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json")
 
     def write_config(self, cfg: Config) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.mkdir()
         write_json(self.config_path, {"run_format": RUN_FORMAT, "scorefast_version": __version__,
                                       "config": cfg.to_dict()})
 
     def check_new(self) -> None:
-        """A fresh run refuses an existing, non-empty directory (nothing is ever overwritten)."""
+        """A fresh run refuses an existing, non-empty directory (nothing is ever overwritten) and a path that
+        cannot become a directory (a file, a path under a file, an unwritable place)."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"--out '{self.path}' is a file, not a run directory")
         if self.config_path.exists() or (self.path.is_dir() and any(self.path.iterdir())):
             raise UserError(f"run directory '{self.path}' already exists and is not empty; use --resume to continue "
                             "it or choose another --out")
+        parent = next((p for p in self.path.parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise UserError(f"--out '{self.path}': '{parent}' is a file, so the run directory cannot be created")
+        if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(f"--out '{self.path}': cannot create it in '{parent}' (permission denied)")
+
+    def mkdir(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create run directory '{self.path}': {exc.strerror or exc}") from None
 
     def resume(self, cfg: Config) -> Config:
         """The saved configuration with the budgets, logging and launch flags that ``cfg`` was given.
 
         A resumed run may not change what defines it (data, SDE, network, target, prior, partition)."""
+        if not self.path.is_dir():
+            raise UserError(f"--resume: run directory '{self.path}' does not exist")
         saved = self.read_config()
         changed = cfg.locked_changes(saved)
         if changed:
@@ -102,15 +114,17 @@ class RunDir:
 
     # -- metrics and summary --------------------------------------------------------------------------
     def append_metrics(self, row: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+        append_jsonl(self.path / "metrics.jsonl", row, "metrics log")
 
-    def metrics(self) -> list[dict]:
+    def metrics(self, repair: bool = False) -> list[dict]:
+        """The rows of metrics.jsonl; a line torn by a kill is dropped (and cut off the file with ``repair``)."""
         path = self.path / "metrics.jsonl"
-        if not path.exists():
-            return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return read_jsonl(path, "metrics log", repair=repair) if path.exists() else []
+
+    def tidy(self) -> None:
+        """Before a resumed run writes: remove temporary files a killed writer left, repair a torn log line."""
+        remove_stale_temporaries(self.path)
+        self.metrics(repair=True)
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / "summary.json", summary)
@@ -119,7 +133,10 @@ class RunDir:
         """Per-example data shape (from summary.json, else from the run's data set)."""
         summary = self.path / "summary.json"
         if summary.exists():
-            return tuple(json.loads(summary.read_text())["shape"])
+            shape = read_json(summary, "summary.json").get("shape")
+            if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
+                raise UserError(f"run directory '{self.path}': summary.json has no valid 'shape'")
+            return tuple(shape)
         return tuple(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).shape)
 
     # -- weights --------------------------------------------------------------------------------------
@@ -171,10 +188,9 @@ def resolve_device(name: str) -> torch.device:
 def split_data(cfg: Config) -> tuple[Dataset, Dataset]:
     """The run's data split into train and held-out parts (seeded, so the same every time)."""
     ds = load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed)
-    if len(ds) < 10:  # memorisation runs: train and evaluate on the same few examples
-        train, test = ds, ds
-    else:
-        train, test = ds.split(0.2, seed=cfg.optim.seed)
+    if len(ds) < 10:  # memorisation runs: train and evaluate on the same few examples, batches with replacement
+        return ds, ds
+    train, test = ds.split(0.2, seed=cfg.optim.seed)
     if cfg.optim.batch_size > len(train):
         raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "
                         f"'{cfg.data.spec}'")

@@ -1,27 +1,74 @@
-"""Time samplers: where in [t_min, t_max] the training times of a loss are drawn.
+"""Time samplers: where in [t_min, t_max] the training times of a loss are drawn, as registered plug-ins.
 
-A sampler is a small object ``sampler(n, device, dtype) -> t (n,)`` with the range it draws from, so
-that every loss, every interval of a partition and every target uses the same objects; a stateful
-sampler checkpoints itself through ``state_dict``.
+A plug-in (``--time-sampler NAME`` and its options) is bound to an SDE and a time range - the whole
+[eps, T], one interval of a partition - and gives a :class:`TimeSampler`, a small object
+``sampler(n, device, dtype) -> t (n,)``. Every sampler maps u in [0, 1) through the inverse of its
+distribution function; with ``stratified`` the n values of u are one per stratum of [0, 1), the strata
+spread over the data-parallel ranks that train one network (rank r of W takes strata r n .. r n + n - 1
+of W n), so a group's whole batch is stratified. A stateful sampler checkpoints itself (``state_dict``).
+
+- ``uniform``: t ~ U[t_min, t_max] (plain DSM).
+- ``lognormal``: ln(sigma_t / alpha_t) ~ N(p_mean, p_std), truncated to the range (EDM's noise
+  distribution, Karras et al. 2022; for VP / sub-VP, x_t / alpha_t is a VE variable of that noise level).
+- ``likelihood``: density proportional to g(t)^2 / sigma_t^2, the likelihood weighting as an importance
+  density (Song, Durkan, Murray, Ermon 2021): with the 'epsilon' weighting it trains on the ELBO. For VP
+  this is uniform in log-SNR, since d log-SNR / dt = -g^2 / sigma^2.
+- ``bins``: a piecewise-constant density - given shares of the draws in given time bins.
+- ``adaptive``: bins in log-SNR whose shares follow the measured decrease of a held-out bound
+  (``AdaptiveTimes``).
+
+This module imports torch only when a sampler is bound or used, so that the command line can list the
+plug-ins and their options without importing it.
 """
 
 from __future__ import annotations
 
-import torch
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-Tensor = torch.Tensor
+from .errors import UserError
+from .registry import Plugin, Registry, option
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from .sde import SDE
+
+TIME_SAMPLERS = Registry("time sampler", flag="time_sampler")
+GRID = 4097  # points of a tabulated distribution function (log-spaced in t)
 
 
 class TimeSampler:
-    """Draws n times in [t_min, t_max]."""
+    """Draws n times in [t_min, t_max] by inverting its distribution function at n values of u."""
 
-    def __init__(self, t_min: float, t_max: float):
+    def __init__(self, t_min: float, t_max: float, stratified: bool = False):
         self.t_min, self.t_max = float(t_min), float(t_max)
         if not (0 < self.t_min <= self.t_max):
             raise ValueError(f"need 0 < t_min <= t_max, got [{self.t_min}, {self.t_max}]")
+        self.stratified = stratified
+        self.rank, self.world = 0, 1
 
-    def __call__(self, n: int, device=None, dtype: torch.dtype | None = None) -> Tensor:
+    def spread(self, rank: int, world: int) -> TimeSampler:
+        """Stratify across the ``world`` ranks of a data-parallel group (this one is ``rank``)."""
+        self.rank, self.world = int(rank), int(world)
+        return self
+
+    def uniforms(self, n: int, device=None, dtype=None) -> Tensor:
+        """n values of u in [0, 1): independent, or one per stratum of this rank's share."""
+        import torch
+        u = torch.rand(n, device=device, dtype=dtype)
+        if self.stratified:
+            u = (self.rank * n + torch.arange(n, device=device, dtype=u.dtype) + u) / (self.world * n)
+        return u
+
+    def quantile(self, u: Tensor) -> Tensor:
+        """The inverse distribution function: t with P(T <= t) = u."""
         raise NotImplementedError
+
+    def __call__(self, n: int, device=None, dtype=None) -> Tensor:
+        return self.quantile(self.uniforms(n, device, dtype))
 
     def state_dict(self) -> dict:
         return {}
@@ -31,18 +78,14 @@ class TimeSampler:
 
 
 class UniformTimes(TimeSampler):
-    """t ~ U[t_min, t_max]; ``stratified`` puts exactly one of the n times in each of n equal bins."""
+    """t ~ U[t_min, t_max]."""
 
     def __init__(self, t_min: float, t_max: float, stratified: bool = False):
-        super().__init__(t_min, t_max)
+        super().__init__(t_min, t_max, stratified)
         if not self.t_min < self.t_max:
             raise ValueError(f"need t_min < t_max, got [{self.t_min}, {self.t_max}]")
-        self.stratified = stratified
 
-    def __call__(self, n, device=None, dtype=None):
-        u = torch.rand(n, device=device, dtype=dtype)
-        if self.stratified:
-            u = (torch.arange(n, device=device, dtype=u.dtype) + u) / n
+    def quantile(self, u):
         return self.t_min + (self.t_max - self.t_min) * u
 
 
@@ -53,7 +96,220 @@ class FixedTime(TimeSampler):
         super().__init__(t, t)
 
     def __call__(self, n, device=None, dtype=None):
+        import torch
         return torch.full((n,), self.t_min, device=device, dtype=dtype)
 
+    def quantile(self, u):
+        return u * 0 + self.t_min
 
-__all__ = ["FixedTime", "TimeSampler", "UniformTimes"]
+
+def log_grid(t_min: float, t_max: float, points: int = GRID) -> Tensor:
+    """``points`` times from t_min to t_max, log-spaced (dense where densities like 1/t are steep), float64."""
+    import torch
+    return torch.logspace(math.log10(t_min), math.log10(t_max), points, dtype=torch.float64)
+
+
+class TabulatedTimes(TimeSampler):
+    """A distribution given by its (unnormalised, increasing) distribution function ``cdf`` on a log-spaced
+    grid of [t_min, t_max], inverted by linear interpolation (a piecewise-constant density per cell)."""
+
+    def __init__(self, t_min: float, t_max: float, cdf: Callable[[Tensor], Tensor], stratified: bool = False):
+        super().__init__(t_min, t_max, stratified)
+        self.grid = log_grid(self.t_min, self.t_max)
+        values = cdf(self.grid)
+        values = values - values[0]
+        if not (values[-1] > 0) or bool((values[1:] < values[:-1]).any()):
+            raise UserError(f"time sampler: the distribution function on [{t_min}, {t_max}] is not increasing "
+                            "(no mass in the range?)")
+        self.cdf = values / values[-1]
+
+    def quantile(self, u):
+        import torch
+        u64 = u.double().clamp(0, 1)
+        cdf = self.cdf.to(u64.device)
+        grid = self.grid.to(u64.device)
+        i = torch.searchsorted(cdf, u64, right=True).clamp(1, len(cdf) - 1)
+        lo, hi = cdf[i - 1], cdf[i]
+        frac = torch.where(hi > lo, (u64 - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(u64))
+        t = grid[i - 1] + frac * (grid[i] - grid[i - 1])
+        return t.to(u.dtype).clamp(self.t_min, self.t_max)
+
+    def pdf(self, t: Tensor) -> Tensor:
+        """The normalised density of the tabulated distribution at t (for tests and pictures)."""
+        import torch
+        t64 = t.double()
+        grid, cdf = self.grid.to(t64.device), self.cdf.to(t64.device)
+        i = torch.searchsorted(grid, t64, right=True).clamp(1, len(grid) - 1)
+        return ((cdf[i] - cdf[i - 1]) / (grid[i] - grid[i - 1])).to(t.dtype)
+
+
+class PiecewiseTimes(TimeSampler):
+    """Shares ``weights`` of the draws in the bins between ``edges`` (increasing, from t_min to t_max),
+    uniform in t inside a bin. The weights may change during training (``set_weights``)."""
+
+    def __init__(self, edges, weights, stratified: bool = False):
+        import torch
+        self.edges = torch.as_tensor(edges, dtype=torch.float64)
+        super().__init__(float(self.edges[0]), float(self.edges[-1]), stratified)
+        if len(self.edges) < 2 or bool((self.edges[1:] <= self.edges[:-1]).any()):
+            raise UserError(f"time bins must be increasing, got {self.edges.tolist()}")
+        self.set_weights(weights)
+
+    def set_weights(self, weights) -> None:
+        import torch
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (len(self.edges) - 1,) or not bool(torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
+            raise UserError(f"time-bin shares must be {len(self.edges) - 1} non-negative numbers with a positive "
+                            f"sum, got {w.tolist()}")
+        self.weights = w / w.sum()
+        self.cum = torch.cat([w.new_zeros(1), self.weights.cumsum(0)])
+        self.cum[-1] = 1.0
+
+    def quantile(self, u):
+        import torch
+        u64 = u.double().clamp(0, 1)
+        cum, edges = self.cum.to(u64.device), self.edges.to(u64.device)
+        k = (torch.searchsorted(cum, u64, right=True) - 1).clamp(0, len(edges) - 2)
+        share = (cum[k + 1] - cum[k]).clamp_min(1e-300)
+        frac = ((u64 - cum[k]) / share).clamp(0, 1)
+        return (edges[k] + frac * (edges[k + 1] - edges[k])).to(u.dtype)
+
+    def bin_of(self, t: Tensor) -> Tensor:
+        import torch
+        return torch.bucketize(t.double(), self.edges[1:-1].to(t.device), right=True)
+
+    def state_dict(self) -> dict:
+        return {"weights": self.weights.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "weights" in state:
+            self.set_weights(state["weights"])
+
+
+def log_snr(sde: SDE, t: Tensor) -> Tensor:
+    """lambda(t) = log(alpha_t^2 / sigma_t^2), decreasing in t for every SDE here."""
+    return 2 * (sde.alpha(t).log() - sde.sigma(t).log())
+
+
+# -- the plug-ins ----------------------------------------------------------------------------------
+
+@dataclass
+class TimePlugin(Plugin):
+    """Base of the time samplers: ``bind`` gives the sampler of one time range."""
+
+    stratified: bool = option(False, "one time per stratum of the batch (strata spread over the DDP ranks of a "
+                              "group) instead of independent draws")
+
+    def bind(self, sde: SDE, t_min: float, t_max: float) -> TimeSampler:
+        return TabulatedTimes(t_min, t_max, lambda t: self.cdf(sde, t), self.stratified)
+
+    def cdf(self, sde: SDE, t: Tensor) -> Tensor:
+        """An unnormalised, increasing distribution function of the times on [eps, T] (float64 t)."""
+        raise NotImplementedError
+
+
+@TIME_SAMPLERS.register("uniform")
+@dataclass
+class Uniform(TimePlugin):
+    """t ~ U[t_min, t_max]."""
+
+    def bind(self, sde, t_min, t_max):
+        return UniformTimes(t_min, t_max, self.stratified)
+
+    def cdf(self, sde, t):
+        return t
+
+
+@TIME_SAMPLERS.register("lognormal")
+@dataclass
+class LogNormal(TimePlugin):
+    """ln(sigma_t / alpha_t) ~ N(p_mean, p_std), truncated to the time range (EDM)."""
+
+    p_mean: float = option(-1.2, "lognormal time sampler: mean of ln(sigma_t / alpha_t) (EDM images -1.2, EDM2's "
+                           "2-D toy -2.3)")
+    p_std: float = option(1.2, "lognormal time sampler: std of ln(sigma_t / alpha_t) (EDM images 1.2, EDM2's 2-D "
+                          "toy 1.5)")
+
+    def validate(self):
+        if not self.p_std > 0:
+            raise UserError(f"--p-std must be > 0, got {self.p_std}")
+
+    def cdf(self, sde, t):
+        import torch
+        z = (-0.5 * log_snr(sde, t) - self.p_mean) / self.p_std
+        return torch.special.ndtr(z)
+
+
+@TIME_SAMPLERS.register("likelihood")
+@dataclass
+class LikelihoodTimes(TimePlugin):
+    """Density proportional to g^2 / sigma^2 (the likelihood weighting as an importance density)."""
+
+    def cdf(self, sde, t):
+        import torch
+        density = sde.g2(t) / sde.sigma(t) ** 2
+        steps = (t[1:] - t[:-1]) * 0.5 * (density[1:] + density[:-1])
+        return torch.cat([t.new_zeros(1), steps.cumsum(0)])
+
+
+def parse_numbers(text: str, what: str) -> list[float]:
+    try:
+        values = [float(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{what} '{text}': expected comma-separated numbers") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise UserError(f"{what} '{text}': expected finite comma-separated numbers")
+    return values
+
+
+@TIME_SAMPLERS.register("bins")
+@dataclass
+class Bins(TimePlugin):
+    """Given shares of the draws between given times, uniform inside each bin."""
+
+    time_edges: str = option("0.1", "bins time sampler: inner bin edges in t, e.g. 0.02,0.1")
+    time_shares: str = option("0.5,0.5", "bins time sampler: share of the draws in each bin, e.g. 0.3,0.3,0.4")
+
+    def validate(self):
+        edges = parse_numbers(self.time_edges, "--time-edges")
+        shares = parse_numbers(self.time_shares, "--time-shares")
+        if len(shares) != len(edges) + 1:
+            raise UserError(f"--time-shares needs {len(edges) + 1} shares for {len(edges)} inner edges, got "
+                            f"{len(shares)}")
+        if any(s < 0 for s in shares) or sum(shares) <= 0:
+            raise UserError(f"--time-shares must be non-negative with a positive sum, got {self.time_shares}")
+        if any(b <= a for a, b in zip(edges[:-1], edges[1:])) or any(not 0 < e < 1 for e in edges):
+            raise UserError(f"--time-edges must be increasing and inside (0, 1), got {self.time_edges}")
+
+    def density_bins(self, t_min: float, t_max: float) -> tuple[list[float], list[float]]:
+        """The bins and shares restricted to [t_min, t_max] (shares in proportion to the overlap)."""
+        inner = parse_numbers(self.time_edges, "--time-edges")
+        shares = parse_numbers(self.time_shares, "--time-shares")
+        full = [0.0, *inner, math.inf]
+        edges, weights = [t_min], []
+        for (a, b), s in zip(zip(full[:-1], full[1:]), shares):
+            lo, hi = max(a, t_min), min(b, t_max)
+            if hi > lo:
+                width = (b if math.isfinite(b) else 1.0) - a
+                weights.append(s * (hi - lo) / width)
+                edges.append(hi)
+        return edges, weights
+
+    def bind(self, sde, t_min, t_max):
+        edges, weights = self.density_bins(t_min, t_max)
+        if sum(weights) <= 0:
+            raise UserError(f"--time-shares give no draws in [{t_min:g}, {t_max:g}]")
+        return PiecewiseTimes(edges, weights, self.stratified)
+
+    def cdf(self, sde, t):
+        import torch
+        edges, weights = self.density_bins(float(t[0]), float(t[-1]))
+        e = torch.tensor(edges, dtype=t.dtype)
+        cum = torch.cat([t.new_zeros(1), torch.tensor(weights, dtype=t.dtype).cumsum(0)])
+        k = torch.searchsorted(e, t, right=True).clamp(1, len(e) - 1)
+        frac = ((t - e[k - 1]) / (e[k] - e[k - 1])).clamp(0, 1)
+        return cum[k - 1] + frac * (cum[k] - cum[k - 1])
+
+
+__all__ = ["FixedTime", "PiecewiseTimes", "TIME_SAMPLERS", "TabulatedTimes", "TimePlugin", "TimeSampler",
+           "UniformTimes", "log_grid", "log_snr"]

@@ -25,7 +25,7 @@ from ..errors import UserError
 from ..methods.partitions import PARTITIONS, select_partition
 from ..methods.priors import PRIORS
 from ..methods.targets import TARGETS
-from ..registry import Registry, coerce, field_type, flag_of, option
+from ..registry import Registry, coerce, field_type, flag_of, option, options_of
 
 
 @dataclass
@@ -166,8 +166,16 @@ class LogSection:
     ckpt_every: int = option(500, "steps between checkpoints (a killed run loses at most this many)", locked=False)
     snapshot_every: int = option(0, "keep the EMA weights every N steps in snapshots/ (0: never), for "
                                  "quality-vs-time curves", locked=False)
+    tensorboard: bool = option(False, "also write the metrics log as TensorBoard event files in RUN/tensorboard "
+                               "(needs the extra: pip install scorefast[tensorboard])", locked=False)
 
     def validate(self) -> None:
+        if self.tensorboard:
+            try:
+                import tensorboard  # noqa: F401
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install 'scorefast[tensorboard]' "
+                                "(or pip install tensorboard)") from None
         from ..sampling import SAMPLERS
         for name in ("eval_every", "eval_samples", "eval_steps", "ckpt_every"):
             _at_least(self, name, 1)
@@ -283,7 +291,7 @@ class Config:
             flags.pop("intervals", None)  # --intervals 1 is one network
         for slot, registry in SLOTS.items():
             cls = registry.get(chosen[slot])
-            mine = {flag_of(f): f for f in dataclasses.fields(cls)}
+            mine = {flag_of(f): f for f in options_of(cls)}
             options = {}
             for flag, value in flags.items():
                 if FLAGS.get(flag) is None or FLAGS[flag].section != slot:
@@ -307,7 +315,7 @@ class Config:
             plugin = getattr(self, slot)
             if registry.flag:
                 out[registry.flag] = plugin.name
-            out.update({flag_of(f): getattr(plugin, f.name) for f in dataclasses.fields(plugin)})
+            out.update({flag_of(f): getattr(plugin, f.name) for f in options_of(plugin)})
         return out
 
     def to_dict(self) -> dict:
@@ -336,7 +344,7 @@ class Config:
                     flags[SLOTS[name].flag] = plugin.name
                 elif plugin.name == "single":
                     continue
-            known = {f.name: f for f in dataclasses.fields(owner)}
+            known = {f.name: f for f in options_of(owner)}
             for key, value in values.items():
                 if key not in known:
                     raise UserError(f"{where}: unknown key '{key}' in section '{name}'")

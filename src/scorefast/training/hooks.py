@@ -82,6 +82,32 @@ class MetricsLog(Hook):
                          "time": time.time(), **row})
 
 
+class TensorBoard(Hook):
+    """Writes the metrics log's rows also as TensorBoard scalars (loss, wall-clock, the periodic metric) in
+    ``folder``, one tag per network (``loss/net-0``, ...). Needs the ``tensorboard`` package (the extra
+    ``scorefast[tensorboard]``)."""
+
+    def __init__(self, folder: Path, every: int, net: int | str, writer: bool = True):
+        self.folder, self.every, self.net, self.writer = folder, every, net, writer
+        self.board = None
+
+    def start(self, state):
+        if self.writer:
+            from torch.utils.tensorboard import SummaryWriter
+            self.board = SummaryWriter(str(self.folder), flush_secs=10)
+
+    def step(self, state, row):
+        if self.board is not None and _due(state, self.every):
+            self.board.add_scalar(f"loss/net-{self.net}", state.loss, state.step)
+            self.board.add_scalar(f"wall_seconds/net-{self.net}", state.wall, state.step)
+            if "metric" in row:
+                self.board.add_scalar(f"{row['metric_name']}/net-{self.net}", row["metric"], state.step)
+
+    def end(self, state):
+        if self.board is not None:
+            self.board.close()
+
+
 class Progress(Hook):
     """A tqdm bar over the step budget, showing the running loss and the latest metric."""
 
@@ -104,4 +130,4 @@ class Progress(Hook):
         self.bar.close()
 
 
-__all__ = ["Checkpointer", "MetricsLog", "PeriodicMetric", "Progress", "Snapshots"]
+__all__ = ["Checkpointer", "MetricsLog", "PeriodicMetric", "Progress", "Snapshots", "TensorBoard"]

@@ -30,7 +30,7 @@ from ..sde import SDE
 from ..time_sampling import FixedTime, UniformTimes
 from . import launcher
 from .config import Config
-from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots
+from .hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit
 from .optim import EMA, Optimiser
@@ -159,6 +159,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
              Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
              checkpointer,
              MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
+             *([TensorBoard(run.path / "tensorboard", cfg.log.eval_every, job.index, writer)]
+               if cfg.log.tensorboard else []),
              Progress(budget.steps, f"train net {job.index}" if cfg.partition.piecewise else "train",
                       progress and writer)]
     try:
@@ -275,6 +277,7 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
     run = RunDir(cfg.log.out)
     if resume:
         cfg = run.resume(cfg)
+        run.tidy()
     else:
         run.check_new()
     threads = torch.get_num_threads()
@@ -334,8 +337,7 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     np.save(run.path / "samples.npy", samples.numpy())
     plot_samples(samples.numpy(), run.path / "samples.png", title=f"{cfg.data.spec}: {cfg.target.name}, T={cfg.sde.T}",
                  reference=ctx.test.x.numpy() if ctx.train.kind == "points" else None)
-    if (run.path / "metrics.jsonl").exists():
-        plot_metrics(run.path / "metrics.jsonl", run.path / "metrics.png")
+    plot_metrics(run.metrics(), run.path / "metrics.png")
     run.write_summary(summary)
     return summary
 

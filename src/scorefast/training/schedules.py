@@ -1,0 +1,157 @@
+"""Weight averages and learning-rate schedules, as registered plug-ins (pure arithmetic on the step).
+
+``--ema-profile NAME`` gives the EMA's decay at optimiser step n: 'fixed' (today's: min(ema,
+(1 + n) / (10 + n))), 'power' (EDM2's power function, Karras et al. 2024: decay (1 - 1/n)^(gamma + 1),
+an average over a fixed fraction of the run so far, set by its relative standard deviation, whatever
+the run's length), 'warmup' (k-diffusion's EMAWarmup: 1 - (1 + n)^-power, capped). ``--lr-schedule``
+gives the learning rate at step n, after the linear warm-up of ``--warmup`` steps: 'constant',
+'rsqrt' (EDM2: lr / sqrt(max(n / ref, 1))) and 'cosine' (to lr_min_ratio x lr at the last step).
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..registry import Plugin, Registry, option
+
+EMA_PROFILES = Registry("EMA profile", flag="ema_profile")
+LR_SCHEDULES = Registry("learning-rate schedule", flag="lr_schedule")
+
+
+class EMAProfile(Plugin):
+    """decay(n): the weight the average keeps at optimiser step n (1-based)."""
+
+    def decay(self, n: int) -> float:
+        raise NotImplementedError
+
+
+@EMA_PROFILES.register("fixed")
+@dataclass
+class FixedEMA(EMAProfile):
+    """min(ema, (1 + n) / (10 + n)): a fixed decay with the usual warm-up."""
+
+    ema: float = option(0.999, "EMA decay of the weights used for sampling (with the usual (1+n)/(10+n) warm-up)",
+                        locked=False)
+
+    def validate(self):
+        if not 0 <= self.ema < 1:
+            raise UserError(f"--ema must be in [0, 1), got {self.ema}")
+
+    def decay(self, n):
+        return min(self.ema, (1 + n) / (10 + n))
+
+
+def power_gamma(std: float) -> float:
+    """The exponent gamma of EDM2's power-function average with relative standard deviation ``std``:
+    std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)), solved by bisection (std in (0, 0.2887))."""
+    def rel_std(g: float) -> float:
+        return math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))
+    lo, hi = -1 + 1e-12, 1e6  # rel_std decreases from sqrt(1/12) = 0.2887 towards 0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if rel_std(mid) > std else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+@EMA_PROFILES.register("power")
+@dataclass
+class PowerEMA(EMAProfile):
+    """EDM2's power-function EMA: decay (1 - 1/n)^(gamma + 1); the average at step n weighs step k like
+    k^gamma, with relative standard deviation ``ema_std`` of its profile."""
+
+    ema_std: float = option(0.05, "power EMA: relative standard deviation of the averaging profile (EDM2 uses "
+                            "0.05-0.15)", locked=False)
+
+    def validate(self):
+        if not 0 < self.ema_std < math.sqrt(1 / 12):
+            raise UserError(f"--ema-std must be in (0, 0.2887), got {self.ema_std}")
+
+    def decay(self, n):
+        return (1 - 1 / n) ** (power_gamma(self.ema_std) + 1) if n > 1 else 0.0
+
+
+@EMA_PROFILES.register("warmup")
+@dataclass
+class WarmupEMA(EMAProfile):
+    """k-diffusion's EMAWarmup: decay 1 - (1 + n)^-ema_power, at most ema_max."""
+
+    ema_power: float = option(2 / 3, "warm-up EMA: exponent (2/3 suits runs of about 1M steps, 3/4 shorter ones)",
+                              locked=False)
+    ema_max: float = option(0.9999, "warm-up EMA: largest decay", locked=False)
+
+    def validate(self):
+        if not self.ema_power > 0:
+            raise UserError(f"--ema-power must be > 0, got {self.ema_power}")
+        if not 0 <= self.ema_max < 1:
+            raise UserError(f"--ema-max must be in [0, 1), got {self.ema_max}")
+
+    def decay(self, n):
+        return min(self.ema_max, max(0.0, 1 - (1 + n) ** -self.ema_power))
+
+
+class LRSchedule(Plugin):
+    """factor(n, total): the learning rate at step n is lr x warm-up(n) x factor(n, total)."""
+
+    needs_total = False
+
+    def factor(self, n: int, total: int | None) -> float:
+        raise NotImplementedError
+
+
+@LR_SCHEDULES.register("constant")
+@dataclass
+class Constant(LRSchedule):
+    """The learning rate stays at --lr (after the warm-up)."""
+
+    def factor(self, n, total):
+        return 1.0
+
+
+@LR_SCHEDULES.register("rsqrt")
+@dataclass
+class RSqrt(LRSchedule):
+    """EDM2's inverse square root: 1 / sqrt(max(n / lr_ref_steps, 1))."""
+
+    lr_ref_steps: int = option(2000, "rsqrt schedule: the step after which the rate decays as 1/sqrt(step)",
+                               locked=False)
+
+    def validate(self):
+        if self.lr_ref_steps < 1:
+            raise UserError(f"--lr-ref-steps must be >= 1, got {self.lr_ref_steps}")
+
+    def factor(self, n, total):
+        return 1 / math.sqrt(max(n / self.lr_ref_steps, 1.0))
+
+
+@LR_SCHEDULES.register("cosine")
+@dataclass
+class Cosine(LRSchedule):
+    """Cosine decay over the run's steps to lr_min_ratio x lr at the last one."""
+
+    needs_total = True
+    lr_min_ratio: float = option(0.1, "cosine schedule: final learning rate as a fraction of --lr", locked=False)
+
+    def validate(self):
+        if not 0 <= self.lr_min_ratio <= 1:
+            raise UserError(f"--lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
+
+    def factor(self, n, total):
+        progress = min(1.0, n / max(total, 1))
+        return self.lr_min_ratio + (1 - self.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def learning_rate(lr: float, warmup: int, schedule: LRSchedule, total: int | None):
+    """rate(n) for optimiser step n (1-based): lr x min(1, n / warmup) x schedule.factor(n, total)."""
+    if schedule.needs_total and total is None:
+        raise UserError(f"--lr-schedule {schedule.name} needs the run's length: give --steps")
+
+    def rate(n: int) -> float:
+        ramp = min(1.0, n / warmup) if warmup else 1.0
+        return lr * ramp * schedule.factor(n, total)
+    return rate
+
+
+__all__ = ["EMA_PROFILES", "EMAProfile", "LR_SCHEDULES", "LRSchedule", "learning_rate", "power_gamma"]
