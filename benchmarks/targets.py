@@ -7,8 +7,9 @@ Two set-ups (VP SDE, Adam, float32, batch drawn with replacement, t ~ U[eps, 1] 
   2-D      checkerboard, 10,000 points, TimeMLP 3x128, batch 512, reference 1,024
   digits   8x8 digits (the 80 % training split, 1,437 images, flattened to d = 64), TimeMLP 3x256,
            batch 256, reference 1,024
-Variants: DSM (losses.DSMLoss), 'empirical' (today's methods.embedding.ReferenceMixture), STF
-(estimators.ReferenceBatchTarget), the exact target over all N points, the nearest-neighbour target
+Variants: DSM (losses.DSMLoss), STF (estimators.ReferenceBatchTarget, what --method empirical uses; the
+'empirical' row of results/targets.txt is the mixture it replaced), the exact target over all N points, the
+nearest-neighbour target
 (estimators.NearestNeighbourTarget, k and tail draws as listed), STF and k-NN also inside a sigma band
 (DSM's target outside), and k-NN below a sigma with STF above it (``outside``).
 Every non-DSM variant is trained through methods.embedding.TargetRegressionLoss (the regression w(t) || sigma (s_theta -
@@ -51,15 +52,10 @@ def setups(quick: bool) -> dict[str, dict]:
 
 def variants(sde, data: torch.Tensor, reference: int, band: tuple[float, float], ks: list[int],
              tails: list[int], split: float) -> dict[str, object | None]:
-    """name -> estimator (None: DSM). Imports of the estimators stay here so that the DSM and
-    'empirical' rows also run against a checkout that predates estimators.py (for a before/after)."""
-    from scorefast.methods.embedding import ReferenceMixture
+    """name -> estimator (None: DSM); 'stf' is what --method empirical trains on."""
+    from scorefast.estimators import NearestNeighbourTarget, ReferenceBatchTarget
 
-    out: dict[str, object | None] = {"dsm": None, "empirical (today)": ReferenceMixture(sde, data, 0.0, reference)}
-    try:
-        from scorefast.estimators import NearestNeighbourTarget, ReferenceBatchTarget
-    except ImportError:
-        return out
+    out: dict[str, object | None] = {"dsm": None}
     out["stf"] = ReferenceBatchTarget(sde, data, reference)
     out["exact (all N points)"] = ReferenceBatchTarget(sde, data, len(data))
     out["stf, band"] = ReferenceBatchTarget(sde, data, reference, band=band)

@@ -37,7 +37,7 @@ def test_registry_keeps_names_beside_classes_and_refuses_bad_use():
 
 
 def test_every_flag_has_help_and_one_home():
-    assert set(SELECTORS) == {"method", "prior"}
+    assert set(SELECTORS) == {"method", "prior", "time_sampler", "weighting", "ema_profile", "lr_schedule"}
     for name, spec in FLAGS.items():
         assert spec.help and name not in SELECTORS
         assert all(f.metadata["help"] for _, f in spec.owners)

@@ -76,8 +76,8 @@ def test_empirical_reference_batch_contains_the_batch():
     sde, x = make_sde("vp"), toy(200)
     loss, info = make_loss("empirical", sde, x, t_min=0.01, t_max=sde.T, reference_size=50)
     assert info["reference_size"] == 50
-    target = loss.provider.for_batch(x[:10])
-    assert target.centres.shape == (50, 2) and torch.equal(target.centres[:10], x[:10])
+    reference = loss.provider.reference(x[:10])[:, :2]  # the augmented centres [c, 1, |c|^2]
+    assert reference.shape == (50, 2) and torch.equal(reference[:10], x[:10])
 
 
 def test_fp_embed_transport_is_forward_euler_of_the_probability_flow():
@@ -100,7 +100,7 @@ def test_fp_embed_transport_is_forward_euler_of_the_probability_flow():
 
 def test_factory_rejects_bad_methods_and_dimensions():
     sde = make_sde("vp")
-    with pytest.raises(UserError, match="dsm, fp-regress, empirical, fp-embed"):
+    with pytest.raises(UserError, match="dsm, fp-regress, empirical, knn, fp-embed"):
         make_loss("dsm-ish", sde, toy(), t_min=0.01, t_max=1.0)
     with pytest.raises(UserError, match="--method empirical") as err:
         make_loss("fp-regress", sde, toy(d=5), t_min=0.01, t_max=1.0)

@@ -275,7 +275,7 @@ def parse_numbers(text: str, what: str) -> list[float]:
 class Bins(TimePlugin):
     """Given shares of the draws between given times, uniform inside each bin."""
 
-    time_edges: str = option("0.1", "bins time sampler: inner bin edges in t, e.g. 0.02,0.1")
+    time_edges: str = option("0.1", "bins time sampler: inner bin edges in t, e.g. 0.02,0.1 (the bins split [eps, T])")
     time_shares: str = option("0.5,0.5", "bins time sampler: share of the draws in each bin, e.g. 0.3,0.3,0.4")
 
     def validate(self):
@@ -289,29 +289,28 @@ class Bins(TimePlugin):
         if any(b <= a for a, b in zip(edges[:-1], edges[1:])) or any(not 0 < e < 1 for e in edges):
             raise UserError(f"--time-edges must be increasing and inside (0, 1), got {self.time_edges}")
 
-    def density_bins(self, t_min: float, t_max: float) -> tuple[list[float], list[float]]:
-        """The bins and shares restricted to [t_min, t_max] (shares in proportion to the overlap)."""
-        inner = parse_numbers(self.time_edges, "--time-edges")
+    def density_bins(self, sde: SDE, t_min: float, t_max: float) -> tuple[list[float], list[float]]:
+        """The bins of [eps, T] and their shares, restricted to [t_min, t_max] (in proportion to the overlap)."""
+        inner = [e for e in parse_numbers(self.time_edges, "--time-edges") if sde.eps < e < sde.T]
         shares = parse_numbers(self.time_shares, "--time-shares")
-        full = [0.0, *inner, math.inf]
+        full = [sde.eps, *inner, sde.T]
         edges, weights = [t_min], []
         for (a, b), s in zip(zip(full[:-1], full[1:]), shares):
             lo, hi = max(a, t_min), min(b, t_max)
             if hi > lo:
-                width = (b if math.isfinite(b) else 1.0) - a
-                weights.append(s * (hi - lo) / width)
+                weights.append(s * (hi - lo) / (b - a))
                 edges.append(hi)
         return edges, weights
 
     def bind(self, sde, t_min, t_max):
-        edges, weights = self.density_bins(t_min, t_max)
+        edges, weights = self.density_bins(sde, t_min, t_max)
         if sum(weights) <= 0:
             raise UserError(f"--time-shares give no draws in [{t_min:g}, {t_max:g}]")
         return PiecewiseTimes(edges, weights, self.stratified)
 
     def cdf(self, sde, t):
         import torch
-        edges, weights = self.density_bins(float(t[0]), float(t[-1]))
+        edges, weights = self.density_bins(sde, float(t[0]), float(t[-1]))
         cum = torch.cat([t.new_zeros(1), torch.tensor(weights, dtype=t.dtype).cumsum(0)])
         return interp(t, torch.tensor(edges, dtype=t.dtype), cum)
 

@@ -5,11 +5,8 @@ The training-target plug-ins in ``targets`` build them. Every loss here follows 
 
 - ``fp-regress``: ``ScoreRegressionLoss`` onto the Fokker-Planck grid score (d <= 3):
   w(t) || sigma_t (s_theta(x_t, t) - s_grid(x_t, t)) ||^2, x_t = alpha_t x0 + sigma_t z.
-- ``empirical``: the same regression onto the closed-form score of the diffused KDE
-  (1/N) sum_i N(alpha_t x_i, (alpha_t^2 h^2 + sigma_t^2) I), any dimension, over the whole data set
-  or, when it has more than ``reference_size`` points, over a reference batch made of the current
-  batch plus random other points (the Stable Target Field estimator, Xu et al. 2023). Its default
-  bandwidth is h = 0, the empirical distribution itself: the target DSM estimates with noise.
+- ``empirical`` / ``knn``: the same regression onto the posterior-mean targets of ``estimators``
+  (a reference batch, the nearest neighbours).
 - ``fp-embed``: the paper's transport embedding. Per batch, ``bins`` stratified times
   t_1 < ... < t_N (one per equal bin of [t_min, t_max]) are drawn, every example gets a bin n
   (stratified over the batch), and x0 is carried by forward Euler steps of the probability-flow ODE
@@ -30,15 +27,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..analytic import MixtureScore
 from ..errors import UserError
 from ..losses import DSMLoss, ScoreRegressionLoss
 from ..sde import SDE, ScoreFn, append_dims
 from .fokker_planck import paper_image_score
 
 Tensor = torch.Tensor
-
-_MIXTURE_ELEMENTS = 2**24  # batch x centres per chunk of the mixture score
 
 
 class FixedTarget:
@@ -49,32 +43,6 @@ class FixedTarget:
 
     def for_batch(self, x0: Tensor) -> ScoreFn:
         return self.fn
-
-
-class ReferenceMixture:
-    """Closed-form KDE-mixture score over the data, or over the batch plus random other points.
-
-    With N <= ``reference_size`` the centres are the whole data set (the exact score of the diffused
-    KDE); otherwise each batch gets centres = x0 batch + (reference_size - B) random data points, so
-    every example's own x0 is among them (Stable Target Field).
-    """
-
-    def __init__(self, sde: SDE, data: Tensor, bandwidth: float, reference_size: int, seed: int = 0):
-        self.sde, self.data, self.bandwidth = sde, data, float(bandwidth)
-        self.reference_size = int(reference_size)
-        self.generator = torch.Generator(device=data.device).manual_seed(seed)
-        self.full = self._mixture(data) if len(data) <= self.reference_size else None
-
-    def _mixture(self, centres: Tensor, batch: int = 512) -> MixtureScore:
-        chunk = max(1, _MIXTURE_ELEMENTS // batch)
-        return MixtureScore(self.sde, centres, self.bandwidth, chunk=chunk).to(centres.device)
-
-    def for_batch(self, x0: Tensor) -> ScoreFn:
-        if self.full is not None:
-            return self.full
-        extra = max(0, self.reference_size - len(x0))
-        idx = torch.randint(0, len(self.data), (extra,), generator=self.generator, device=self.data.device)
-        return self._mixture(torch.cat([x0, self.data[idx]]), batch=len(x0))
 
 
 class PaperImageTarget:
@@ -150,4 +118,4 @@ class FPEmbedLoss(DSMLoss):
         return self.reduce(self.residual(model, x0, xn + sigma * noise, t, noise), t)
 
 
-__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "ReferenceMixture", "TargetRegressionLoss"]
+__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "TargetRegressionLoss"]

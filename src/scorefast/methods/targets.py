@@ -9,7 +9,8 @@ its precomputation cost, so that a time-to-quality comparison counts it:
 - ``fp-regress``: regression onto the Fokker-Planck grid score of the data's KDE (d <= 3): a
   zero-variance target (Na et al. 2024, made consistent; docs/methods.md 1.4).
 - ``empirical``: regression onto the closed-form score of the diffused KDE over a reference batch
-  (Stable Target Field, Xu et al. 2023), any dimension.
+  (Stable Target Field, Xu et al. 2023), any dimension, optionally only inside a sigma band.
+- ``knn``: the same over the k nearest training points of x_t (Niedoba et al. 2024).
 - ``fp-embed``: the score-embedding paper's transport embedding (its published form, see
   ``embedding.FPEmbedLoss``); ``--fp-variant paper`` reproduces the published per-image construction.
 
@@ -76,12 +77,13 @@ def _check_bandwidth(bandwidth: float | None) -> None:
         raise UserError(f"--bandwidth must be >= 0, got {bandwidth}")
 
 
-def _reference(sde, x, bandwidth: float | None, reference_size: int, seed: int):
-    """A reference-mixture provider (bandwidth 0 unless given: the empirical distribution itself)."""
-    from .embedding import ReferenceMixture
+def _reference(sde, x, bandwidth: float | None, reference_size: int, band=None):
+    """The reference-batch (Stable Target Field) provider; bandwidth 0 unless given: the empirical distribution."""
+    from ..estimators import ReferenceBatchTarget
     h = 0.0 if bandwidth is None else float(bandwidth)
-    info = {"source": "mixture", "bandwidth": h, "reference_size": min(reference_size, len(x))}
-    return ReferenceMixture(sde, x, h, reference_size, seed), info
+    size = min(reference_size, len(x))
+    info = {"source": "reference batch", "bandwidth": h, "reference_size": size, "band": band}
+    return ReferenceBatchTarget(sde, x, size, bandwidth=h, band=band), info
 
 
 def _grid(sde, x, grid: int, steps: int, bandwidth: float | None, progress: bool):
@@ -101,10 +103,34 @@ def _regression(sde, provider, times, weighting):
     """Regression onto a provider's score: one fixed field, or a field per batch."""
     from ..losses import ScoreRegressionLoss
     from .embedding import FixedTarget, TargetRegressionLoss
-    if isinstance(provider, FixedTarget) or getattr(provider, "full", None) is not None:
-        fixed = provider.fn if isinstance(provider, FixedTarget) else provider.full
-        return ScoreRegressionLoss(sde, target=fixed, weighting=weighting, times=times)
+    if isinstance(provider, FixedTarget):
+        return ScoreRegressionLoss(sde, target=provider.fn, weighting=weighting, times=times)
     return TargetRegressionLoss(sde, provider, weighting=weighting, times=times)
+
+
+@dataclass
+class BandOptions:
+    """Options of the targets that can be restricted to a band of noise levels (DSM's target outside)."""
+
+    sigma_lo: float | None = option(None, "lower end of the sigma band where the target is used (DSM's target "
+                                    "outside; default: no band)")
+    sigma_hi: float | None = option(None, "upper end of the sigma band (default: the SDE's sigma at T)")
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sigma_lo is not None and not self.sigma_lo > 0:
+            raise UserError(f"--sigma-lo must be > 0, got {self.sigma_lo}")
+        if self.sigma_hi is not None and not self.sigma_hi > 0:
+            raise UserError(f"--sigma-hi must be > 0, got {self.sigma_hi}")
+        if None not in (self.sigma_lo, self.sigma_hi) and not self.sigma_lo < self.sigma_hi:
+            raise UserError(f"--sigma-lo {self.sigma_lo} must be below --sigma-hi {self.sigma_hi}")
+
+    def band(self, sde) -> tuple[float, float] | None:
+        if self.sigma_lo is None and self.sigma_hi is None:
+            return None
+        import torch
+        top = float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64)))
+        return (1e-12 if self.sigma_lo is None else self.sigma_lo, top if self.sigma_hi is None else self.sigma_hi)
 
 
 @dataclass
@@ -143,23 +169,65 @@ class FPRegress(GridOptions, Target):
 
 @TARGETS.register("empirical")
 @dataclass
-class Empirical(Target):
-    """Regression onto the closed-form score of the diffused KDE over a reference batch, any dimension."""
+class Empirical(BandOptions, Target):
+    """Regression onto the closed-form score of the diffused KDE over a reference batch - Stable Target Field
+    (Xu et al. 2023) as published: the batch plus random training points, redrawn each step - any dimension."""
 
-    reference_size: int = option(1024, "data points in the closed-form mixture target (the batch plus random "
-                                 "others, redrawn each step; the whole data set when it is smaller)")
+    reference_size: int = option(1024, "data points in the reference batch of the empirical target (the batch plus "
+                                 "random others, redrawn each step; the whole data set when it is smaller)")
     bandwidth: float | None = option(None, "KDE bandwidth of the initial density (default: Scott's rule for the "
                                      "grid methods, 0 - the data's own distribution - for empirical)")
 
     def validate(self):
+        super().validate()
         if self.reference_size < 1:
             raise UserError(f"--reference-size must be >= 1, got {self.reference_size}")
         _check_bandwidth(self.bandwidth)
+        if self.bandwidth and (self.sigma_lo is not None or self.sigma_hi is not None):
+            raise UserError("a sigma band falls back to DSM's target, the score of the data itself: it needs "
+                            f"--bandwidth 0, got {self.bandwidth}")
 
     @_timed
     def build(self, sde, x, times, *, weighting, seed, progress):
-        provider, info = _reference(sde, x, self.bandwidth, self.reference_size, seed)
+        provider, info = _reference(sde, x, self.bandwidth, self.reference_size, self.band(sde))
         return _regression(sde, provider, times, weighting), info
+
+
+@TARGETS.register("knn")
+@dataclass
+class KNN(BandOptions, Target):
+    """Regression onto the posterior mean over the k training points nearest to x_t / alpha_t (Niedoba et al.
+    2024), found by an exact search: the cost after the search grows with k, not with the data."""
+
+    neighbours: int = option(32, "knn target: nearest training points in the target")
+    knn_tail: int = option(0, "knn target: uniform draws from the other points, the own example included (exactly "
+                           "unbiased, noisier)")
+    knn_search: str = option("auto", "knn target: exact search: auto (k-d tree up to d = 16 on CPU), tree, brute",
+                             choices=("auto", "tree", "brute"))
+    knn_outside: int = option(0, "knn target: outside the sigma band use the reference-batch target of this size "
+                              "instead of DSM's (0: DSM's)")
+
+    def validate(self):
+        super().validate()
+        if self.neighbours < 1:
+            raise UserError(f"--neighbours must be >= 1, got {self.neighbours}")
+        if self.knn_tail < 0 or self.knn_outside < 0:
+            raise UserError("--knn-tail and --knn-outside must be >= 0")
+        if self.knn_search not in ("auto", "tree", "brute"):
+            raise UserError(f"unknown --knn-search '{self.knn_search}'; choose one of auto, tree, brute")
+        if self.knn_outside and self.sigma_lo is None and self.sigma_hi is None:
+            raise UserError("--knn-outside needs a sigma band (--sigma-lo / --sigma-hi)")
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        from ..estimators import NearestNeighbourTarget, ReferenceBatchTarget
+        if self.neighbours > len(x):
+            raise UserError(f"--neighbours {self.neighbours} is more than the {len(x)} training examples")
+        outside = ReferenceBatchTarget(sde, x, min(self.knn_outside, len(x))) if self.knn_outside else None
+        est = NearestNeighbourTarget(sde, x, self.neighbours, self.knn_tail, band=self.band(sde),
+                                     search=self.knn_search, outside=outside)
+        return _regression(sde, est, times, weighting), {"source": "nearest neighbours", "k": self.neighbours,
+                                                         "band": est.band}
 
 
 @TARGETS.register("fp-embed")
@@ -171,8 +239,8 @@ class FPEmbed(GridOptions, Target):
     fp_variant: str = option("sound", "sound (consistent scheme, default) or paper (the published construction, "
                              "defects included: images only)", choices=("sound", "paper"))
     embed_bins: int = option(10, "fp-embed: stratified time bins per batch (the published 10)")
-    reference_size: int = option(1024, "data points in the closed-form mixture target (the batch plus random "
-                                 "others, redrawn each step; the whole data set when it is smaller)")
+    reference_size: int = option(1024, "data points in the reference batch of the empirical target (the batch plus "
+                                 "random others, redrawn each step; the whole data set when it is smaller)")
 
     def validate(self):
         super().validate()
@@ -195,7 +263,7 @@ class FPEmbed(GridOptions, Target):
             provider = PaperImageTarget(sde, x, self.embed_bins)
             info = {"source": "paper-image", "fp_steps": self.embed_bins}
         elif x[0].numel() > MAX_GRID_DIM:
-            provider, info = _reference(sde, x, self.bandwidth, self.reference_size, seed)
+            provider, info = _reference(sde, x, self.bandwidth, self.reference_size)
         else:
             provider, info = _grid(sde, x, self.fp_grid, self.fp_steps, self.bandwidth, progress)
         loss = FPEmbedLoss(sde, provider, bins=self.embed_bins, weighting=weighting, t_min=times.t_min,
@@ -203,4 +271,4 @@ class FPEmbed(GridOptions, Target):
         return loss, {"variant": self.fp_variant, **info}
 
 
-__all__ = ["DSM", "Empirical", "FPEmbed", "FPRegress", "TARGETS", "Target"]
+__all__ = ["DSM", "Empirical", "FPEmbed", "FPRegress", "KNN", "TARGETS", "Target"]

@@ -413,6 +413,8 @@ class Config:
                 if isinstance(value, float) and not math.isfinite(value):
                     raise UserError(f"--{flag_of(f).replace('_', '-')} must be a finite number, got {value}")
             part.validate()
+        if getattr(self.lr_schedule, "needs_total", False) and self.budget.max_steps is None:
+            raise UserError(f"--lr-schedule {self.lr_schedule.name} needs the run's length: give --steps")
         if self.target.draws_own_times and not self.partition.time_conditioned:
             raise UserError(f"--method {self.target.name} draws its own training times; it cannot train "
                             "per-time-point networks")
