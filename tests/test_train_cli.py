@@ -227,7 +227,8 @@ def test_config_file_and_print_config(tmp_path, capsys):
                  "300", "--batch-size", "32", "--width", "16", "--eval-samples", "50", "--eval-steps", "5",
                  "--quiet"]) == 0
     saved = json.loads((run / "config.json").read_text())["config"]
-    assert saved["target"] == {"name": "empirical", "reference_size": 64, "bandwidth": None}
+    assert saved["target"] == {"name": "empirical", "reference_size": 64, "bandwidth": None, "sigma_lo": None,
+                               "sigma_hi": None}
     assert saved["budget"]["steps"] == 12 and saved["partition"]["intervals"] == 2
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 0.1\n")
