@@ -20,7 +20,8 @@ from .checkpoint import display_path
 from .datafiles import read_data_path
 from .errors import UserError
 
-BUILTIN_2D = ("moons", "8gaussians", "checkerboard", "swissroll", "pinwheel", "rings", "offcentre")
+BUILTIN_2D = ("moons", "8gaussians", "checkerboard", "swissroll", "pinwheel", "rings", "offcentre", "hashgrid",
+              "sharpbroad")
 BUILTIN_TOY = BUILTIN_2D + ("gaussian2d",)
 BUILTIN_IMAGES = ("digits", "digits32", "photos32")
 
@@ -155,6 +156,34 @@ def _offcentre(n: int, rng: np.random.Generator, seed: int) -> np.ndarray:
     return np.array(OFFCENTRE_MEANS)[k] + rng.standard_normal((n, 2)) * np.array(OFFCENTRE_STDS)[k, None]
 
 
+def _hashgrid(n: int, rng: np.random.Generator, seed: int) -> np.ndarray:
+    """The parallel-score-matching paper's 2-D density-estimation set (Haxholli & Lorenzi 2023): four thin
+    uniform bars (0.1 x 2.5) drawing a '#', and five Gaussians of variance 0.02 at its corners and centre;
+    the nine parts equally likely. Sharp edges and broad, flat mass together."""
+    k = rng.integers(0, 9, n)
+    u = rng.uniform(size=(n, 2))
+    bar_x = np.where(k % 2 == 0, 0.45, -0.45)  # bars 0, 1: vertical at x = +-0.45; bars 2, 3: horizontal
+    out = np.empty((n, 2))
+    vertical = k < 2
+    out[vertical] = np.stack([bar_x[vertical] - 0.05 + 0.1 * u[vertical, 0], -1.25 + 2.5 * u[vertical, 1]], 1)
+    horizontal = (k >= 2) & (k < 4)
+    out[horizontal] = np.stack([-1.25 + 2.5 * u[horizontal, 0], bar_x[horizontal] - 0.05 + 0.1 * u[horizontal, 1]], 1)
+    centres = np.array([[-1.25, -1.25], [-1.25, 1.25], [1.25, -1.25], [1.25, 1.25], [0.0, 0.0]])
+    blobs = k >= 4
+    out[blobs] = centres[k[blobs] - 4] + math.sqrt(0.02) * rng.standard_normal((int(blobs.sum()), 2))
+    return out
+
+
+def _sharpbroad(n: int, rng: np.random.Generator, seed: int) -> np.ndarray:
+    """The paper's other 2-D set: a broad Gaussian (variance 0.015) at the centre, 8 sharper ones (0.003) on a
+    circle of radius 0.45 and 16 very sharp ones (0.001) on radius 0.7, in proportions 45 : 80 : 48."""
+    part = rng.choice(3, size=n, p=np.array([45.0, 80.0, 48.0]) / 173.0)
+    angle = np.where(part == 1, np.pi * rng.integers(0, 8, n) / 4, np.pi * rng.integers(0, 16, n) / 8)
+    radius = np.choose(part, [0.0, 0.45, 0.7])
+    std = np.sqrt(np.choose(part, [0.015, 0.003, 0.001]))
+    return np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1) + std[:, None] * rng.standard_normal((n, 2))
+
+
 def _gaussian2d(n: int, rng: np.random.Generator, seed: int) -> np.ndarray:
     chol = np.linalg.cholesky(np.array(GAUSSIAN2D_COV))
     return np.array(GAUSSIAN2D_MEAN) + rng.standard_normal((n, 2)) @ chol.T
@@ -168,6 +197,8 @@ _TOYS = {
     "pinwheel": _pinwheel,
     "rings": _rings,
     "offcentre": _offcentre,
+    "hashgrid": _hashgrid,
+    "sharpbroad": _sharpbroad,
     "gaussian2d": _gaussian2d,
 }
 

@@ -329,14 +329,14 @@ class AdaptiveTimes(PiecewiseTimes):
     """
 
     def __init__(self, sde: SDE, t_min: float, t_max: float, bins: int = 16, floor: float = 0.2,
-                 smoothing: float = 0.5, stratified: bool = False):
+                 smoothing: float = 0.5, power: float = 1.0, stratified: bool = False):
         import torch
         lam = log_snr(sde, torch.tensor([t_min, t_max], dtype=torch.float64))
         levels = torch.linspace(float(lam[0]), float(lam[1]), bins + 1, dtype=torch.float64)
         grid = log_grid(t_min, t_max)
         edges = interp(-levels, -log_snr(sde, grid), grid)  # -log-SNR increases with t
         edges[0], edges[-1] = t_min, t_max
-        self.floor, self.smoothing = float(floor), float(smoothing)
+        self.floor, self.smoothing, self.power = float(floor), float(smoothing), float(power)
         self.base = torch.full((bins,), 1.0 / bins, dtype=torch.float64)
         super().__init__(edges, self.base, stratified)
         self.counts = torch.zeros(bins, dtype=torch.float64)
@@ -387,7 +387,7 @@ class AdaptiveTimes(PiecewiseTimes):
         if self.previous is not None:
             gain = (self.previous - bound) / self.counts.clamp_min(1.0)
             self.gain = self.smoothing * self.gain + (1 - self.smoothing) * gain
-            positive = self.gain.clamp_min(0)
+            positive = self.gain.clamp_min(0) ** self.power
             if positive.sum() > 0:
                 self.set_weights((1 - self.floor) * positive / positive.sum() + self.floor * self.base)
         self.previous = bound
@@ -415,6 +415,8 @@ class Adaptive(TimePlugin):
     adapt_floor: float = option(0.2, "adaptive time sampler: share of the draws kept uniform in log-SNR")
     adapt_probe: int = option(256, "adaptive time sampler: held-out examples of the probe set (kept out of "
                               "training)")
+    adapt_smoothing: float = option(0.5, "adaptive time sampler: weight of the past in the smoothed gains")
+    adapt_power: float = option(1.0, "adaptive time sampler: shares proportional to gain^power")
 
     def validate(self):
         if self.adapt_bins < 2:
@@ -427,7 +429,8 @@ class Adaptive(TimePlugin):
             raise UserError(f"--adapt-probe must be >= 1, got {self.adapt_probe}")
 
     def bind(self, sde, t_min, t_max):
-        return AdaptiveTimes(sde, t_min, t_max, self.adapt_bins, self.adapt_floor, stratified=self.stratified)
+        return AdaptiveTimes(sde, t_min, t_max, self.adapt_bins, self.adapt_floor, self.adapt_smoothing,
+                             self.adapt_power, stratified=self.stratified)
 
     def cdf(self, sde, t):
         return -log_snr(sde, t)  # before any measurement: uniform in log-SNR
