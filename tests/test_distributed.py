@@ -232,6 +232,7 @@ def test_ports_in_use_do_not_stop_a_local_launch(tmp_path):
             s.close()
 
 
+@pytest.mark.cpu_only
 @pytest.mark.slow
 def test_ddp_group_killed_and_resumed_ends_bitwise_equal(tmp_path):
     """One network, DDP over 2 workers: every rank's RNG is checkpointed, so a killed and resumed group draws

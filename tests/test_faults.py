@@ -96,6 +96,7 @@ def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(tmp_path):
     assert not list((out / "checkpoints").glob("*.tmp"))
 
 
+@pytest.mark.cpu_only
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_ends_bitwise_equal(tmp_path):
     steps, args = 400, ["--ckpt-every", "25", "--eval-every", "100", "--snapshot-every", "50", *BASE]
@@ -114,6 +115,7 @@ def test_sigkill_at_random_points_then_resume_ends_bitwise_equal(tmp_path):
     assert_bitwise_equal(weights(out), weights(ref))
 
 
+@pytest.mark.cpu_only
 @pytest.mark.slow
 @pytest.mark.parametrize("extra, phase_seconds", [
     (["--T", "0.4", "--prior", "flow", "--prior-fit", "before", "--prior-steps", "3000"], 1.5),

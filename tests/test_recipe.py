@@ -247,6 +247,7 @@ TINY = ["--data", "moons", "--n-data", "800", "--batch-size", "64", "--width", "
         "--eval-samples", "50", "--eval-steps", "5", "--quiet", "--ckpt-every", "50"]
 
 
+@pytest.mark.cpu_only
 @pytest.mark.slow
 def test_a_resumed_run_continues_the_adaptive_sampler_exactly(tmp_path):
     args = ["--time-sampler", "adaptive", "--adapt-every", "20", "--adapt-bins", "6", "--adapt-probe", "64", *TINY]

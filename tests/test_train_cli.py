@@ -73,6 +73,7 @@ def test_sample_nll_evaluate(trained, tmp_path, capsys):
     assert ev["swd"] > 0 and np.isfinite(ev["mmd"])
 
 
+@pytest.mark.cpu_only
 def test_deterministic_on_cpu(tmp_path):
     states = []
     for name in ("a", "b"):

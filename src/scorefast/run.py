@@ -175,9 +175,10 @@ def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True, sigma
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:N'; one clear error for anything else."""
+    """'auto' (CUDA when present, or the environment's SCOREFAST_DEVICE), 'cpu', 'cuda', 'cuda:N'; one clear
+    error for anything else."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = os.environ.get("SCOREFAST_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
