@@ -157,7 +157,7 @@ def test_optimiser_warmup_and_ema_profile():
     model = Vector()
     opt = Optimiser(model.parameters(), lr=0.1, warmup=4)
     assert [opt.rate(s) for s in (1, 2, 4, 9)] == pytest.approx([0.025, 0.05, 0.1, 0.1])
-    ema = EMA(model, decay=0.99)
+    ema = EMA(model, 0.99)
     with torch.no_grad():
         model.w.fill_(1.0)
     ema.update(model, step=1)  # decay min(0.99, 2/11)

@@ -96,7 +96,7 @@ def test_stratification_spreads_over_the_ranks_of_a_group():
 
 
 def test_allocation_edges_give_each_network_an_equal_share_of_the_draws():
-    cfg = Config(intervals=4, time_sampler="likelihood", sde="vp-psm")
+    cfg = Config(intervals=4, partition="allocation", time_sampler="likelihood", sde="vp-psm")
     sde = cfg.sde.build()
     edges = cfg.edges(sde)
     sampler = cfg.time_sampler.bind(sde, sde.eps, sde.T)

@@ -92,7 +92,7 @@ class Intervals(WarmStartOption, Partition):
     """K networks on K intervals of [eps, T], split by the spacing rule."""
 
     intervals: int = option(2, "parallel score matching: number of time intervals, one network each", selects=True)
-    partition: str = option("allocation", "how --intervals splits [eps, T]: allocation (each network an equal share of "
+    partition: str = option("logsnr", "how --intervals splits [eps, T]: allocation (each network an equal share of "
                             "the time sampler's draws), logsnr (equal in log-SNR) or equal (equal in t)")
 
     def validate(self):

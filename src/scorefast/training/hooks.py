@@ -85,13 +85,37 @@ class AdaptTimes(Hook):
 
 class PeriodicMetric(Hook):
     """Every ``every`` steps and after the last: ``evaluate()`` -> {'metric', 'metric_name'} or None (not
-    ready, e.g. while a prior is still being fitted)."""
+    ready, e.g. while a prior is still being fitted).
 
-    def __init__(self, every: int, evaluate: Callable[[], dict | None]):
-        self.every, self.evaluate = every, evaluate
+    With ``budget`` (a fraction, e.g. 0.1) an evaluation that is due is skipped when the evaluations so far
+    plus one more (at the measured cost of the last) would exceed that fraction of the run's time (its
+    training wall-clock plus the evaluations), so the interval stretches by itself where an evaluation is
+    dear; the first evaluation, which measures the cost, always runs. The time spent is checkpointed."""
+
+    def __init__(self, every: int, evaluate: Callable[[], dict | None], budget: float = 0.0):
+        self.every, self.evaluate, self.budget = every, evaluate, budget
+        self.spent, self.last = 0.0, None
+
+    def affordable(self, state: TrainState) -> bool:
+        if not self.budget or self.last is None:
+            return True
+        return self.spent + self.last <= self.budget * (state.wall + self.spent + self.last)
 
     def step(self, state, row):
-        return self.evaluate() if _due(state, self.every) else None
+        if not _due(state, self.every) or not self.affordable(state):
+            return None
+        began = time.perf_counter()
+        out = self.evaluate()
+        if out is not None:
+            self.last = time.perf_counter() - began
+            self.spent += self.last
+        return out
+
+    def state_dict(self):
+        return {"spent": self.spent, "last": self.last}
+
+    def load_state_dict(self, state):
+        self.spent, self.last = float(state.get("spent", 0.0)), state.get("last")
 
 
 class MetricsLog(Hook):
@@ -133,17 +157,36 @@ class TensorBoard(Hook):
 
 
 class Progress(Hook):
-    """A tqdm bar over the step budget, showing the running loss and the latest metric."""
+    """A tqdm bar over the step budget, showing the running loss and the latest metric; once the first steps
+    are timed, one line says how long the run should take (its steps at that pace, or its time budget,
+    plus at most ``eval_budget`` of evaluation)."""
 
-    def __init__(self, total: int | None, desc: str, enabled: bool = True):
-        self.total, self.desc, self.enabled = total, desc, enabled
-        self.bar = None
+    ESTIMATE_AFTER = 1.0  # seconds of training before the estimate
+
+    def __init__(self, total: int | None, desc: str, enabled: bool = True, seconds: float | None = None,
+                 eval_budget: float = 0.0):
+        self.total, self.desc, self.enabled, self.seconds, self.eval_budget = total, desc, enabled, seconds, eval_budget
+        self.bar, self.first = None, None
 
     def start(self, state):
         self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc, disable=not self.enabled,
                         dynamic_ncols=True)
+        self.first = (state.step, state.wall)
+
+    def estimate(self, state: TrainState) -> None:
+        steps, wall = state.step - self.first[0], state.wall - self.first[1]
+        pace = wall / steps
+        left = [v for v in ((self.total - state.step) * pace if self.total else None,
+                            self.seconds - state.wall if self.seconds else None) if v is not None]
+        expect = min(left) / (1 - self.eval_budget) if left and self.eval_budget < 1 else None
+        if expect is not None:
+            self.bar.write(f"scorefast: {pace * 1e3:.1f} ms a step; about {expect / 60:.1f} min more of training and "
+                           f"evaluation (evaluation at most {self.eval_budget:.0%})")
+        self.first = None
 
     def step(self, state, row):
+        if self.enabled and self.first is not None and state.wall - self.first[1] >= self.ESTIMATE_AFTER:
+            self.estimate(state)
         self.bar.update()
         if "metric" in row:
             self.bar.set_postfix(loss=f"{state.loss:.4f}", **{row["metric_name"]: f"{row['metric']:.4f}"})

@@ -164,7 +164,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     def collect(done: bool) -> dict:
         extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
         return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "times": times.state_dict(),
-                "done": done, "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
+                "hooks": {type(h).__name__: h.state_dict() for h in hooks}, "done": done, "t_min": job.t_min,
+                "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
 
     def periodic() -> dict | None:
         prior = prior_for_eval(ctx, cache)
@@ -179,14 +180,17 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     adapt = [] if probe is None else \
         [AdaptTimes(times, lambda: times.bound(model, sde, probe, cfg.optim.seed), cfg.time_sampler.adapt_every,
                     group.total if size > 1 else None)]
-    hooks = [*adapt, PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None),
+    hooks = [*adapt, PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None,
+                                    cfg.log.eval_budget),
              Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
              checkpointer,
              MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
              *([TensorBoard(run.path / "tensorboard", cfg.log.eval_every, job.index, writer)]
                if cfg.log.tensorboard else []),
              Progress(budget.steps, f"train net {job.index}" if cfg.partition.piecewise else "train",
-                      progress and writer)]
+                      progress and writer, budget.seconds, cfg.log.eval_budget)]
+    for hook in hooks:
+        hook.load_state_dict(saved.get("hooks", {}).get(type(hook).__name__, {}) if path.exists() else {})
     try:
         with interrupt.deferred():
             fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,

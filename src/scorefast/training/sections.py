@@ -142,6 +142,8 @@ class BudgetSection:
 @dataclass
 class LogSection:
     out: str = option("runs/run", "run directory to create (refused if it exists, unless --resume)", locked=False)
+    eval_budget: float = option(0.0, "largest fraction of the run's time the periodic evaluations may take (0: no "
+                                "limit); a due evaluation is skipped while it would take more", locked=False)
     eval_every: int = option(500, "steps between evaluations of the periodic metric (SWD, or the digits Frechet "
                              "distance)", locked=False)
     eval_samples: int = option(2000, "samples drawn for each evaluation (fixed seed)", locked=False)
@@ -167,6 +169,8 @@ class LogSection:
                 raise UserError("--tensorboard needs the tensorboard package: pip install 'scorefast[tensorboard]' "
                                 "(or pip install tensorboard)") from None
         from ..sampling import SAMPLERS
+        if not 0 <= self.eval_budget <= 1:
+            raise UserError(f"--eval-budget must be in [0, 1], got {self.eval_budget}")
         for name in ("eval_every", "eval_samples", "eval_steps", "ckpt_every"):
             at_least(self, name, 1)
         at_least(self, "snapshot_every", 0)
