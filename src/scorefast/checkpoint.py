@@ -92,6 +92,18 @@ def _read_all(path: str | os.PathLike, label: str) -> bytes:
 
 # -- writing --------------------------------------------------------------------------------------
 
+def os_error_in(err: BaseException) -> OSError | None:
+    """The OSError an exception is or was raised while handling (torch's zip writer turns a full disk into a
+    RuntimeError raised during its cleanup), or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path`` and rename it into place.
 
@@ -102,7 +114,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: st
     path = Path(path)
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(exist_ok=True)  # its own folder only: a vanished run directory is an error, not rebuilt
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -110,8 +122,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: st
             os.fsync(f.fileno())
         os.replace(tmp, path)
         tmp = None
-    except OSError as err:
-        raise UserError(f"cannot write {what} '{display_path(path)}': {error_reason(err)}") from None
+    except (OSError, RuntimeError) as err:
+        cause = os_error_in(err)
+        if cause is None:
+            raise
+        raise UserError(f"cannot write {what} '{display_path(path)}': {error_reason(cause)}") from None
     finally:
         if tmp is not None:
             try:
