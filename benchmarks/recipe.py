@@ -133,7 +133,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/recipe"))
     p.add_argument("--reuse", action="store_true", help="reuse finished runs with the same configuration")
     p.add_argument("--report-only", type=Path, default=None, help="rebuild the report from a stored recipe.json")
+    p.add_argument("--define", action="append", default=[], metavar="NAME=JSON",
+                   help='an extra variant, e.g. lr4=\'{"recipe": "plain", "lr": 0.004}\' (repeatable)')
     args = p.parse_args(argv)
+    for item in args.define:
+        name, _, flags = item.partition("=")
+        VARIANTS[name] = json.loads(flags)
     args.argv = argv
     args.datasets = args.datasets.split(",")
     args.variants = args.variants.split(",")

@@ -220,8 +220,8 @@ class Run:
             schedule = None  # another sampler: its own schedule, not the run's
         elif schedule is None:
             schedule = log.schedule
-        return Evaluator(n=n, sampler=sampler or log.sampler, steps=steps or log.eval_steps, seed=seed,
-                         scale_steps=steps is None, schedule=schedule)
+        return Evaluator(n=n, sampler=sampler or log.sampler, steps=log.eval_steps if steps is None else steps,
+                         seed=seed, scale_steps=steps is None, schedule=schedule)
 
     def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                progress: bool = True, schedule: str | None = None) -> torch.Tensor:

@@ -1,0 +1,112 @@
+"""Run directories that parse but are wrong, logs torn by a kill, leftovers of a killed writer, and bad
+values of the commands that read a run: one clear line each, nothing changed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from scorefast.checkpoint import load_checkpoint
+from scorefast.cli import main
+
+TINY = ["--data", "moons", "--steps", "30", "--eval-every", "10", "--eval-samples", "50", "--eval-steps", "5",
+        "--batch-size", "32", "--n-data", "300", "--width", "16", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("rundir") / "run"
+    assert main(["train", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def snapshot(run: Path) -> dict:
+    return {p.relative_to(run).as_posix(): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def copy_of(trained: Path, tmp_path: Path) -> Path:
+    run = tmp_path / "copy"
+    shutil.copytree(trained, run)
+    return run
+
+
+@pytest.mark.parametrize("damage, needle", [
+    (lambda c: [], "holds an array, expected a JSON object"),
+    (lambda c: {k: v for k, v in c.items() if k != "config"}, "no 'config' section"),
+    (lambda c: {**c, "config": {**c["config"], "sde": {**c["config"]["sde"], "name": "vp-foo"}}}, "unknown SDE"),
+    (lambda c: {**c, "config": {**c["config"], "net": {**c["config"]["net"], "width": "wide"}}}, "--width expects int"),
+    (lambda c: {**c, "config": {**c["config"], "colour": {}}}, "unknown section 'colour'"),
+    (lambda c: {**c, "run_format": 1}, "scorefast 0.1 (run format 1)"),
+])
+def test_a_damaged_config_json_is_one_line_for_every_command(trained, tmp_path, capsys, damage, needle):
+    run = copy_of(trained, tmp_path)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps(damage(saved)))
+    before = snapshot(run)
+    for args in (["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "s.npy")],
+                 ["nll", "--run", str(run), "--data", "moons", "--n", "5"],
+                 ["train", "--out", str(run), "--resume", "--steps", "40", "--quiet"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, (args, err)
+    assert snapshot(run) == before and not (tmp_path / "s.npy").exists()
+
+
+def test_a_truncated_config_or_summary_is_one_line(trained, tmp_path, capsys):
+    run = copy_of(trained, tmp_path)
+    (run / "summary.json").write_text((run / "summary.json").read_text()[:40])
+    assert main(["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "s.npy")]) == 2
+    assert "summary.json" in capsys.readouterr().err
+    (run / "config.json").write_text((run / "config.json").read_text()[:60])
+    assert main(["nll", "--run", str(run), "--data", "moons"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json" in err and len(err.splitlines()) == 1
+
+
+def test_resume_repairs_a_torn_log_line_and_removes_a_killed_writers_leftovers(trained, tmp_path):
+    run = copy_of(trained, tmp_path)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 35, "wa')  # a kill in the middle of the one write of a line
+    stale = run / "checkpoints" / ".net-0.pt.a1b2c3d4.tmp"
+    stale.write_bytes(b"")  # a 0-byte temporary file of a writer killed before it wrote
+    assert main(["train", "--out", str(run), "--resume", "--steps", "40", "--quiet"]) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert not stale.exists() and load_checkpoint(run / "checkpoints" / "net-0.pt")["step"] == 40
+    assert (run / "metrics.png").is_file()
+
+
+def test_garbage_inside_the_log_is_one_line_naming_it(trained, tmp_path, capsys):
+    run = copy_of(trained, tmp_path)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], "not json", *lines[1:]]) + "\n")
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "40", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "metrics.jsonl" in err and "line 2" in err and len(err.splitlines()) == 1
+    assert snapshot(run) == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["nll", "--data", "moons", "--n", "-5"], "--n must be >= 1"),
+    (["nll", "--data", "moons", "--steps", "0"], "--steps must be >= 1"),
+    (["nll", "--data", "moons", "--hutchinson", "-1"], "--hutchinson must be >= 0"),
+    (["sample", "--n", "10", "--steps", "0", "--out", "OUT/s.npy"], "--steps must be >= 1"),
+    (["sample", "--n", "0", "--out", "OUT/s.npy"], "--n must be >= 1"),
+    (["sample", "--n", "10", "--sampler", "magic", "--out", "OUT/s.npy"], "unknown sampler 'magic'"),
+    (["sample", "--n", "10", "--schedule", "spiral", "--out", "OUT/s.npy"], "unknown schedule 'spiral'"),
+    (["sample", "--n", "10", "--out", "OUT/s.txt"], "expected a .npy file name"),
+    (["sample", "--n", "10", "--threads", "0", "--out", "OUT/s.npy"], "--threads must be >= 1"),
+    (["evaluate", "--data", "moons", "--n", "0"], "--n must be >= 1"),
+    (["evaluate", "--data", "digits"], "do not match the run's"),
+])
+def test_bad_values_of_the_reading_commands(trained, tmp_path, capsys, args, needle):
+    args = [a.replace("OUT", str(tmp_path)) for a in args]
+    before = snapshot(trained)
+    assert main([args[0], "--run", str(trained), *args[1:]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert snapshot(trained) == before and not list(tmp_path.glob("s.*"))
