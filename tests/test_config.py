@@ -161,3 +161,47 @@ def test_help_is_fast_and_imports_no_torch():
             "print(time.perf_counter() - t, 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out[1] == "False"
+
+
+# -- the config readers fuzzed (hypothesis): a valid configuration or one UserError, nothing else --------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+JSONISH = st.recursive(st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)
+                       | st.text(max_size=12), lambda inner: st.lists(inner, max_size=4)
+                       | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
+KNOWN = sorted({*FLAGS, *SELECTORS, *SECTIONS, *SLOTS, "name"})
+FUZZ = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def mutated_config(draw_dict: dict, edits: list) -> dict:
+    """A valid nested configuration with some values replaced, sections dropped or keys added."""
+    base = Config(method="empirical", intervals=2, prior="gmm", T=0.5).to_dict()
+    for section, key, value in edits:
+        target = base.setdefault(section, {}) if isinstance(base.get(section, {}), dict) else {}
+        target[key] = value
+    base.update(draw_dict)
+    return base
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(KNOWN), JSONISH, max_size=3),
+       st.lists(st.tuples(st.sampled_from(KNOWN), st.sampled_from(KNOWN), JSONISH), max_size=4))
+def test_from_dict_accepts_or_gives_one_user_error(extra, edits):
+    try:
+        cfg = Config.from_dict(mutated_config(extra, edits))
+        cfg.validate()
+    except UserError as err:
+        assert "\n" not in str(err)
+
+
+@FUZZ
+@given(st.dictionaries(st.sampled_from(KNOWN) | st.text(max_size=8), JSONISH, max_size=6))
+def test_config_files_give_flags_or_one_user_error(tmp_path_factory, table):
+    path = tmp_path_factory.mktemp("fuzz") / "run.json"
+    path.write_text(json.dumps(table))
+    try:
+        Config(**read_config_file(path)).validate()
+    except UserError as err:
+        assert "\n" not in str(err)

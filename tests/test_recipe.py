@@ -289,6 +289,7 @@ def test_recipe_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_compile_without_a_compiler_is_one_clear_line(tmp_path):
     env = {**os.environ, "PATH": str(tmp_path)}  # no g++ on the path
     r = subprocess.run([sys.executable, "-m", "scorefast.cli", "train", "--data", "moons", "--out",

@@ -297,6 +297,7 @@ def test_tensorboard_events_mirror_the_metrics_log(tmp_path):
     assert [e.value for e in acc.Scalars("swd/net-0")] == pytest.approx([r["metric"] for r in rows], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_tensorboard_without_the_package_is_one_clear_line(tmp_path):
     out = tmp_path / "never"
     code = ("import sys; sys.modules['tensorboard'] = None; from scorefast.cli import main; "

@@ -125,7 +125,7 @@ class Registry:
     def get(self, name: str) -> type:
         if name not in self._items:
             what = f"--{self.flag.replace('_', '-')}" if self.flag else self.slot
-            raise UserError(f"unknown {what} '{name}'; choose one of {', '.join(self._items)}")
+            raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(self._items)}")
         return self._items[name]
 
     def create(self, name: str, **options: Any) -> Any:

@@ -91,7 +91,7 @@ SELECTOR_HELP = {"method": f"training target: one of {', '.join(TARGETS.names())
 def _coerced(flags: dict, where: str) -> dict:
     unknown = sorted(set(flags) - set(FLAGS) - set(SELECTORS))
     if unknown:
-        raise UserError(f"{where}: unknown configuration key(s): {', '.join(unknown)}")
+        raise UserError(f"{where}: unknown configuration key(s): {', '.join(map(repr, unknown))}")
     return {k: v if k in SELECTORS else coerce(*FLAGS[k].owners[0], v, where) for k, v in flags.items()
             if v is not None}
 
@@ -108,7 +108,7 @@ class Config:
         self.given: frozenset[str] = frozenset(given)
         name = given.get("recipe", DEFAULT_RECIPE)
         if name not in RECIPES:
-            raise UserError(f"unknown --recipe '{name}'; choose one of {', '.join(RECIPES)}")
+            raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
         defaults = _coerced(RECIPES[name].flags, f"recipe '{name}'")
         chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
                   for slot, reg in SLOTS.items() if reg.flag}
@@ -168,7 +168,7 @@ class Config:
         for name, values in data.items():
             owner = SECTIONS.get(name)
             if owner is None and name not in SLOTS:
-                raise UserError(f"{where}: unknown section '{name}'")
+                raise UserError(f"{where}: unknown section {name!r}")
             if not isinstance(values, dict):
                 raise UserError(f"{where}: section '{name}' must be a mapping, got {type(values).__name__}")
             if name in SLOTS:
@@ -182,7 +182,7 @@ class Config:
             known = {f.name: f for f in options_of(owner)}
             for key, value in values.items():
                 if key not in known:
-                    raise UserError(f"{where}: unknown key '{key}' in section '{name}'")
+                    raise UserError(f"{where}: unknown key {key!r} in section '{name}'")
                 flags[flag_of(known[key])] = coerce(owner, known[key], value, where)
         cfg = cls(**flags)
         return cfg
@@ -252,16 +252,16 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     for key, value in data.items():
         if isinstance(value, dict):
             if key not in SECTIONS and key not in SLOTS:
-                raise UserError(f"config file '{path}': unknown section [{key}]")
+                raise UserError(f"config file '{path}': unknown section [{key!r}]")
             for sub, v in value.items():
                 where = FLAGS.get(sub).section if sub in FLAGS else SELECTORS.get(sub)
                 if where != key:
-                    raise UserError(f"config file '{path}': unknown key '{sub}' in [{key}]")
+                    raise UserError(f"config file '{path}': unknown key {sub!r} in [{key}]")
                 flags[sub] = v
         elif key in FLAGS or key in SELECTORS:
             flags[key] = value
         else:
-            raise UserError(f"config file '{path}': unknown key '{key}'")
+            raise UserError(f"config file '{path}': unknown key {key!r}")
     for key, value in flags.items():
         if key in FLAGS:
             cls, f = FLAGS[key].owners[0]

@@ -25,7 +25,7 @@ def choice(section: Any, name: str, choices) -> None:
     """One clear error if the section's ``name`` is not one of ``choices``."""
     value = getattr(section, name)
     if value not in choices:
-        raise UserError(f"unknown --{name.replace('_', '-')} '{value}'; choose one of {', '.join(sorted(choices))}")
+        raise UserError(f"unknown --{name.replace('_', '-')} {value!r}; choose one of {', '.join(sorted(choices))}")
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SDESection:
     def validate(self) -> None:
         from ..sde import SDE_NAMES
         if self.name not in SDE_NAMES:
-            raise UserError(f"unknown SDE '{self.name}'; choose one of {', '.join(SDE_NAMES)}")
+            raise UserError(f"unknown SDE {self.name!r}; choose one of {', '.join(SDE_NAMES)}")
         if not (0 < self.eps < 0.1):
             raise UserError(f"--eps must be in (0, 0.1), got {self.eps}")
         if not (self.eps < self.T <= 1.0):
