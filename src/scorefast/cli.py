@@ -104,6 +104,8 @@ def _open(args):
     import torch
 
     from .run import open_run
+    if getattr(args, "batch_size", 1) < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
@@ -138,7 +140,7 @@ def _print_result(result: dict, as_json: bool) -> None:
 def cmd_nll(args) -> int:
     run = _open(args)
     _print_result(run.nll(args.data, n=args.n, steps=args.steps, hutchinson=args.hutchinson, seed=args.seed,
-                          progress=not (args.quiet or args.json)), args.json)
+                          batch_size=args.batch_size, progress=not (args.quiet or args.json)), args.json)
     return 0
 
 
@@ -247,6 +249,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                            "(default: 100)")
             e.add_argument("--hutchinson", type=int, default=None,
                            help="Hutchinson probes (default: exact divergence for d <= 64, else 1)")
+            e.add_argument("--batch-size", type=int, default=1000, help="examples integrated at once: memory grows "
+                           "with it, not with --n (default: 1000)")
             e.set_defaults(func=cmd_nll)
         else:
             e.add_argument("--n", type=int, default=2000, help="samples to draw (default: 2000)")
