@@ -31,3 +31,39 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "cpu_only" in item.keywords:
                 item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def k_diffusion():
+    """The real k-diffusion package as far as its samplers go: ``k_diffusion.sampling`` loaded from the
+    installed files without running the package's __init__ (which imports its training stack; make test
+    installs it with --no-deps). torchvision, imported by its utils and unused by sampling, is stubbed if
+    absent. Yields a stand-in ``k_diffusion`` module whose ``sampling`` is the real one."""
+    import importlib.util
+    import sys
+    import types
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        pytest.skip("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1")
+    pytest.importorskip("torchsde", reason="k-diffusion's sampling module imports torchsde")
+    kdir = Path(spec.submodule_search_locations[0])
+    package = types.ModuleType("kdiffusion_reference")
+    package.__path__ = [str(kdir)]
+    stubs = {"kdiffusion_reference": package}
+    if importlib.util.find_spec("torchvision") is None:
+        for name in ("torchvision", "torchvision.transforms", "torchvision.transforms.functional"):
+            stubs[name] = types.ModuleType(name)
+        stubs["torchvision"].transforms = stubs["torchvision.transforms"]
+        stubs["torchvision.transforms"].functional = stubs["torchvision.transforms.functional"]
+    sys.modules.update(stubs)
+    try:
+        loader = importlib.util.spec_from_file_location("kdiffusion_reference.sampling", kdir / "sampling.py")
+        sampling = importlib.util.module_from_spec(loader)
+        loader.loader.exec_module(sampling)
+        package.sampling = sampling
+        yield package
+    finally:
+        for name in [*stubs, "kdiffusion_reference.sampling", "kdiffusion_reference.utils"]:
+            sys.modules.pop(name, None)
