@@ -272,7 +272,7 @@ def test_interval_loss_draws_t_only_inside_its_interval(sde):
     model = Recording(make_model(sde, (2,), width=8, depth=1))
     for k in range(4):
         loss = interval_loss(sde, edges, k, "likelihood", stratified=True)
-        assert isinstance(loss, DSMLoss) and loss.weighting == "likelihood"
+        assert isinstance(loss, DSMLoss) and loss.weighting.name == "likelihood"
         model.times.clear()
         for _ in range(20):
             loss(model, torch.randn(256, 2))
