@@ -3,6 +3,8 @@ the wall-clock of interval runs, the controls' flags, bad input, and one --quick
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -238,6 +240,13 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
+def test_bench_help_lists_the_choices_without_importing_torch():
+    code = ("import sys\nfrom scorefast.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "one-net-allocation" in out and "readme-recipe" in out and out.split()[-1] == "False"
+
+
 def test_config_hash_ignores_only_the_location():
     a, b = Config(out="x", steps=10), Config(out="y", steps=10)
     assert config_hash(a) == config_hash(b) != config_hash(Config(out="x", steps=11))
@@ -262,7 +271,8 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
                for s in sentences)
     report = (out / "report.md").read_text()
     assert report.splitlines()[4].strip().startswith("scorefast bench --data checkerboard")
-    for name in ("quality_vs_wallclock_checkerboard.png", "samples_checkerboard.png", "T_tradeoff_checkerboard.png"):
+    for name in ("quality_vs_wallclock_checkerboard_intervals.png", "quality_vs_wallclock_checkerboard_truncation.png",
+                 "samples_checkerboard.png", "T_tradeoff_checkerboard.png"):
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
     interval = next(r for r in results["rows"] if r["variant"] == "intervals-2")
     assert interval["curve"]["networks"] == 2

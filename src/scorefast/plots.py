@@ -157,7 +157,7 @@ def plot_quality_curves(panels: list[tuple[str, dict[str, list[list[tuple[float,
             seeds = [c for c in seeds if c]
             if not seeds:
                 continue
-            colour = f"C{k % 10}"
+            colour = plt.cm.tab20(k % 20) if len(series) > 10 else f"C{k}"
             band = _band(seeds) if len(seeds) > 1 else None
             if band is None:
                 for i, c in enumerate(seeds):

@@ -107,6 +107,15 @@ class Tables:
         return bool(mine) and variant != BASELINE and all(s in plain and r["hash"] == plain[s]["hash"]
                                                           for s, r in mine.items())
 
+    def row_verdict(self, data: str, name: str, ratios: list[float | None]) -> str:
+        if name == BASELINE:
+            return "reference"
+        if self.same_as_plain(data, name):
+            return "the same configuration as plain"
+        if all(r["status"] == "n/a" for r in self.of(data, name)):
+            return "not applicable"
+        return verdict(ratios, self.failed(data, name))
+
     def table(self, data: str, group: str) -> dict:
         """One table: its rows of statistics and its verdict sentences."""
         names = self.members(data, group)
@@ -127,8 +136,7 @@ class Tables:
                 "time_to_target": [time_to(as_pairs(r["curve"]["points"], "nll"), self.targets(data).get(s, math.nan))
                                    for s, r in mine.items()],
                 "ratio": ratios, "ratio_metric": self.ratios(data, name, BASELINE, "metric"),
-                "verdict": "reference" if name == BASELINE else "the same configuration as plain"
-                if self.same_as_plain(data, name) else verdict(ratios, self.failed(data, name))})
+                "verdict": self.row_verdict(data, name, ratios)})
             sc = SCENARIOS[every[0]["scenario"]]
             if self.same_as_plain(data, name):
                 out["sentences"].append(f"**{name}** is the same configuration as plain here (one run serves both).")
@@ -179,9 +187,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-") or "data"
 
 
-def curves_of(tables: Tables, data: str, key: str) -> dict[str, list[list[tuple[float, float]]]]:
+def curves_of(tables: Tables, data: str, names: list[str], key: str) -> dict[str, list[list[tuple[float, float]]]]:
+    """Each variant's seed curves of ``key`` (a variant that is plain's very configuration is plain's line)."""
     return {v: [[(p["wall"], p[key]) for p in r["curve"]["points"] if p[key] is not None]
-                for r in tables.ok(data, v).values()] for v in tables.variants(data) if tables.ok(data, v)}
+                for r in tables.ok(data, v).values()] for v in names
+            if tables.ok(data, v) and not tables.same_as_plain(data, v)}
 
 
 def heldout(run: str) -> np.ndarray:
@@ -190,21 +200,24 @@ def heldout(run: str) -> np.ndarray:
     return split_data(RunDir(run).read_config())[1].x.numpy()
 
 
-def pictures(tables: Tables, out: Path) -> dict[str, list[str]]:
-    """Every picture of the study, by data set (file names relative to ``out``)."""
+def pictures(tables: Tables, every: list[dict], out: Path) -> dict[str, list[str]]:
+    """Every picture of the study (file names relative to ``out``): quality against wall-clock per table
+    (keyed 'data: group'), the samples, the T trade-off and the data-efficiency curve per data set."""
     from .. import plots
     made: dict[str, list[str]] = {}
+    for t in every:
+        names = [r["variant"] for r in t["rows"] if r["status"] == "ok" or r["final_nll"]]
+        name = f"quality_vs_wallclock_{slug(t['data'])}_{t['group']}.png"
+        plots.plot_quality_curves([(f"held-out NLL [{t['unit']}]", curves_of(tables, t["data"], names, "nll")),
+                                   (t["metric"], curves_of(tables, t["data"], names, "metric"))],
+                                  out / name, title=f"{t['data']}: {t['group']}")
+        made[f"{t['data']}: {t['group']}"] = [name]
     for data in tables.parts:
         files = made.setdefault(data, [])
         first = next((r for v in tables.variants(data) for r in tables.ok(data, v).values()), None)
         if first is None:
             continue
         unit = UNITS.get(first["curve"]["nll_key"], "")
-        name = f"quality_vs_wallclock_{slug(data)}.png"
-        plots.plot_quality_curves([(f"held-out NLL [{unit}]", curves_of(tables, data, "nll")),
-                                   (first["curve"]["metric_name"], curves_of(tables, data, "metric"))],
-                                  out / name, title=data)
-        files.append(name)
         panels = [("data (held-out)", heldout(first["run"]))]
         for v in tables.variants(data):
             ok = tables.ok(data, v)
@@ -233,7 +246,7 @@ def pictures(tables: Tables, out: Path) -> dict[str, list[str]]:
                     speed.setdefault(label, []).append((T, statistics.median(ratios)))
             name = f"T_tradeoff_{slug(data)}.png"
             plots.plot_T_tradeoff([(f"final held-out NLL [{unit}]", quality),
-                                   ("time to plain's final NLL, x plain (seeds that reached it)", speed)],
+                                   ("time to target, x plain (seeds that reached it)", speed)],
                                   out / name, title=data)
             files.append(name)
     specs = {r["spec"] for r in tables.rows}
@@ -242,13 +255,16 @@ def pictures(tables: Tables, out: Path) -> dict[str, list[str]]:
         if len(sizes) > 1:
             series = {}
             for v in dict.fromkeys(r["variant"] for r in tables.rows if r["spec"] == spec):
+                if tables.same_as_plain(f"{spec} n={sizes[0]}", v):
+                    continue
                 for n in sizes:
                     finals = [r["curve"]["points"][-1]["nll"] for r in tables.ok(f"{spec} n={n}", v).values()]
                     finals = [f for f in finals if f is not None]
                     if finals:
                         series.setdefault(v, []).append((n, statistics.median(finals)))
             name = f"data_efficiency_{slug(spec)}.png"
-            plots.plot_data_efficiency(series, out / name, ylabel="final held-out NLL", title=spec)
+            plots.plot_data_efficiency(series, out / name, ylabel="final NLL on each run's own held-out split",
+                                       title=spec)
             made.setdefault(f"{spec} n={sizes[0]}", []).append(name)
     return made
 
@@ -256,8 +272,8 @@ def pictures(tables: Tables, out: Path) -> dict[str, list[str]]:
 def write_report(rows: list[dict], out: Path, command: str, study: dict, machine: dict) -> dict:
     """Write report.md, results.json and the pictures; returns the results."""
     tables = Tables(rows)
-    made = pictures(tables, out)
     every = tables.all_tables()
+    made = pictures(tables, every, out)
     results = json_safe({"command": command, "machine": machine, "study": study, "tables": every, "rows": rows,
                          "pictures": made})
     write_json(out / "results.json", results)
@@ -276,7 +292,8 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
         for t in every:
             if t["data"] != data:
                 continue
-            lines += [f"### {t['group']}", "", *markdown(t), "", *(f"- {s}" for s in t["sentences"]), ""]
+            lines += [f"### {t['group']}", "", *markdown(t), "", *(f"- {s}" for s in t["sentences"]), "",
+                      *(f"![{name}]({name})" for name in made.get(f"{data}: {t['group']}", [])), ""]
         lines += [f"![{name}]({name})" for name in made.get(data, [])] + [""]
     atomic_write(out / "report.md", lambda f: f.write("\n".join(lines).encode()), what="report")
     return results
