@@ -89,7 +89,7 @@ def test_error_text_is_one_line_naming_the_exception():
     ([0.9, 1.2, 1.1], False, "does not help here"),         # median 1.1
     ([1.0], False, "does not help here"),                   # as fast is not faster
     ([0.3, 0.41, 0.5], True, "failed"),
-    ([], False, "no verdict (its reference did not run)"),
+    ([], False, "no verdict (its reference has no result)"),
 ])
 def test_verdict_rule(ratios, failed, expected):
     assert verdict(ratios, failed) == expected

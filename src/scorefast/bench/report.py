@@ -34,7 +34,7 @@ def verdict(ratios: Sequence[float | None], failed: bool = False) -> str:
     if failed:
         return "failed"
     if not ratios:
-        return "no verdict (its reference did not run)"
+        return "no verdict (its reference has no result)"
     if all(r is not None for r in ratios) and statistics.median(ratios) < 1:
         return f"helps: {statistics.median(ratios):.2f}x time to target"
     return "does not help here"
@@ -200,9 +200,22 @@ def heldout(run: str) -> np.ndarray:
     return split_data(RunDir(run).read_config())[1].x.numpy()
 
 
+def fp_field(run: str, path: Path) -> None:
+    """The Fokker-Planck score field that a grid-target run regressed on, solved again from its configuration
+    (its training data, grid and bandwidth), as ``scorefast fp`` draws it."""
+    from .. import plots
+    from ..methods.fokker_planck import solve_fp
+    from ..run import RunDir, split_data
+    cfg = RunDir(run).read_config()
+    sol = solve_fp(split_data(cfg)[0].x.flatten(1), cfg.sde.build(), grid=cfg.target.fp_grid,
+                   steps=cfg.target.fp_steps, bandwidth=cfg.target.bandwidth, progress=False)
+    plots.plot_fp(sol.axes, sol.t, sol.logp, sol.score, path)
+
+
 def pictures(tables: Tables, every: list[dict], out: Path) -> dict[str, list[str]]:
     """Every picture of the study (file names relative to ``out``): quality against wall-clock per table
-    (keyed 'data: group'), the samples, the T trade-off and the data-efficiency curve per data set."""
+    (keyed 'data: group'); per data set the samples, the FP score field of a grid target, the T trade-off and
+    the data-efficiency curve."""
     from .. import plots
     made: dict[str, list[str]] = {}
     for t in every:
@@ -226,6 +239,13 @@ def pictures(tables: Tables, every: list[dict], out: Path) -> dict[str, list[str
         if len(panels) > 1:
             name = f"samples_{slug(data)}.png"
             plots.plot_sample_panels(panels, out / name)
+            files.append(name)
+        grid_run = next((r for v in tables.variants(data) for r in tables.ok(data, v).values()
+                         if r["scenario"] == "fp-regress"), None)
+        if grid_run is not None:
+            name = f"fp_score_field_{slug(data)}.png"
+            if not (out / name).exists():  # solved once per study folder: a re-report does not solve again
+                fp_field(grid_run["run"], out / name)
             files.append(name)
         truncated = [v for v in tables.variants(data) if tables.ok(data, v) and
                      any(r["curve"]["T"] < 1 for r in tables.ok(data, v).values())]

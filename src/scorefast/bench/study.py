@@ -322,8 +322,8 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
         for i, (part, variant, seed) in enumerate(jobs):
             elapsed = time.perf_counter() - began
             left = f"about {clock(spent / trained * (len(jobs) - i))} left" if trained else "estimating the time left"
-            say(f"bench [{i + 1}/{len(jobs)}] {part.label}: {variant.name}, seed {seed} "
-                f"(elapsed {clock(elapsed)}, {left})")
+            doing = f"not applicable ({variant.skipped})" if variant.skipped else f"elapsed {clock(elapsed)}, {left}"
+            say(f"bench [{i + 1}/{len(jobs)}] {part.label}: {variant.name}, seed {seed} ({doing})")
             t0 = time.perf_counter()
             row = run_job(part, variant, seed, out, study.protocol)
             if not row["reused"] and row["status"] != "n/a":
