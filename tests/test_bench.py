@@ -109,21 +109,36 @@ def test_time_ratio_interpolates_and_times_a_reference_that_never_gets_there_at_
     assert time_ratio(curve((1.0, math.nan), (3.0, 2.0)), plain, 3.0) == pytest.approx(3.0 / 4.0)
 
 
-def test_tables_state_the_verdict_against_plain_and_each_control():
-    def row(variant, seed, pairs, scenario=None, status="ok"):
-        r = {"data": "d", "spec": "d", "n_data": None, "variant": variant, "scenario": scenario or variant,
-             "role": SCENARIOS[scenario or variant].role, "seed": seed, "status": status, "hash": f"{variant}{seed}"}
-        return {**r, "curve": {"points": curve(*pairs), "nll_key": "nll_nats", "metric_name": "swd", "T": 1.0}} \
-            if status == "ok" else {**r, "error": "boom"}
+def hand_row(variant, seed, pairs=(), status="ok"):
+    """A study row with a hand-made NLL curve [(wall, nll)] (the sample metric equal to it)."""
+    r = {"data": "d", "spec": "d", "n_data": None, "variant": variant, "scenario": variant,
+         "role": SCENARIOS[variant].role, "seed": seed, "status": status, "hash": f"{variant}{seed}"}
+    return {**r, "curve": {"points": curve(*pairs), "nll_key": "nll_nats", "metric_name": "swd", "T": 1.0}} \
+        if status == "ok" else {**r, "error": "boom"}
+
+
+def hand_rows(seeds=(0, 1, 2)):
     rows = []
-    for s in (0, 1, 2):
-        rows += [row("plain", s, [(1, 5), (2, 4), (4, 3)]), row("empirical", s, [(1, 4), (2, 2)]),
-                 row("batch-2x", s, [(1, 3.5), (2, 3.2)]), row("batch-4x", s, [(1, 3.0)])]
-    table = Tables(rows).table("d", "targets")
+    for s in seeds:
+        rows += [hand_row("plain", s, [(1, 5), (2, 4), (4, 3)]), hand_row("empirical", s, [(1, 4), (2, 2)]),
+                 hand_row("batch-2x", s, [(1, 3.5), (2, 3.2)]), hand_row("batch-4x", s, [(1, 3.0)])]
+    return rows
+
+
+def test_tables_state_the_verdict_against_plain_and_each_control():
+    table = Tables(hand_rows()).table("d", "targets")
     assert [r["variant"] for r in table["rows"]] == ["plain", "empirical", "batch-2x", "batch-4x"]
     assert table["rows"][1]["verdict"] == "helps: 0.38x time to target"            # 1.5 s / 4 s on every seed
     assert table["sentences"] == ["**empirical** against plain: helps: 0.38x time to target; against batch-2x: "
                                   "helps: 0.75x time to target; against batch-4x: does not help here."]
+
+
+def test_a_seed_that_failed_makes_the_verdict_failed_and_is_named():
+    table = Tables([*hand_rows(), hand_row("empirical", 3, status="failed"),
+                    hand_row("plain", 3, [(1, 5), (2, 3)])]).table("d", "targets")
+    empirical = table["rows"][1]
+    assert empirical["verdict"] == "failed" and empirical["ratio"][-1] is None
+    assert table["sentences"][0] == "empirical, seed 3 failed: boom"
 
 
 def test_spread_and_statistics_text():

@@ -137,6 +137,8 @@ class Tables:
                                    for s, r in mine.items()],
                 "ratio": ratios, "ratio_metric": self.ratios(data, name, BASELINE, "metric"),
                 "verdict": self.row_verdict(data, name, ratios)})
+            if mine:
+                out["sentences"] += [f"{name}, seed {r['seed']} failed: {r['error']}" for r in failed]
             sc = SCENARIOS[every[0]["scenario"]]
             if self.same_as_plain(data, name):
                 out["sentences"].append(f"**{name}** is the same configuration as plain here (one run serves both).")

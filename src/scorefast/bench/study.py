@@ -137,6 +137,8 @@ class Study:
         """One clear error for anything wrong, before anything is written."""
         if not self.data:
             raise UserError("--data is required (a built-in set or a path; several separated by commas)")
+        if len(set(self.data)) != len(self.data):
+            raise UserError(f"--data names a data set twice: {','.join(self.data)}")
         if self.seeds < 1:
             raise UserError(f"--seeds must be >= 1, got {self.seeds}")
         if self.workers < 1:
@@ -190,10 +192,10 @@ class Study:
                 out.append(Variant(label, sc, flags, skipped))
         return out
 
-    def identity(self, parts: list[Part]) -> dict:
+    def identity(self, parts: list[Part], variants: dict[str, list[Variant]]) -> dict:
         """What defines the study (a folder holds one): its data, its variants' flags and its budget."""
         return {"data": [p.label for p in parts], "budget": str(self.budget),
-                "variants": {p.label: {v.name: v.flags for v in self.variants(p)} for p in parts}}
+                "variants": {p.label: {v.name: v.flags for v in variants[p.label]} for p in parts}}
 
 
 def config_hash(cfg) -> str:
@@ -312,7 +314,7 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
     study.validate()
     parts = study.parts()
     variants = {p.label: study.variants(p) for p in parts}
-    open_folder(out, study.identity(parts), {"seeds": study.seeds, "command": command})
+    open_folder(out, study.identity(parts, variants), {"seeds": study.seeds, "command": command})
     jobs = interleaved(parts, variants, study.seeds)
     threads = torch.get_num_threads()
     if study.threads:
