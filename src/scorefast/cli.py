@@ -190,6 +190,45 @@ def cmd_fp(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import run_bench
+    results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
+                        quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
+                        threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set)
+    for table in results["tables"]:
+        for sentence in table["sentences"]:
+            print(f"{table['data']}: {sentence.replace('**', '')}")
+    print(f"report: {Path(args.out) / 'report.md'}   numbers: {Path(args.out) / 'results.json'}")
+    return 0
+
+
+def _bench_parser(sub, text: str) -> None:
+    from .bench import PRESETS, choices_text
+    b = sub.add_parser("bench", help=text, description="Train every method beside its baselines (plain DSM, the "
+                       "default recipe) and its controls, seeds side by side, evaluate every snapshot with one "
+                       "evaluator, and write DIR/report.md, DIR/results.json and pictures. Finished runs in "
+                       "DIR/runs are reused, so the same command again only re-reports.")
+    b.add_argument("--data", default=None, help="data sets: built-in names or paths, separated by commas")
+    b.add_argument("--methods", default=None, help=f"comma-separated: {choices_text()} (default: all); a method "
+                   "brings its controls, the baselines always run")
+    b.add_argument("--budget", default=None, help="training budget of every network, with its unit: 4000steps or "
+                   "60s (default: 2000steps, or the preset's)")
+    b.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 of every variant (default: 3)")
+    b.add_argument("--out", required=True, help="study folder (runs/, report.md, results.json, pictures)")
+    b.add_argument("--quick", action="store_true", help="tiny sizes and budgets; alone, the quick preset")
+    b.add_argument("--preset", default=None, help=f"a named study: {', '.join(PRESETS)}; flags given override it")
+    b.add_argument("--n-data", default=None, help="training examples, comma-separated for a data-efficiency curve")
+    b.add_argument("--T", default=None, help="end time(s) of the truncated variants (default: 0.4)")
+    b.add_argument("--workers", type=int, default=None, help="workers of the interval variants and their control "
+                   "(default: 1, the networks queued)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads of every run (default: all cores)")
+    b.add_argument("--snapshot-every", type=int, default=None, help="steps between evaluated snapshots (default: "
+                   "a tenth of a step budget, 200 under a time budget)")
+    b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+                   help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
+    b.set_defaults(func=cmd_bench)
+
+
 def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler (and of dequantisation and probes)")
@@ -223,7 +262,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
              "nll": "test negative log-likelihood (nats; bits/dim for images)",
              "evaluate": "sample-quality metrics against held-out data",
              "fp": "solve the log-density Fokker-Planck equation on a grid (score embedding)",
-             "sweep-T": "train one model per end time T and choose T by the validation ELBO"}
+             "sweep-T": "train one model per end time T and choose T by the validation ELBO",
+             "bench": "measure every method against its baselines and controls; writes a report"}
     for name, text in helps.items():
         if name != command:
             sub.add_parser(name, help=text, add_help=False)
@@ -287,6 +327,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         w.add_argument("--quiet", action="store_true", help="no progress bars")
         add_config_flags(w, skip=("T",))
         w.set_defaults(func=cmd_sweep_T)
+    elif command == "bench":
+        _bench_parser(sub, helps["bench"])
     return p
 
 

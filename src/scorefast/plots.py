@@ -132,3 +132,111 @@ def plot_fp(axes_: list[np.ndarray], t: np.ndarray, logp: np.ndarray, score: np.
     fig.suptitle("log p_t (colour) and its score (arrows)" if d > 1 else "log p_t and its score")
     fig.tight_layout()
     _save(fig, path)
+
+
+def _band(seeds: list[list[tuple[float, float]]], points: int = 200):
+    """(grid, median, low, high) of seed curves on a common wall-clock grid (where every seed has values)."""
+    lo = max(c[0][0] for c in seeds)
+    hi = min(c[-1][0] for c in seeds)
+    if not hi > lo:
+        return None
+    grid = np.linspace(lo, hi, points)
+    values = np.stack([np.interp(grid, *np.asarray(c, dtype=float).T) for c in seeds])
+    return grid, np.median(values, axis=0), values.min(axis=0), values.max(axis=0)
+
+
+def plot_quality_curves(panels: list[tuple[str, dict[str, list[list[tuple[float, float]]]]]], path: str | Path,
+                        title: str = "") -> None:
+    """Quality against training wall-clock, one panel per measure: one line per variant (the median over seeds
+    on their common time range), the seeds' spread shaded; a single seed is drawn as its own curve."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.2), squeeze=False)
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        values = [v for seeds in series.values() for c in seeds for _, v in c]
+        finals = [c[-1][1] for seeds in series.values() for c in seeds if c]
+        for k, (name, seeds) in enumerate(series.items()):
+            seeds = [c for c in seeds if c]
+            if not seeds:
+                continue
+            colour = plt.cm.tab20(k % 20) if len(series) > 10 else f"C{k}"
+            band = _band(seeds) if len(seeds) > 1 else None
+            if band is None:
+                for i, c in enumerate(seeds):
+                    ax.plot(*zip(*c), "o-", ms=3, lw=1.2, color=colour, label=name if i == 0 else None)
+                continue
+            grid, mid, low, high = band
+            ax.plot(grid, mid, lw=1.5, color=colour, label=name)
+            ax.fill_between(grid, low, high, color=colour, alpha=0.18, lw=0)
+        if finals:  # the early, poor values would flatten the end of training, where the variants differ
+            low, high = min(values), max(finals)
+            ax.set_ylim(low - 0.05 * (high - low + 1e-9), high + 1.5 * (high - low + 1e-9))
+        ax.set_xlabel("training wall-clock [s] (precomputation included)")
+        ax.set_ylabel(f"{ylabel} (lower is better)")
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_sample_panels(panels: list[tuple[str, np.ndarray]], path: str | Path, columns: int = 6) -> None:
+    """Samples of several variants side by side: scatter plots for points (on one shared box), image grids for
+    images."""
+    rows = math.ceil(len(panels) / columns)
+    cols = min(columns, len(panels))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False)
+    points = [np.asarray(x).reshape(len(x), -1)[:, :2] for _, x in panels if np.asarray(x).ndim != 4]
+    if points:
+        every = np.concatenate(points)
+        lo, hi = np.percentile(every, 0.5, axis=0), np.percentile(every, 99.5, axis=0)
+        pad = 0.1 * (hi - lo)
+        box = [[lo[0] - pad[0], hi[0] + pad[0]], [lo[1] - pad[1], hi[1] + pad[1]]]
+    for ax, (name, x) in zip(axes.flat, panels):
+        x = np.asarray(x)
+        if x.ndim == 4:
+            grid = image_grid(x[:36])
+            ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        else:
+            p = x.reshape(len(x), -1)[:, :2]
+            ax.scatter(p[:, 0], p[:, 1], s=1.5, alpha=0.5, lw=0)
+            ax.set_xlim(box[0])
+            ax.set_ylim(box[1])
+            ax.set_aspect("equal")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_T_tradeoff(panels: list[tuple[str, dict[str, list[tuple[float, float]]]]], path: str | Path,
+                    title: str = "") -> None:
+    """Measures against the end time T, one panel per measure and one line per prior at T (the point at T = 1
+    is plain DSM with the standard prior)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 3.8), squeeze=False)
+    names = list(dict.fromkeys(name for _, series in panels for name in series))
+    for ax, (ylabel, series) in zip(axes[0], panels):
+        for name, pts in series.items():
+            pts = sorted(pts)
+            ax.plot(*zip(*pts), "o-" if len(pts) > 1 else "s", label=name, color=f"C{names.index(name) % 10}")
+        ax.set_xlabel("end time T")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_data_efficiency(series: dict[str, list[tuple[int, float]]], path: str | Path, ylabel: str,
+                         title: str = "") -> None:
+    """A final quality against the number of training examples, one line per variant."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, pts in series.items():
+        ax.plot(*zip(*sorted(pts)), "o-", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("examples (--n-data)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    _save(fig, path)

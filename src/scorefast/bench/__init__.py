@@ -1,0 +1,31 @@
+"""``scorefast bench``: every method against its baselines and its fair controls, on the user's data and machine.
+
+    from scorefast.bench import run_bench
+    results = run_bench(data="checkerboard", methods="truncation", budget="2000steps", seeds=3, out="bench/t")
+
+A study (``study``) trains data sets x variants (``scenarios``) x seeds side by side, reusing finished
+runs by the hash of their configuration; ``curves`` evaluates every EMA snapshot with one evaluator;
+``report`` writes OUT/report.md, OUT/results.json and the pictures, each table with its verdict.
+Named studies are in ``presets``. Importing this package registers the ``fp-embed-off`` control target.
+"""
+
+from __future__ import annotations
+
+from . import targets  # noqa: F401  (registers the fp-embed-off target)
+from .presets import PRESETS, Preset, get_preset
+from .scenarios import GROUPS, SCENARIOS, Selection, choices_text
+
+_LAZY = {"run_bench": "command", "make_study": "command", "command_of": "command", "Study": "study",
+         "Budget": "study", "run_study": "study", "verdict": "report", "write_report": "report"}
+
+
+def __getattr__(name):
+    """The study, its runner and its report are imported when used: listing the choices needs no torch."""
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(name)
+
+
+__all__ = ["GROUPS", "PRESETS", "SCENARIOS", "Budget", "Preset", "Selection", "Study", "choices_text", "command_of",
+           "get_preset", "make_study", "run_bench", "run_study", "verdict", "write_report"]

@@ -1,0 +1,160 @@
+"""Quality against wall-clock for every run of a study, by one evaluator.
+
+Every kept EMA snapshot of a run (at most ``Protocol.points`` of them, evenly spread, plus the final
+weights) is evaluated the same way for every variant and seed:
+
+- held-out NLL by ``evaluate.test_nll`` on the run's own held-out split (the same points for every
+  variant of a seed and data set): a fixed seed for dequantisation and probes, the exact divergence for
+  d <= 3, else Hutchinson with 2 probes; bits/dim for discrete images, nats per example otherwise;
+- the sample metric of ``evaluate.Evaluator`` (fixed seed, the probability-flow ODE) against the whole
+  held-out split: SWD, or the digits Frechet distance for digits - the protocol of the trainer's own final
+  metric, so the last point equals the run's summary.
+
+The wall-clock of a point is the training seconds the run had spent when the snapshot was taken,
+precomputation (FP solve, reference set-up, a prior fitted before training) included: the trainer's
+'wall' for one network; for interval networks the sum along each worker's queue, the largest over the
+workers, plus a prior fitted before training and a shared warm-start network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..checkpoint import load_checkpoint, read_json, write_json
+from ..run import RunDir
+
+SNAPSHOT = re.compile(r"net-(\d+)-(\d+)\.pt$")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The evaluation of every curve point: held-out NLL (``nll_n`` points, ``nll_steps`` RK4 steps at
+    T = 1) and the sample metric (``samples`` ODE samples, ``sample_steps`` steps); ``points`` snapshots
+    at most per curve, besides the final weights."""
+
+    nll_n: int = 1000
+    nll_steps: int = 100
+    samples: int = 2000
+    sample_steps: int = 100
+    points: int = 10
+    seed: int = 7
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+
+
+QUICK_PROTOCOL = Protocol(nll_n=200, nll_steps=20, samples=500, sample_steps=20, points=3)
+
+
+def snapshot_steps(run: Path, networks: int) -> list[int]:
+    """The steps at which every network of the run kept a snapshot."""
+    found: dict[int, set[int]] = {}
+    for path in (run / "snapshots").glob("net-*-*.pt"):
+        m = SNAPSHOT.search(path.name)
+        if m:
+            found.setdefault(int(m.group(2)), set()).add(int(m.group(1)))
+    return sorted(step for step, nets in found.items() if len(nets) == networks)
+
+
+def spread(steps: list[int], k: int) -> list[int]:
+    """At most ``k`` of ``steps``, evenly spread and always including the last."""
+    if len(steps) <= k:
+        return steps
+    if k <= 1:
+        return steps[-1:]
+    picks = {round(i * (len(steps) - 1) / (k - 1)) for i in range(k)}
+    return [steps[i] for i in sorted(picks)]
+
+
+def run_wall(cfg, walls: list[float], extra: float = 0.0) -> float:
+    """A run's wall-clock from its networks' own training seconds: one network's 'wall' as it is; interval
+    networks summed along each worker group's queue, the slowest group, plus ``extra`` (what the networks'
+    walls leave out: a prior fitted before training, a warm-start network)."""
+    if len(walls) == 1:
+        return float(walls[0])
+    from ..training.launcher import assignment, layout
+    groups, _ = layout(cfg.launch.workers, len(walls))
+    return max(sum(walls[k] for k in queue) for queue in assignment(len(walls), groups)) + extra
+
+
+def outside_walls(run: RunDir, cfg) -> float:
+    """Seconds a piecewise run spends outside its networks' walls: the prior fitted before training, the
+    shared warm-start network."""
+    if not cfg.partition.piecewise:
+        return 0.0
+    seconds = 0.0
+    if cfg.prior.fit == "before" and run.prior_path.exists():
+        seconds += float(load_checkpoint(run.prior_path)["fit"].get("seconds", 0.0))
+    warm = run.checkpoint("warm")
+    if warm.exists():
+        seconds += float(load_checkpoint(warm)["wall"])
+    return seconds
+
+
+def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
+    """The curve of a finished run: {'points': [{step, wall, nll, metric}], 'nll_key', 'metric_name', ...}."""
+    import torch
+
+    from ..evaluate import Evaluator, test_nll
+    from ..run import open_run
+    rd = RunDir(path)
+    final = open_run(rd.path)
+    cfg, sde, device = final.config, final.sde, final.device
+    networks = len(cfg.edges(sde)) - 1
+    extra = outside_walls(rd, cfg)
+    held = final.heldout(cfg.data.spec)
+    probe = final.heldout(cfg.data.spec, protocol.nll_n)
+    hutchinson = 0 if probe.dim <= 3 else 2
+    key = "bpd" if probe.levels else "nll_nats"
+    evaluator = Evaluator(protocol.samples, "ode", protocol.sample_steps)
+    states = [load_checkpoint(rd.checkpoint(k)) for k in range(networks)]
+    last = min(int(s["step"]) for s in states)
+    steps = spread([s for s in snapshot_steps(rd.path, networks) if s < last], max(0, protocol.points - 1))
+    points = []
+    for step in [*steps, None]:
+        if step is None:
+            model, walls = final.model, [float(s["wall"]) for s in states]
+        else:
+            model = rd.load_model(cfg, sde, final.shape, step=step).to(device)
+            walls = [float(load_checkpoint(rd.snapshot(k, step))["wall"]) for k in range(networks)]
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(protocol.seed)  # the probes' generator off the CPU (test_nll seeds its own on CPU)
+            nll = test_nll(model, sde, probe, final.prior, device, steps=protocol.nll_steps, hutchinson=hutchinson,
+                           seed=protocol.seed)[key]
+            metric = evaluator(model, sde, held, final.prior, device)
+        points.append({"step": last if step is None else step, "wall": run_wall(cfg, walls, extra),
+                       "nll": finite(nll), "metric": finite(metric["metric"])})
+    return {"points": points, "nll_key": key, "metric_name": metric["metric_name"], "networks": networks,
+            "divergence": "exact" if hutchinson == 0 else f"hutchinson-{hutchinson}", "nll_n": len(probe),
+            "T": cfg.sde.T}
+
+
+def finite(value: float) -> float | None:
+    """A float for JSON: None for inf or NaN (JSON has neither; a missing value never reaches a target)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def cached_curve(path: str | Path, protocol: Protocol, cache: Path) -> dict:
+    """``evaluate_run``'s curve, kept in ``cache/<run>-<protocol>.json`` (a finished run never changes, so a
+    study run again re-evaluates nothing)."""
+    file = cache / f"{Path(path).name}-{protocol.key()}.json"
+    if file.exists():
+        return read_json(file, "curve")
+    curve = evaluate_run(path, protocol)
+    write_json(file, curve)
+    return curve
+
+
+def as_pairs(points: list[dict], key: str) -> list[tuple[float, float]]:
+    """[(wall, value)] of curve points for ``evaluate.time_to`` (a missing value as NaN: never reaching)."""
+    return [(p["wall"], math.nan if p[key] is None else p[key]) for p in points]
+
+
+__all__ = ["Protocol", "QUICK_PROTOCOL", "as_pairs", "cached_curve", "evaluate_run", "finite", "outside_walls",
+           "run_wall", "snapshot_steps", "spread"]

@@ -1,0 +1,252 @@
+"""The variants a study can run: the two baselines, each method, and the control beside each method.
+
+A scenario is a name, its family (``group``), its ``role`` (baseline, method or control) and the
+``scorefast train`` flags it sets on top of the study's settings for a data set (``Setting``). Every
+method and control starts from the plain recipe, so that a comparison isolates the one thing it adds.
+Each method names its controls - the cheaper explanation of its claimed gain that the method must beat:
+
+- score targets (empirical, knn, fp-regress, fp-embed) against DSM at 2x and 4x batch (a lower-variance
+  target competes with simply averaging more noise), and fp-embed against itself with the embedding off;
+- truncation (T < 1 with a fitted prior at T) against T = 1 with fewer large-t draws (SpeeD-style bins:
+  0.8 of the draws below T, 0.2 above) and against the likelihood-importance time sampler;
+- interval networks against one network with the same time allocation (bins at the interval edge,
+  equal shares) and the same samples per step (the batch doubled) on the same workers;
+- combined (a target, short T with a fitted prior, intervals) against DSM at 2x batch.
+
+Nothing here imports torch at import time (``scorefast bench --help`` lists the names instantly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+
+ROLES = ("baseline", "method", "control")
+GROUPS = ("baselines", "targets", "truncation", "intervals", "combined")
+PRIORS_AT_T = ("gaussian", "gmm", "flow")
+BASELINE = "plain"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a scenario's flags depend on: the study's flags for one data set (``base``: batch size,
+    network, ...), the data dimension, the end time of the truncation variants, the workers of the
+    interval variants, and whether the study is the tiny --quick one."""
+
+    base: dict
+    dim: int
+    T: float = 0.4
+    workers: int = 1
+    quick: bool = False
+
+    @property
+    def batch(self) -> int:
+        from ..training.config import Config
+        return int(self.base.get("batch_size", Config().optim.batch_size))
+
+    def interval_edge(self) -> float:
+        """The inner edge of the two-interval partition the 'intervals-2' variant trains on."""
+        from ..training.config import Config
+        cfg = Config(**{**self.base, "recipe": "plain", "intervals": 2})
+        return cfg.edges(cfg.sde.build())[1]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One variant of a study: ``flags(setting)`` are its flags over the study's settings."""
+
+    name: str
+    group: str
+    role: str
+    help: str
+    flags: Callable[[Setting], dict]
+    controls: tuple[str, ...] = ()
+    needs_grid: bool = False  # the Fokker-Planck grid target: data of dimension <= 3 only
+    uses_T: bool = False  # one variant per end time of the study's --T
+
+    def applies(self, dim: int) -> str | None:
+        """None if this scenario can run on data of ``dim`` dimensions, else why not."""
+        from ..methods.targets import MAX_GRID_DIM
+        if self.needs_grid and dim > MAX_GRID_DIM:
+            return f"needs a Fokker-Planck grid, so d <= {MAX_GRID_DIM} (d = {dim})"
+        return None
+
+
+SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario(name: str, group: str, role: str, help: str, controls: tuple[str, ...] = (), needs_grid: bool = False,
+             uses_T: bool = False) -> Callable[[Callable[[Setting], dict]], Callable[[Setting], dict]]:
+    """Decorator: register the flags function of scenario ``name`` (its name and description beside it)."""
+    def decorate(fn: Callable[[Setting], dict]) -> Callable[[Setting], dict]:
+        if name in SCENARIOS:
+            raise ValueError(f"scenario '{name}' is registered twice")
+        if group not in GROUPS or role not in ROLES:
+            raise ValueError(f"scenario '{name}': unknown group '{group}' or role '{role}'")
+        SCENARIOS[name] = Scenario(name, group, role, help, fn, controls, needs_grid, uses_T)
+        return fn
+    return decorate
+
+
+PLAIN = {"recipe": "plain"}
+
+
+def quick_grid(s: Setting) -> dict:
+    """A coarser Fokker-Planck grid for the --quick study (the grid targets' own defaults otherwise)."""
+    return {"fp_grid": 65, "fp_steps": 24} if s.quick and s.dim <= 3 else {}
+
+
+def fitted_prior(name: str, s: Setting) -> dict:
+    """A prior at T, fitted before training so that its seconds count in the run's wall-clock."""
+    flags = {"prior": name, "prior_fit": "before"}
+    if s.quick and name != "gaussian":
+        flags["prior_steps"] = 200
+    return flags
+
+
+# -- baselines ----------------------------------------------------------------------------------------
+
+@scenario("plain", "baselines", "baseline", "plain DSM: the plain recipe (scorefast 0.1's training), the reference "
+          "of every time-to-target")
+def _plain(s: Setting) -> dict:
+    return dict(PLAIN)
+
+
+@scenario("default", "baselines", "baseline", "the default recipe: no --recipe flag, whatever scorefast trains with "
+          "by default")
+def _default(s: Setting) -> dict:
+    return {}
+
+
+# -- score targets --------------------------------------------------------------------------------------
+
+TARGET_CONTROLS = ("batch-2x", "batch-4x")
+
+
+@scenario("empirical", "targets", "method", "regression on the closed-form score of the diffused data over a "
+          "reference batch (Stable Target Field)", TARGET_CONTROLS)
+def _empirical(s: Setting) -> dict:
+    return {**PLAIN, "method": "empirical"}
+
+
+@scenario("knn", "targets", "method", "regression on the posterior mean over the nearest training points",
+          TARGET_CONTROLS)
+def _knn(s: Setting) -> dict:
+    return {**PLAIN, "method": "knn"}
+
+
+@scenario("fp-regress", "targets", "method", "regression on the Fokker-Planck grid score of the data's KDE "
+          "(d <= 3)", TARGET_CONTROLS, needs_grid=True)
+def _fp_regress(s: Setting) -> dict:
+    return {**PLAIN, "method": "fp-regress", **quick_grid(s)}
+
+
+@scenario("fp-embed", "targets", "method", "the score-embedding paper's transport embedding of a pre-computed score",
+          (*TARGET_CONTROLS, "fp-embed-off"))
+def _fp_embed(s: Setting) -> dict:
+    return {**PLAIN, "method": "fp-embed", **quick_grid(s)}
+
+
+@scenario("batch-2x", "targets", "control", "plain DSM at twice the batch (control of the score targets)")
+def _batch2(s: Setting) -> dict:
+    return {**PLAIN, "batch_size": 2 * s.batch}
+
+
+@scenario("batch-4x", "targets", "control", "plain DSM at four times the batch (control of the score targets)")
+def _batch4(s: Setting) -> dict:
+    return {**PLAIN, "batch_size": 4 * s.batch}
+
+
+@scenario("fp-embed-off", "targets", "control", "fp-embed with every pre-computed score zero: its pipeline and "
+          "precomputation without the embedding (control of fp-embed)")
+def _fp_embed_off(s: Setting) -> dict:
+    return {**PLAIN, "method": "fp-embed-off", **quick_grid(s)}
+
+
+# -- truncation -----------------------------------------------------------------------------------------
+
+TRUNCATION_CONTROLS = ("t1-downweighted", "t1-likelihood")
+
+
+def _truncated(prior: str) -> Callable[[Setting], dict]:
+    def flags(s: Setting) -> dict:
+        return {**PLAIN, "T": s.T, **fitted_prior(prior, s)}
+    return flags
+
+
+for _prior in PRIORS_AT_T:
+    scenario(f"trunc-{_prior}", "truncation", "method", f"a shorter diffusion (T = the study's --T) bridged by a "
+             f"{_prior} prior fitted at T", TRUNCATION_CONTROLS, uses_T=True)(_truncated(_prior))
+
+
+@scenario("t1-downweighted", "truncation", "control", "T = 1 with large-t steps down-weighted (SpeeD-style: 0.8 of "
+          "the draws below the study's T, 0.2 above; control of truncation)")
+def _downweighted(s: Setting) -> dict:
+    return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.T:g}", "time_shares": "0.8,0.2"}
+
+
+@scenario("t1-likelihood", "truncation", "control", "T = 1 with the likelihood-importance time sampler (control of "
+          "truncation)")
+def _likelihood(s: Setting) -> dict:
+    return {**PLAIN, "time_sampler": "likelihood"}
+
+
+# -- interval networks ----------------------------------------------------------------------------------
+
+@scenario("intervals-2", "intervals", "method", "two networks on two log-SNR intervals of [eps, T], each with the "
+          "study's batch, on the study's --workers (queued on one)", ("one-net-allocation",))
+def _intervals(s: Setting) -> dict:
+    return {**PLAIN, "intervals": 2, "workers": s.workers}
+
+
+@scenario("one-net-allocation", "intervals", "control", "one network with the time allocation of intervals-2 (bins "
+          "at its edge, equal shares) and its samples per step (twice the batch), on the same workers")
+def _one_net(s: Setting) -> dict:
+    return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.interval_edge():.6g}", "time_shares": "0.5,0.5",
+            "batch_size": 2 * s.batch, "workers": s.workers}
+
+
+# -- everything at once ---------------------------------------------------------------------------------
+
+@scenario("combined", "combined", "method", "the empirical target + T = the study's --T with a fitted GMM prior + "
+          "two interval networks (none of the papers tried it)", ("batch-2x",), uses_T=True)
+def _combined(s: Setting) -> dict:
+    return {**PLAIN, "method": "empirical", "T": s.T, **fitted_prior("gmm", s), "intervals": 2,
+            "workers": s.workers}
+
+
+@dataclass
+class Selection:
+    """The scenarios a --methods list selects, in registry order: the baselines always, every method named
+    (or of a group named) with its controls, and controls named on their own."""
+
+    names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str | None) -> Selection:
+        words = [w.strip() for w in (text or "all").split(",") if w.strip()]
+        if not words:
+            raise UserError("--methods is empty; name scenarios or groups (or all)")
+        chosen = {name for name, sc in SCENARIOS.items() if sc.role == "baseline"}
+        for word in words:
+            if word == "all":
+                chosen |= set(SCENARIOS)
+            elif word in GROUPS:
+                chosen |= {name for name, sc in SCENARIOS.items() if sc.group == word}
+            elif word in SCENARIOS:
+                chosen |= {word, *SCENARIOS[word].controls}
+            else:
+                raise UserError(f"unknown --methods entry '{word}'; choose from all, {', '.join(GROUPS)}, "
+                                f"{', '.join(SCENARIOS)}")
+        return cls([name for name in SCENARIOS if name in chosen])
+
+
+def choices_text() -> str:
+    """The --methods choices in one line, for --help."""
+    return f"all, a group ({', '.join(GROUPS)}) or scenarios ({', '.join(SCENARIOS)})"
+
+
+__all__ = ["BASELINE", "GROUPS", "PRIORS_AT_T", "ROLES", "SCENARIOS", "Scenario", "Selection", "Setting",
+           "choices_text", "scenario"]

@@ -1,0 +1,344 @@
+"""A study: data sets x variants x seeds, trained side by side and evaluated by one evaluator.
+
+    study = Study(data=("checkerboard",), methods=Selection.parse("truncation").names,
+                  budget=Budget.parse("2000steps"), seeds=3)
+    rows = run_study(study, Path("bench/trunc"))
+
+Every run lives in ``OUT/runs/<hash of its configuration>/`` (a normal run directory): a finished run
+with the same configuration is reused, never trained again and never deleted; an unfinished one is
+resumed. Runs go in interleaved order - every variant of a seed before the next seed, the variants'
+order rotated from seed to seed - so that a change of machine load hits all variants alike. A variant
+that fails (bad flags for this data, a diverged run, a bug) becomes a row with its error text. Seeds
+are independent: each is the run's ``--seed`` (its data draw, split, initialisation and batches).
+``OUT/study.json`` records what defines the study (data, variants, budget); a folder holding another
+study is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..checkpoint import read_json, write_json
+from ..errors import UserError
+from .curves import QUICK_PROTOCOL, Protocol, cached_curve
+from .scenarios import SCENARIOS, Scenario, Setting
+
+BUDGET = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(steps|s)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """The training budget of every network: ``steps`` optimiser steps, or ``seconds`` of training (the
+    seconds of a run: interval networks queued on a worker share them). Written with its unit:
+    '4000steps' or '60s'."""
+
+    value: float
+    unit: str  # 'steps' or 's'
+
+    @classmethod
+    def parse(cls, text: str) -> Budget:
+        m = BUDGET.match(str(text))
+        if not m:
+            raise UserError(f"--budget '{text}': give a number with its unit, e.g. 4000steps or 60s")
+        value, unit = float(m.group(1)), m.group(2).lower()
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"--budget must be > 0, got {text}")
+        if unit == "steps" and not value.is_integer():
+            raise UserError(f"--budget '{text}': a number of steps must be whole")
+        return cls(value, unit)
+
+    def __str__(self) -> str:
+        return f"{int(self.value)}steps" if self.unit == "steps" else f"{self.value:g}s"
+
+    def flags(self, snapshot_every: int) -> dict:
+        """The training flags of this budget (evaluation and checkpoints once per run, snapshots as asked)."""
+        if self.unit == "steps":
+            steps = int(self.value)
+            return {"steps": steps, "eval_every": steps, "ckpt_every": steps, "snapshot_every": snapshot_every}
+        return {"time_budget": self.value, "eval_every": 10**9, "ckpt_every": 10 * snapshot_every,
+                "snapshot_every": snapshot_every}
+
+    def default_snapshot_every(self) -> int:
+        """Snapshots every tenth of a step budget; every 200 steps under a time budget."""
+        return max(1, int(self.value) // 10) if self.unit == "steps" else 200
+
+
+@dataclass(frozen=True)
+class Part:
+    """One data set of a study (a spec at one --n-data), with what its variants' flags depend on."""
+
+    spec: str
+    n: int | None
+    dim: int
+    kind: str
+
+    @property
+    def label(self) -> str:
+        return self.spec if self.n is None else f"{self.spec} n={self.n}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A scenario's flags for one data set (without seed and run directory), or why it does not apply."""
+
+    name: str
+    scenario: Scenario
+    flags: dict
+    skipped: str | None = None
+
+
+def data_defaults(part: Part, quick: bool) -> dict:
+    """Network and batch for a kind of data: an MLP for points and small images (8x8), the U-Net otherwise;
+    tiny ones for --quick."""
+    if part.kind == "points":
+        return {"width": 64, "batch_size": 256, "n_data": 2000} if quick else {"width": 128, "batch_size": 512}
+    if part.dim <= 256:
+        return {"arch": "mlp", "width": 128, "batch_size": 128} if quick else \
+            {"arch": "mlp", "width": 256, "batch_size": 256}
+    return {"batch_size": 32, "n_data": 256} if quick else {"batch_size": 128}
+
+
+@dataclass
+class Study:
+    """Data sets x variants (scenario names, see ``scenarios``) x seeds under one budget; ``settings`` are
+    training flags for every variant (they win over the data defaults and lose to the scenarios' own),
+    ``T`` the end times of the truncated variants (one variant per T when several), ``workers`` those of the
+    interval variants and their control, ``evaluation`` the protocol of the curves."""
+
+    data: tuple[str, ...]
+    methods: tuple[str, ...]
+    budget: Budget
+    seeds: int = 3
+    n_data: tuple[int | None, ...] = (None,)
+    T: tuple[float, ...] = (0.4,)
+    workers: int = 1
+    threads: int | None = None
+    quick: bool = False
+    snapshot_every: int | None = None
+    settings: dict = field(default_factory=dict)
+    evaluation: Protocol | None = None
+
+    @property
+    def protocol(self) -> Protocol:
+        """The evaluation of every curve point: ``evaluation`` if given, else the quick or the full one."""
+        return self.evaluation or (QUICK_PROTOCOL if self.quick else Protocol())
+
+    def validate(self) -> None:
+        """One clear error for anything wrong, before anything is written."""
+        if not self.data:
+            raise UserError("--data is required (a built-in set or a path; several separated by commas)")
+        if len(set(self.data)) != len(self.data):
+            raise UserError(f"--data names a data set twice: {','.join(self.data)}")
+        if self.seeds < 1:
+            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.snapshot_every is not None and self.snapshot_every < 1:
+            raise UserError(f"--snapshot-every must be >= 1, got {self.snapshot_every}")
+        if any(n is not None and n < 1 for n in self.n_data):
+            raise UserError(f"--n-data must be >= 1, got {','.join(str(n) for n in self.n_data)}")
+        if not self.T or any(not 0 < t < 1 for t in self.T):
+            raise UserError(f"--T must be end times in (0, 1) for the truncated variants, got {self.T}")
+        unknown = [m for m in self.methods if m not in SCENARIOS]
+        if unknown:
+            raise UserError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+
+    def parts(self) -> list[Part]:
+        """The data sets, each read once here (an unreadable one is a UserError before anything runs)."""
+        from ..data import load_data
+        parts = []
+        for spec in self.data:
+            for n in self.n_data:
+                ds = load_data(spec, n=n, seed=0)
+                parts.append(Part(spec, n, ds.dim, ds.kind))
+        return parts
+
+    def base(self, part: Part) -> dict:
+        """The flags every variant of ``part`` shares."""
+        snapshot_every = self.snapshot_every or self.budget.default_snapshot_every()
+        protocol = self.protocol
+        flags = {**data_defaults(part, self.quick), "data": part.spec,
+                 **({"n_data": part.n} if part.n is not None else {}),
+                 **self.budget.flags(snapshot_every), "eval_samples": protocol.samples,
+                 "eval_steps": protocol.sample_steps, **({"threads": self.threads} if self.threads else {}),
+                 **self.settings}
+        from ..training.config import Config
+        Config(**flags).validate()  # a bad --set is one error for the study, not a failed row per variant
+        return flags
+
+    def variants(self, part: Part) -> list[Variant]:
+        base = self.base(part)
+        out = []
+        for name in self.methods:
+            sc = SCENARIOS[name]
+            Ts = self.T if sc.uses_T and len(self.T) > 1 else self.T[:1]
+            for T in Ts:
+                label = name if len(Ts) == 1 else f"{name}-T{T:g}"
+                skipped = sc.applies(part.dim)
+                setting = Setting(base, part.dim, T, self.workers, self.quick)
+                flags = {} if skipped else {**base, **sc.flags(setting)}
+                out.append(Variant(label, sc, flags, skipped))
+        return out
+
+    def identity(self, parts: list[Part], variants: dict[str, list[Variant]]) -> dict:
+        """What defines the study (a folder holds one): its data, its variants' flags and its budget."""
+        return {"data": [p.label for p in parts], "budget": str(self.budget),
+                "variants": {p.label: {v.name: v.flags for v in variants[p.label]} for p in parts}}
+
+
+def config_hash(cfg) -> str:
+    """The hash of a run's configuration, its location aside (the name of its run directory)."""
+    nested = cfg.to_dict()
+    nested["log"] = {k: v for k, v in nested["log"].items() if k != "out"}
+    return hashlib.sha256(json.dumps(nested, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_folder(out: Path, identity: dict, extra: dict) -> None:
+    """Claim ``out`` for this study: refuse a file, a folder of another study, or a non-empty folder that
+    holds no study; then write study.json (identity + ``extra``)."""
+    study = out / "study.json"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a study folder")
+    if study.exists():
+        saved = read_json(study, "study.json")
+        differ = [k for k in identity if saved.get(k) != json.loads(json.dumps(identity[k]))]
+        if differ:
+            raise UserError(f"--out '{out}' holds another study (its {' and '.join(differ)} differ); choose another "
+                            "--out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise UserError(f"--out '{out}' is not empty and holds no study.json; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create --out '{out}': {exc.strerror or exc}") from None
+    write_json(study, {**identity, **extra})
+
+
+def interleaved(parts: list[Part], variants: dict[str, list[Variant]], seeds: int) -> list[tuple]:
+    """(part, variant, seed) in run order: seed by seed, every data set, the variants rotated per seed."""
+    jobs = []
+    for seed in range(seeds):
+        for part in parts:
+            vs = variants[part.label]
+            k = seed % len(vs) if vs else 0
+            jobs += [(part, v, seed) for v in vs[k:] + vs[:k]]
+    return jobs
+
+
+def error_text(exc: BaseException) -> str:
+    """One line for a failed run: a UserError's own message; for anything else its type and where it arose."""
+    if isinstance(exc, UserError):
+        return str(exc)
+    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{at}"
+
+
+def finished(run: Path, digest: str) -> bool:
+    """Whether ``run`` holds a finished run of the configuration with hash ``digest``."""
+    from ..run import RunDir
+    if not (run / "summary.json").is_file():
+        return False
+    return config_hash(RunDir(run).read_config()) == digest
+
+
+def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol) -> dict:
+    """Train (or reuse, or resume) one run and evaluate its curve; failures become the row's 'error'."""
+    from ..training.config import Config
+    from ..training.interrupt import Interrupted
+    from ..training.recipe import train
+    row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
+           "scenario": variant.scenario.name, "group": variant.scenario.group, "role": variant.scenario.role,
+           "seed": seed, "status": "ok", "reused": False, "warnings": []}
+    if variant.skipped:
+        return {**row, "status": "n/a", "error": variant.skipped}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            cfg = queue_budget(Config(**variant.flags, seed=seed))
+            digest = config_hash(cfg)
+            run = out / "runs" / digest
+            row.update(hash=digest, run=str(run))
+            if finished(run, digest):
+                row["reused"] = True
+            else:
+                summary = train(cfg.replace(out=str(run)), resume=(run / "config.json").exists(), progress=False)
+                row["train_seconds"] = summary["train_seconds"]
+            row["curve"] = cached_curve(run, protocol, out / "curves")
+        except Interrupted:
+            raise
+        except Exception as exc:  # one variant's failure is a row of the report, never the end of the study
+            row.update(status="failed", error=error_text(exc))
+    row["warnings"] = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
+                                         for w in caught))
+    return row
+
+
+def queue_budget(cfg):
+    """A time budget is the run's: interval networks queued on one worker share it (each gets its share)."""
+    if cfg.budget.time_budget is None or not cfg.partition.piecewise:
+        return cfg
+    from ..training.launcher import layout
+    networks = len(cfg.edges(cfg.sde.build())) - 1
+    groups, _ = layout(cfg.launch.workers, networks)
+    return cfg.replace(time_budget=cfg.budget.time_budget / math.ceil(networks / groups))
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def stderr_line(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line, command: str = "") -> list[dict]:
+    """Run every (data, variant, seed) of ``study`` into ``out``; returns one row per run (its curve, or its
+    error). One progress line per run on ``say``: which run, the time so far and an estimate of what is left
+    (from the runs trained so far; reused runs cost nothing)."""
+    import torch
+    study.validate()
+    parts = study.parts()
+    variants = {p.label: study.variants(p) for p in parts}
+    open_folder(out, study.identity(parts, variants), {"seeds": study.seeds, "command": command})
+    jobs = interleaved(parts, variants, study.seeds)
+    threads = torch.get_num_threads()
+    if study.threads:
+        torch.set_num_threads(study.threads)
+    began, spent, trained, rows = time.perf_counter(), 0.0, 0, []
+    try:
+        for i, (part, variant, seed) in enumerate(jobs):
+            elapsed = time.perf_counter() - began
+            left = f"about {clock(spent / trained * (len(jobs) - i))} left" if trained else "estimating the time left"
+            doing = f"not applicable ({variant.skipped})" if variant.skipped else f"elapsed {clock(elapsed)}, {left}"
+            say(f"bench [{i + 1}/{len(jobs)}] {part.label}: {variant.name}, seed {seed} ({doing})")
+            t0 = time.perf_counter()
+            row = run_job(part, variant, seed, out, study.protocol)
+            if not row["reused"] and row["status"] != "n/a":
+                spent, trained = spent + time.perf_counter() - t0, trained + 1
+            if row["status"] == "failed":
+                say(f"bench: {part.label}: {variant.name}, seed {seed} failed: {row['error']}")
+            rows.append(row)
+    finally:
+        torch.set_num_threads(threads)
+    say(f"bench: {len(jobs)} runs in {clock(time.perf_counter() - began)} "
+        f"({sum(r['reused'] for r in rows)} reused, {sum(r['status'] == 'failed' for r in rows)} failed)")
+    return rows
+
+
+__all__ = ["Budget", "Part", "Study", "Variant", "config_hash", "data_defaults", "error_text", "finished",
+           "interleaved", "open_folder", "queue_budget", "run_job", "run_study"]

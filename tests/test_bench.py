@@ -1,0 +1,293 @@
+"""scorefast bench: the study runner (reuse by hash, failures as rows, independent seeds), the verdict rule,
+the wall-clock of interval runs, the controls' flags, bad input, and one --quick-sized run through the CLI."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import scorefast.training.recipe as recipe
+from scorefast import Config
+from scorefast.bench import SCENARIOS, Selection, get_preset
+from scorefast.bench.curves import Protocol, run_wall, spread
+from scorefast.bench.report import Tables, spread3, time_ratio, verdict
+from scorefast.bench.scenarios import Setting
+from scorefast.bench.study import Budget, Study, config_hash, error_text, open_folder, run_study
+from scorefast.cli import main
+from scorefast.errors import UserError
+
+TINY = Protocol(nll_n=50, nll_steps=4, samples=100, sample_steps=4, points=2)
+
+
+def tiny_study(**kw) -> Study:
+    """Two baselines and DSM at 4x batch, which cannot train on 240 points at batch 4 x 64 (a failing variant)."""
+    args = dict(data=("moons",), methods=("plain", "default", "batch-4x"), budget=Budget.parse("40steps"), seeds=2,
+                n_data=(300,), snapshot_every=20, threads=1, evaluation=TINY,
+                settings={"width": 16, "depth": 2, "batch_size": 64})
+    return Study(**{**args, **kw})
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The configurations that reach the trainer."""
+    calls = []
+    train = recipe.train
+
+    def counting(cfg, **kw):
+        calls.append(cfg)
+        return train(cfg, **kw)
+    monkeypatch.setattr(recipe, "train", counting)
+    return calls
+
+
+@pytest.mark.slow
+def test_study_reuses_by_hash_records_failures_and_keeps_seeds_independent(tmp_path, counted):
+    rows = run_study(tiny_study(), tmp_path, say=lambda s: None)
+    by = {(r["variant"], r["seed"]): r for r in rows}
+    # 'default' is plain's configuration today: the same hash, so it was trained once and reused at once
+    assert by["default", 0]["hash"] == by["plain", 0]["hash"] and by["default", 0]["reused"]
+    assert [c.optim.seed for c in counted if c.optim.batch_size == 64] == [0, 1]
+    for seed in (0, 1):
+        failed = by["batch-4x", seed]
+        assert failed["status"] == "failed" and "--batch-size 256 is larger than the 240 training examples" in \
+            failed["error"]
+    # seeds are independent runs: the configurations differ in the seed only, and so do the curves
+    a, b = (Config.from_dict(json.loads((tmp_path / "runs" / by["plain", s]["hash"] / "config.json").read_text())
+                             ["config"]) for s in (0, 1))
+    assert by["plain", 0]["hash"] != by["plain", 1]["hash"]
+    assert {k for k, v in a.flags().items() if b.flags()[k] != v} == {"seed", "out"}
+    assert by["plain", 0]["curve"]["points"][-1]["nll"] != by["plain", 1]["curve"]["points"][-1]["nll"]
+    assert [p["step"] for p in by["plain", 0]["curve"]["points"]] == [20, 40]
+    # again with a third seed: the finished runs are reused (nothing of them trained or deleted), seed 2 trains
+    stamp = (tmp_path / "runs" / by["plain", 0]["hash"] / "summary.json").stat().st_mtime_ns
+    counted.clear()
+    again = run_study(tiny_study(seeds=3), tmp_path, say=lambda s: None)
+    assert [c.optim.seed for c in counted if c.optim.batch_size == 64] == [2]
+    assert (tmp_path / "runs" / by["plain", 0]["hash"] / "summary.json").stat().st_mtime_ns == stamp
+    same = {(r["variant"], r["seed"]): r for r in again}
+    assert same["plain", 1]["reused"] and same["plain", 1]["curve"] == by["plain", 1]["curve"]
+    assert same["batch-4x", 2]["status"] == "failed"
+
+
+def test_error_text_is_one_line_naming_the_exception():
+    try:
+        raise RuntimeError("tensor sizes differ\nsecond line")
+    except RuntimeError as exc:
+        text = error_text(exc)
+    assert text.startswith("RuntimeError: tensor sizes differ (at test_bench.py:") and "\n" not in text
+    assert error_text(UserError("--lr must be > 0")) == "--lr must be > 0"
+
+
+# -- the verdict rule ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ratios, failed, expected", [
+    ([0.3, 0.41, 0.5], False, "helps: 0.41x time to target"),
+    ([0.3, None, 0.5], False, "does not help here"),        # a seed that never reached the target
+    ([0.9, 1.2, 1.1], False, "does not help here"),         # median 1.1
+    ([1.0], False, "does not help here"),                   # as fast is not faster
+    ([0.3, 0.41, 0.5], True, "failed"),
+    ([], False, "no verdict (its reference has no result)"),
+])
+def test_verdict_rule(ratios, failed, expected):
+    assert verdict(ratios, failed) == expected
+
+
+def curve(*pairs):
+    return [{"wall": w, "nll": v, "metric": v, "step": i} for i, (w, v) in enumerate(pairs)]
+
+
+def test_time_ratio_interpolates_and_times_a_reference_that_never_gets_there_at_its_budget():
+    plain = curve((1.0, 5.0), (2.0, 4.0), (4.0, 3.0))          # its own final value, at 4 s
+    fast = curve((1.0, 4.0), (2.0, 2.0))                        # 3.0 reached half-way between 1 s and 2 s
+    assert time_ratio(fast, plain, 3.0) == pytest.approx(1.5 / 4.0)
+    assert time_ratio(curve((1.0, 3.5)), plain, 3.0) is None     # never reached
+    stuck = curve((1.0, 9.0), (8.0, 8.0))                       # a control that never reaches 3.0: timed at 8 s
+    assert time_ratio(fast, stuck, 3.0) == pytest.approx(1.5 / 8.0)
+    assert time_ratio(curve((1.0, math.nan), (3.0, 2.0)), plain, 3.0) == pytest.approx(3.0 / 4.0)
+
+
+def hand_row(variant, seed, pairs=(), status="ok"):
+    """A study row with a hand-made NLL curve [(wall, nll)] (the sample metric equal to it)."""
+    r = {"data": "d", "spec": "d", "n_data": None, "variant": variant, "scenario": variant,
+         "role": SCENARIOS[variant].role, "seed": seed, "status": status, "hash": f"{variant}{seed}"}
+    return {**r, "curve": {"points": curve(*pairs), "nll_key": "nll_nats", "metric_name": "swd", "T": 1.0}} \
+        if status == "ok" else {**r, "error": "boom"}
+
+
+def hand_rows(seeds=(0, 1, 2)):
+    rows = []
+    for s in seeds:
+        rows += [hand_row("plain", s, [(1, 5), (2, 4), (4, 3)]), hand_row("empirical", s, [(1, 4), (2, 2)]),
+                 hand_row("batch-2x", s, [(1, 3.5), (2, 3.2)]), hand_row("batch-4x", s, [(1, 3.0)])]
+    return rows
+
+
+def test_tables_state_the_verdict_against_plain_and_each_control():
+    table = Tables(hand_rows()).table("d", "targets")
+    assert [r["variant"] for r in table["rows"]] == ["plain", "empirical", "batch-2x", "batch-4x"]
+    assert table["rows"][1]["verdict"] == "helps: 0.38x time to target"            # 1.5 s / 4 s on every seed
+    assert table["sentences"] == ["**empirical** against plain: helps: 0.38x time to target; against batch-2x: "
+                                  "helps: 0.75x time to target; against batch-4x: does not help here."]
+
+
+def test_a_seed_that_failed_makes_the_verdict_failed_and_is_named():
+    table = Tables([*hand_rows(), hand_row("empirical", 3, status="failed"),
+                    hand_row("plain", 3, [(1, 5), (2, 3)])]).table("d", "targets")
+    empirical = table["rows"][1]
+    assert empirical["verdict"] == "failed" and empirical["ratio"][-1] is None
+    assert table["sentences"][0] == "empirical, seed 3 failed: boom"
+
+
+def test_spread_and_statistics_text():
+    assert spread([10, 20, 30, 40, 50], 3) == [10, 30, 50] and spread([10, 20], 5) == [10, 20]
+    assert spread3([1.0, 2.0, 3.0]) == "1.000 / 2.000 / 3.000" and spread3([2.0, 2.0]) == "2.000"
+    assert spread3([1.0, None, None]) == "1.000 / never / never"
+
+
+# -- wall-clock and controls --------------------------------------------------------------------------------
+
+def test_wall_of_interval_networks_sums_a_queue_and_takes_the_slowest_worker():
+    queued, side_by_side = Config(intervals=2), Config(intervals=2, workers=2)
+    assert run_wall(queued, [3.0, 5.0], extra=1.0) == 9.0
+    assert run_wall(side_by_side, [3.0, 5.0], extra=1.0) == 6.0
+    assert run_wall(Config(), [3.0]) == 3.0
+    assert run_wall(Config(intervals=4, workers=2), [1.0, 2.0, 3.0, 4.0]) == 6.0  # queues (0, 2) and (1, 3)
+
+
+def test_interval_control_has_the_intervals_time_allocation_and_samples_per_step():
+    setting = Setting({"data": "moons", "batch_size": 128}, dim=2)
+    control, intervals = (Config(**{**setting.base, **SCENARIOS[name].flags(setting)})
+                          for name in ("one-net-allocation", "intervals-2"))
+    sde = control.sde.build()
+    edge = intervals.edges(sde)[1]
+    assert float(control.time_sampler.time_edges) == pytest.approx(edge, rel=1e-5)
+    assert control.optim.batch_size == 2 * intervals.optim.batch_size and control.partition.name == "single"
+    torch.manual_seed(0)
+    t = control.time_sampler.bind(sde, sde.eps, sde.T)(200_000)
+    assert float((t < edge).double().mean()) == pytest.approx(0.5, abs=0.005)   # each network's share of draws
+
+
+def test_truncation_controls_keep_T_1_and_move_draws_below_T():
+    setting = Setting({"data": "moons"}, dim=2, T=0.4)
+    down = Config(**SCENARIOS["t1-downweighted"].flags(setting))
+    sde = down.sde.build()
+    torch.manual_seed(0)
+    t = down.time_sampler.bind(sde, sde.eps, sde.T)(200_000)
+    assert down.sde.T == 1.0 and float((t < 0.4).double().mean()) == pytest.approx(0.8, abs=0.005)
+    assert Config(**SCENARIOS["t1-likelihood"].flags(setting)).time_sampler.name == "likelihood"
+    trunc = Config(**SCENARIOS["trunc-flow"].flags(setting))
+    assert (trunc.sde.T, trunc.prior.name, trunc.prior.fit) == (0.4, "flow", "before")
+
+
+@pytest.mark.filterwarnings("ignore:FP solve")  # the coarse grid's score is replaced by zero anyway
+def test_fp_embed_off_transports_by_the_drift_alone():
+    """With every pre-computed score zero the embedding's Euler steps follow the VP drift -beta(t) x / 2 only:
+    x_k = x0 * prod_j (1 - beta(t_j) (t_j - t_{j-1}) / 2)."""
+    from scorefast.methods.targets import TARGETS
+    from scorefast.time_sampling import UniformTimes
+    sde = Config().sde.build()
+    x0 = torch.randn(64, 1, dtype=torch.float64)
+    loss, info = TARGETS.create("fp-embed-off", fp_grid=33, fp_steps=8).build(
+        sde, x0, UniformTimes(sde.eps, sde.T), weighting="epsilon", seed=0, progress=False)
+    assert info["embedding"] == "off"
+    times = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+    which = torch.arange(64) % 3
+    out = loss.transport(x0, times, which, loss.provider.for_batch(x0))
+    dt = torch.diff(times, prepend=torch.zeros(1, dtype=torch.float64))
+    factors = torch.cumprod(1 - 0.5 * sde.beta(times) * dt, 0)
+    assert torch.allclose(out, x0 * factors[which][:, None])
+
+
+# -- bad input ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, needle", [("0steps", "must be > 0"), ("-3s", "must be > 0"),
+                                          ("4000", "with its unit"), ("1.5steps", "whole"), ("fast", "unit")])
+def test_budget_needs_a_positive_number_with_its_unit(text, needle):
+    with pytest.raises(UserError, match=needle):
+        Budget.parse(text)
+    assert (Budget.parse("4000steps").flags(400)["steps"], Budget.parse("60s").flags(200)["time_budget"]) == \
+        (4000, 60.0)
+
+
+def test_methods_bring_their_controls_and_the_baselines():
+    assert Selection.parse("fp-embed").names == ["plain", "default", "fp-embed", "batch-2x", "batch-4x",
+                                                 "fp-embed-off"]
+    assert set(Selection.parse("all").names) == set(SCENARIOS)
+    with pytest.raises(UserError, match="unknown --methods entry 'dms'; choose from all, baselines"):
+        Selection.parse("dms")
+    with pytest.raises(UserError, match="unknown --preset 'fast'; choose one of quick, readme-recipe"):
+        get_preset("fast")
+
+
+def test_a_folder_of_another_study_is_refused_and_nothing_in_it_deleted(tmp_path):
+    identity = {"data": ["moons"], "budget": "40steps", "variants": {"moons": {"plain": {"recipe": "plain"}}}}
+    open_folder(tmp_path, identity, {})
+    (tmp_path / "runs" / "abc").mkdir(parents=True)
+    (tmp_path / "runs" / "abc" / "summary.json").write_text("{}")
+    with pytest.raises(UserError, match="holds another study \\(its budget differ"):
+        open_folder(tmp_path, {**identity, "budget": "80steps"}, {})
+    open_folder(tmp_path, identity, {"seeds": 5})  # the same study (more seeds) may continue
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty and holds no study.json"):
+        open_folder(other, identity, {})
+    assert (tmp_path / "runs" / "abc" / "summary.json").exists() and (other / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--data", "moons", "--methods", "plain,nope"], "unknown --methods entry 'nope'"),
+    (["--preset", "nope"], "unknown --preset 'nope'"),
+    (["--data", "moons", "--budget", "0steps"], "--budget must be > 0"),
+    (["--data", "missing/points.npy"], "does not exist"),
+    (["--data", "moons", "--budget", "80steps"], "holds another study"),
+    (["--data", "moons", "--set", "seed=3"], "--set seed: give it as the bench's --seeds"),
+])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
+    open_folder(tmp_path, {"data": ["moons"], "budget": "40steps", "variants": {}}, {})
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["bench", *args, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_bench_help_lists_the_choices_without_importing_torch():
+    code = ("import sys\nfrom scorefast.cli import main\ntry:\n    main(['bench', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "one-net-allocation" in out and "readme-recipe" in out and out.split()[-1] == "False"
+
+
+def test_config_hash_ignores_only_the_location():
+    a, b = Config(out="x", steps=10), Config(out="y", steps=10)
+    assert config_hash(a) == config_hash(b) != config_hash(Config(out="x", steps=11))
+
+
+# -- end to end ---------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_quick_bench_through_the_cli(tmp_path, capsys):
+    """The --quick study on one 2-D set for interval networks and the GMM truncation, each with its controls."""
+    out = tmp_path / "study"
+    assert main(["bench", "--quick", "--data", "checkerboard", "--methods", "intervals-2,trunc-gmm",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "bench [7/7] checkerboard" in printed.err and "left" in printed.err
+    results = json.loads((out / "results.json").read_text())
+    assert {r["variant"] for r in results["rows"]} == {"plain", "default", "intervals-2", "one-net-allocation",
+                                                       "trunc-gmm", "t1-downweighted", "t1-likelihood"}
+    assert all(r["status"] == "ok" for r in results["rows"])
+    sentences = [s for t in results["tables"] for s in t["sentences"]]
+    assert any(s.startswith("**intervals-2** against plain: ") and "against one-net-allocation: " in s
+               for s in sentences)
+    report = (out / "report.md").read_text()
+    assert report.splitlines()[4].strip().startswith("scorefast bench --data checkerboard")
+    for name in ("quality_vs_wallclock_checkerboard_intervals.png", "quality_vs_wallclock_checkerboard_truncation.png",
+                 "samples_checkerboard.png", "T_tradeoff_checkerboard.png"):
+        assert (out / name).stat().st_size > 0 and f"]({name})" in report
+    interval = next(r for r in results["rows"] if r["variant"] == "intervals-2")
+    assert interval["curve"]["networks"] == 2
