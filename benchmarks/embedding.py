@@ -114,7 +114,7 @@ from scorefast.data import Dataset, load_data  # noqa: E402
 from scorefast.errors import UserError  # noqa: E402
 from scorefast.evaluate import sample_steps, time_to  # noqa: E402
 from scorefast.methods.partitions import Job  # noqa: E402
-from scorefast.methods.targets import TARGETS, FPEmbed  # noqa: E402
+from scorefast.methods.targets import TARGETS  # noqa: E402
 from scorefast.run import RunDir, resolve_device, split_data  # noqa: E402
 from scorefast.sampling import sample  # noqa: E402
 from scorefast.training.recipe import RunContext, train_network  # noqa: E402
@@ -186,25 +186,6 @@ def _fresh_dir(run: Path) -> None:
 def _finished(run: Path, cfg: Config) -> bool:
     ck = RunDir(run).checkpoint(0)
     return same_config(run, cfg) and ck.is_file() and bool(load_checkpoint(ck).get("done"))
-
-
-class _ZeroScore:
-    """A score provider whose every pre-computed score is zero (the 'embedding switched off' control)."""
-
-    def for_batch(self, x0):
-        return lambda x, t: torch.zeros_like(x)
-
-
-@TARGETS.register("fp-embed-off")
-@dataclass
-class FPEmbedOff(FPEmbed):
-    """fp-embed with every pre-computed score replaced by zero: the pipeline and its precomputation (timed
-    the same way) are kept, so only the embedding itself is switched off (METHODS.md 1.3's control)."""
-
-    def build(self, sde, x, times, **kwargs):
-        loss, info = super().build(sde, x, times, **kwargs)
-        loss.provider = _ZeroScore()
-        return loss, {**info, "embedding": "off"}
 
 
 def _guarded(fn) -> tuple[str | None, list[str]]:

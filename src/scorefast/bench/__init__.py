@@ -11,7 +11,6 @@ Named studies are in ``presets``. Importing this package registers the ``fp-embe
 
 from __future__ import annotations
 
-from . import targets  # noqa: F401  (registers the fp-embed-off target)
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import GROUPS, SCENARIOS, Selection, choices_text
 

@@ -45,6 +45,13 @@ class FixedTarget:
         return self.fn
 
 
+class ZeroScore:
+    """A score provider whose every pre-computed score is zero (fp-embed with the embedding switched off)."""
+
+    def for_batch(self, x0: Tensor) -> ScoreFn:
+        return lambda x, t: torch.zeros_like(x)
+
+
 class PaperImageTarget:
     """The published per-image 'score' (``paper_image_score``) of each training image, looked up by
     the nearest training image to x0 and the nearest solve time; it ignores the point x."""
@@ -118,4 +125,4 @@ class FPEmbedLoss(DSMLoss):
         return self.reduce(self.residual(model, x0, xn + sigma * noise, t, noise), t)
 
 
-__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "TargetRegressionLoss"]
+__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "TargetRegressionLoss", "ZeroScore"]

@@ -20,6 +20,7 @@ imported, so the command line can list the targets and their options instantly.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class Target(Plugin):
 
 def _timed(build):
     """Wrap ``build`` so that its info records the precomputation seconds."""
+    @functools.wraps(build)
     def wrapper(self, *args, **kwargs):
         t0 = time.perf_counter()
         loss, info = build(self, *args, **kwargs)
@@ -271,4 +273,20 @@ class FPEmbed(GridOptions, Target):
         return loss, {"variant": self.fp_variant, **info}
 
 
-__all__ = ["DSM", "Empirical", "FPEmbed", "FPRegress", "KNN", "TARGETS", "Target"]
+@TARGETS.register("fp-embed-off")
+@dataclass
+class FPEmbedOff(FPEmbed):
+    """fp-embed with every pre-computed score replaced by zero: its precomputation (timed the same way), time
+    bins and weighting are kept, so fp-embed against it isolates the embedding itself (docs/methods.md 1.3's
+    control, 'the embedding switched off')."""
+
+    @_timed
+    def build(self, sde, x, times, *, weighting, seed, progress):
+        from .embedding import ZeroScore
+        loss, info = FPEmbed.build.__wrapped__(self, sde, x, times, weighting=weighting, seed=seed,
+                                               progress=progress)
+        loss.provider = ZeroScore()
+        return loss, {**info, "embedding": "off"}
+
+
+__all__ = ["DSM", "Empirical", "FPEmbed", "FPEmbedOff", "FPRegress", "KNN", "TARGETS", "Target"]
