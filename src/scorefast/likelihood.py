@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from .ksampling import SCHEDULES
 from .sampling import integrate
 from .sde import SDE, ScoreFn
 from .time_grids import time_grid
@@ -47,11 +48,12 @@ def log_likelihood(model: ScoreFn, sde: SDE, x: Tensor, *, steps: int = 100, met
                    rtol: float = 1e-5, atol: float = 1e-5, hutchinson: int = 0,
                    prior_logp: Callable[[Tensor], Tensor] | None = None,
                    generator: torch.Generator | None = None, progress: bool = False,
-                   return_endpoint: bool = False):
+                   return_endpoint: bool = False, schedule: str = "uniform"):
     """log p_eps(x) in nats per example, by the PF-ODE from sde.eps to sde.T.
 
-    ``hutchinson`` = 0 means the exact divergence; P > 0 uses P Rademacher probes.
-    With ``return_endpoint`` also returns x_T.
+    ``hutchinson`` = 0 means the exact divergence; P > 0 uses P Rademacher probes. ``schedule`` is the
+    fixed grid (``ksampling.SCHEDULES``: uniform in t, or logsnr / karras in the noise level, which put
+    their steps where the flow is stiff, near eps). With ``return_endpoint`` also returns x_T.
     """
     d = x[0].numel()
     probes = None
@@ -67,7 +69,10 @@ def log_likelihood(model: ScoreFn, sde: SDE, x: Tensor, *, steps: int = 100, met
             return drift, d * sde.drift_coef(t).to(xt.dtype).expand(xt.shape[0]) - 0.5 * sde.g2(t) * div_s
         return fn
 
-    ts = time_grid(sde.eps, sde.T, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
+    if schedule == "uniform":
+        ts = time_grid(sde.eps, sde.T, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
+    else:
+        ts = SCHEDULES[schedule](sde, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype).flip(0)
     zero = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     xT, delta = integrate(make_fn, model, (x, zero), ts, method, rtol, atol, progress=progress)
     logp = (prior_logp or sde.prior_logp)(xT) + delta
