@@ -13,7 +13,7 @@ from scorefast.methods.piecewise import PiecewiseModel
 from scorefast.run import open_run
 
 TINY = ["--n-data", "600", "--batch-size", "64", "--width", "32", "--eval-samples", "200", "--eval-steps", "20",
-        "--eval-every", "20", "--quiet"]
+        "--eval-every", "20", "--eval-budget", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")

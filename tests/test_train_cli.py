@@ -23,7 +23,7 @@ from scorefast.methods.targets import DSM, TARGETS
 from scorefast.run import RUN_FORMAT
 
 TINY = ["--steps", "40", "--eval-every", "20", "--eval-samples", "200", "--eval-steps", "10", "--batch-size", "64",
-        "--n-data", "500", "--width", "32", "--quiet"]
+        "--n-data", "500", "--width", "32", "--eval-budget", "0", "--quiet"]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -161,7 +161,7 @@ def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):
     (["--lr", "-1"], "--lr"),
     (["--prior", "unicorn"], "--prior"),
     (["--sde", "vp-foo"], "unknown SDE 'vp-foo'"),
-    (["--fp-grid", "65"], "--fp-grid is an option of target fp-regress, fp-embed, not of the selected --method dsm"),
+    (["--fp-grid", "65"], "--fp-grid is an option of target fp-regress, fp-embed, fp-embed-off, not of the selected --method dsm"),
     (["--warm-start", "10"], "--warm-start is an option of partition intervals, edges"),
     (["--edges", "0,0.5,1", "--intervals", "4"], "only one of the partition flags"),
     (["--grad-clip", "-1"], "--grad-clip"),

@@ -100,16 +100,18 @@ class Config:
     """A run's configuration: the sections (``SECTIONS``) and one plug-in per slot (``SLOTS``).
 
     Built from flag keywords over the defaults of the recipe (``--recipe``, see ``recipes``); a flag
-    given wins over the recipe's, and a recipe option of a plug-in the flags replace is dropped.
-    ``given`` records which flags were set explicitly."""
+    given wins over the recipe's, and a recipe option of a plug-in the flags replace is dropped. A recipe
+    may set some defaults by the kind of data ('points' or 'image'); they apply once the kind is known
+    (:meth:`for_data`). ``given`` records which flags were set explicitly."""
 
-    def __init__(self, **flags: Any):
+    def __init__(self, data_kind: str | None = None, **flags: Any):
         given = _coerced(flags, "configuration")
         self.given: frozenset[str] = frozenset(given)
+        self.data_kind = data_kind
         name = given.get("recipe", DEFAULT_RECIPE)
         if name not in RECIPES:
             raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
-        defaults = _coerced(RECIPES[name].flags, f"recipe '{name}'")
+        defaults = _coerced(RECIPES[name].defaults(data_kind), f"recipe '{name}'")
         chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
                   for slot, reg in SLOTS.items() if reg.flag}
         chosen["partition"] = select_partition(given)
@@ -189,9 +191,17 @@ class Config:
 
     def replace(self, **flags: Any) -> Config:
         """A copy with some flags changed (``given`` keeps the original's plus these)."""
-        new = Config(**{**self.flags(), **flags})
+        new = Config(self.data_kind, **{**self.flags(), **flags})
         new.given = self.given | {k for k, v in flags.items() if v is not None}
         return new
+
+    def for_data(self, kind: str) -> Config:
+        """This configuration with the recipe's defaults for data of ``kind`` ('points' or 'image'); the
+        flags given stay as they are."""
+        if kind == self.data_kind:
+            return self
+        flags = self.flags()
+        return Config(kind, **{k: flags[k] for k in self.given})
 
     def edges(self, sde) -> list[float]:
         """The partition's interval edges for this run's SDE and time sampler."""

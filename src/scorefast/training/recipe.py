@@ -11,6 +11,7 @@ assembled by the partition into the model that is sampled and evaluated at the e
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, Progres
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit
 from .optim import EMA, Optimiser
+from .recipes import RECIPES
 from .systems import training_step
 
 
@@ -87,12 +89,17 @@ class Group:
 
 
 def context(cfg: Config, run: RunDir) -> RunContext:
-    """Check everything a run needs (data, partition, target, layout) without writing anything."""
+    """Check everything a run needs (data, partition, target, layout) without writing anything; the
+    configuration gets the recipe's defaults for the kind of data it turned out to be."""
+    train, test = split_data(cfg)
+    cfg = cfg.for_data(train.kind)
     cfg.validate()
+    if cfg.optim.batch_size > len(train) and len(train) >= 10:
+        raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "
+                        f"'{cfg.data.spec}'")
     sde = cfg.sde.build()
     edges = cfg.edges(sde)
     cfg.partition.check_steps(edges, cfg.budget.max_steps)
-    train, test = split_data(cfg)
     cfg.target.check(train.shape)
     with torch.device("meta"):  # the network's options are checked without allocating it
         new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
@@ -320,7 +327,10 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
         torch.set_num_threads(cfg.launch.threads)
     try:
         ctx = context(cfg, run)
+        cfg = ctx.cfg
         run.write_config(cfg)
+        if progress:
+            print(f"scorefast: recipe '{cfg.recipe.name}': {RECIPES[cfg.recipe.name].description}", file=sys.stderr)
         began = time.perf_counter()
         with Interrupt() as interrupt:
             init = warm_start(ctx, progress, interrupt)
@@ -342,8 +352,7 @@ def prepare(cfg: Config) -> Path:
     cfg.validate()
     run = RunDir(cfg.log.out)
     run.check_new()
-    context(cfg, run)
-    run.write_config(cfg)
+    run.write_config(context(cfg, run).cfg)
     return run.path
 
 
