@@ -217,7 +217,7 @@ def prior_for_eval(ctx: RunContext, cache: dict):
     if "prior" not in cache:
         if not ctx.run.prior_path.exists():
             return False
-        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim)
+        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim, ctx.device)
     return cache["prior"]
 
 
