@@ -9,12 +9,39 @@ import torch
 from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import save_checkpoint
 from scorefast.evaluate import Evaluator
+from scorefast.losses import DSMLoss
 from scorefast.methods.densities import GaussianPrior
 from scorefast.run import RunDir
+from scorefast.sde import make_sde
 from scorefast.training.config import Config
+from scorefast.training.loop import RandomBatches, TrainState
+from scorefast.training.optim import EMA
 
 MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
+
+
+def draws(x: torch.Tensor, loss: DSMLoss) -> list[torch.Tensor]:
+    """What one training step draws on x's device: a batch, its times and its noise."""
+    batch = next(RandomBatches(x, 8))
+    return [batch, loss.sample_t(8, x.device), torch.randn_like(batch)]
+
+
+def test_a_checkpoint_restores_the_generators_a_step_draws_from(device):
+    """Batches, times and noise are drawn on the model's device: the train state saves that device's generator
+    with the CPU one, so a resumed run (which seeds afresh, then loads) continues the draws, not repeats them."""
+    model = torch.nn.Linear(2, 2).to(device)
+    state = TrainState(model, EMA(model, 0.9))
+    x, loss = torch.arange(200.0, device=device).reshape(100, 2), DSMLoss(make_sde("vp"))
+    torch.manual_seed(0)
+    before = draws(x, loss)  # the steps before the checkpoint
+    saved = state.state_dict()
+    want = draws(x, loss)
+    torch.manual_seed(0)  # a resumed process seeds afresh, then loads the checkpoint
+    state.load_state_dict(saved)
+    got = draws(x, loss)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert not any(torch.equal(a, b) for a, b in zip(before, want))  # what a seed without the restore would draw
 
 
 def test_a_run_loads_its_prior_on_the_device_it_samples_on(tmp_path, device):

@@ -32,7 +32,7 @@ from . import launcher
 from .config import Config
 from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
-from .loop import Budget, Diverged, RandomBatches, TrainState, fit
+from .loop import Budget, Diverged, RandomBatches, TrainState, fit, rng_state, set_rng_state
 from .optim import EMA, Optimiser
 from .systems import training_step
 
@@ -78,11 +78,12 @@ class Group:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.handle)
         return out
 
-    def gather_rng(self) -> list[torch.Tensor]:
-        """Every rank's torch RNG state, in rank order (so that a resumed group draws what it would have)."""
+    def gather_rng(self, model: torch.nn.Module) -> list[dict]:
+        """Every rank's ``rng_state`` (CPU, and CUDA when training there), in rank order (so that a resumed group
+        draws what it would have)."""
         import torch.distributed as dist
         states: list = [None] * self.size
-        dist.all_gather_object(states, torch.get_rng_state(), group=self.handle)
+        dist.all_gather_object(states, rng_state(model), group=self.handle)
         return states
 
 
@@ -153,7 +154,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         optimiser.load_state_dict(saved["optimizer"])
         times.load_state_dict(saved.get("times", {}))
         if size > 1 and len(saved.get("rng_ranks", ())) == size:
-            torch.set_rng_state(saved["rng_ranks"][rank])
+            set_rng_state(saved["rng_ranks"][rank], model)
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
@@ -162,7 +163,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                     stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
-        extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
+        extra = {"rng_ranks": group.gather_rng(model)} if size > 1 else {}
         return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "times": times.state_dict(),
                 "done": done, "t_min": job.t_min, "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
 
