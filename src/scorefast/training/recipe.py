@@ -64,19 +64,26 @@ class Group:
     rank: int
     size: int
 
+    @property
+    def device(self) -> torch.device:
+        """Where the group's collectives run: nccl reduces CUDA tensors only (this rank's device), gloo CPU ones."""
+        import torch.distributed as dist
+        nccl = dist.get_backend(self.handle) == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
     def agree(self, wall: float, stop: bool) -> tuple[float, bool]:
         """The group's largest wall-clock and whether any rank was asked to stop."""
         import torch.distributed as dist
-        v = torch.tensor([wall, float(stop)], dtype=torch.float64)
+        v = torch.tensor([wall, float(stop)], dtype=torch.float64, device=self.device)
         dist.all_reduce(v, op=dist.ReduceOp.MAX, group=self.handle)
         return float(v[0]), bool(v[1])
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
-        """The sum of ``values`` over the group's ranks."""
+        """The sum of ``values`` over the group's ranks (on the device ``values`` are on)."""
         import torch.distributed as dist
-        out = values.clone()
+        out = values.to(self.device, copy=True)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.handle)
-        return out
+        return out.to(values.device)
 
     def gather_rng(self, model: torch.nn.Module) -> list[dict]:
         """Every rank's ``rng_state`` (CPU, and CUDA when training there), in rank order (so that a resumed group
