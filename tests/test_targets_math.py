@@ -105,6 +105,18 @@ def test_nearest_neighbour_target_with_small_k_is_close_at_small_sigma(search, d
     assert errors[0] < 1e-6 and errors[1] > 0.1, errors
 
 
+def test_auto_search_is_the_k_d_tree_on_cpu_only(device):
+    """scipy's k-d tree runs on CPU: 'auto' takes it for data of up to 16 dimensions on CPU and the brute-force
+    search (one product and a top-k on the data's device) anywhere else; both find the same neighbours."""
+    sde, data = make_sde("vp"), toy(device, n=200, d=2)
+    assert NearestNeighbourTarget(sde, data, k=5).search == ("tree" if device.type == "cpu" else "brute")
+    assert NearestNeighbourTarget(sde, toy(device, n=200, d=17), k=5).search == "brute"
+    q = toy(device, n=30, d=2, seed=1)
+    tree, brute = (NearestNeighbourTarget(sde, data, k=5, search=s).neighbours(q).sort(1).values
+                   for s in ("tree", "brute"))
+    assert tree.device == brute.device == device and torch.equal(tree, brute)
+
+
 def gaussian_posterior(sde, mean, cov, xt, t, n, gen):
     """n draws of x0 ~ p(x0 | x_t) for x0 ~ N(mean, cov), x_t = alpha x0 + sigma z (a Gaussian)."""
     a, s = float(sde.alpha(t)), float(sde.sigma(t))
