@@ -140,12 +140,13 @@ def fit(state: TrainState, objective: Callable[[torch.Tensor], torch.Tensor], ba
     while not state.final:
         began = time.perf_counter()
         loss = objective(next(batches)).mean()
-        if not torch.isfinite(loss):
-            raise Diverged(state.step + 1, loss.item())
+        value = loss.item()  # the step's one host sync (on a GPU), before the update: a non-finite loss changes nothing
+        if not math.isfinite(value):
+            raise Diverged(state.step + 1, value)
         optimiser.step(loss)
         state.step += 1
         state.ema.update(state.model, state.step)
-        state.observe(loss.item())
+        state.observe(value)
         state.wall += time.perf_counter() - began
         state.final = budget.reached(state)
         row: dict = {}
