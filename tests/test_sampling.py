@@ -119,13 +119,21 @@ def test_sample_with_reference_prior_matches_within_prior_gap(vp, device):
 
 
 def test_sample_with_given_prior_is_exact(vp, device):
+    """x_T from a prior on the device, no device= given: the time grid goes where x_T is (a network needs t there)."""
     sde, score = vp
 
     class ExactPrior:
         def sample(self, n, generator=None):
             return exact_prior_samples(score, n)
 
-    x = sample(score, sde, 1000, (2,), prior=ExactPrior(), steps=50, device=device, progress=False)
+    seen = set()
+
+    def model(x, t):
+        seen.add((x.device, t.device))
+        return score(x, t)
+
+    x = sample(model, sde, 1000, (2,), prior=ExactPrior(), steps=50, progress=False)
+    assert seen == {(device, device)}
     m, c = moments(x)
     tm, tc = target_moments(score)
     torch.testing.assert_close(m, tm, rtol=0, atol=1e-4)
