@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from scorefast.analytic import GaussianScore
-from scorefast.data import load_data
+from scorefast.data import Dataset, load_data
 from scorefast.errors import UserError
 from scorefast.evaluate import Evaluator, sample_steps, time_to
+from scorefast.evaluate import test_nll as held_out_nll  # a name pytest does not collect
 from scorefast.sde import make_sde
 
 
@@ -39,17 +40,17 @@ def test_time_to_ignores_non_finite_values_and_takes_the_first_crossing():
     assert time_to([(1.0, 0.9), (2.0, 0.2), (3.0, 0.8), (4.0, 0.1)], 0.3) == pytest.approx(1 + 6 / 7)
 
 
-def test_evaluator_is_fixed_seed_and_scaled_to_T():
+def test_evaluator_is_fixed_seed_and_scaled_to_T(device):
     sde = make_sde("vp", T=0.5)
     assert sample_steps(100, sde) == 50 and sample_steps(1, sde) == 1
-    model = GaussianScore(sde, torch.zeros(2), torch.eye(2))
+    model = GaussianScore(sde, torch.zeros(2), torch.eye(2)).to(device)
     ev = Evaluator(n=300, steps=20)
-    a, b = ev.samples(model, sde, (2,)), ev.samples(model, sde, (2,))
-    assert torch.equal(a, b) and a.shape == (300, 2)
-    assert not torch.equal(a, Evaluator(n=300, steps=20, seed=1).samples(model, sde, (2,)))
+    a, b = ev.samples(model, sde, (2,), device=device), ev.samples(model, sde, (2,), device=device)
+    assert torch.equal(a, b) and a.shape == (300, 2) and a.device.type == "cpu"  # samples come back on CPU
+    assert not torch.equal(a, Evaluator(n=300, steps=20, seed=1).samples(model, sde, (2,), device=device))
     ds = load_data("gaussian2d", n=500, seed=0)
-    out = ev(GaussianScore(make_sde("vp"), torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]])),
-             make_sde("vp"), ds)
+    exact = GaussianScore(make_sde("vp"), torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]]))
+    out = ev(exact.to(device), make_sde("vp"), ds, device=device)
     assert out["metric_name"] == "swd" and out["metric"] < 0.15  # the exact score samples the data
 
 
@@ -57,3 +58,18 @@ def test_evaluator_is_fixed_seed_and_scaled_to_T():
 def test_evaluator_refuses_bad_settings(kw, needle):
     with pytest.raises(UserError, match=needle):
         Evaluator(**kw)
+
+
+def test_test_nll_is_seeded_on_every_device(device):
+    """Hutchinson's probes are drawn on the device from a generator of the given seed: the same seed gives the
+    same NLL whatever the global RNG did in between, another seed another estimate."""
+    sde = make_sde("vp")
+    mean, cov = torch.tensor([1.0, -0.5]), torch.tensor([[1.0, 0.6], [0.6, 0.8]])
+    model = GaussianScore(sde, mean, cov).to(device)
+    x = mean + torch.randn(50, 2, generator=torch.Generator().manual_seed(0)) @ torch.linalg.cholesky(cov).T
+    ds = Dataset(x, "gaussian2d", "points")
+    nll = lambda seed: held_out_nll(model, sde, ds, device=device, steps=10, hutchinson=1, seed=seed)["nll_nats"]  # noqa: E731
+    first = nll(0)
+    torch.randn(100, device=device)  # the global generators move on
+    assert nll(0) == pytest.approx(first, rel=1e-9, abs=1e-9)
+    assert nll(1) != pytest.approx(first, rel=1e-6, abs=1e-6)

@@ -37,7 +37,7 @@ def test_truncated_run_has_prior_and_reports_elbo(truncated, capsys):
     assert res["elbo"]["elbo"] == pytest.approx(sum(v for k, v in res["elbo"].items() if k != "elbo"), rel=1e-4)
     # the moment-matched prior is far better at T = 0.4 than N(0, I) on off-centre data
     run = open_run(truncated)
-    x = run.heldout("offcentre", 200).x
+    x = run.heldout("offcentre", 200).x.to(run.device)
     t = run.sde.T
     import torch
     xT = run.sde.perturb(x, torch.tensor(t), torch.randn_like(x))

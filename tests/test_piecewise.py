@@ -106,10 +106,10 @@ def test_logsnr_edges_are_equally_spaced_in_the_closed_form_log_snr(sde):
 
 
 @pytest.mark.parametrize("name", ["vp", "subvp", "ve", "ve-power"])
-def test_logsnr_partition_for_every_family(name):
+def test_logsnr_partition_for_every_family(name, device):
     s = make_sde(name)
     edges = partition("logsnr", 5, s.eps, s.T, s)
-    lam = log_snr(s, torch.tensor(edges, dtype=torch.float64))
+    lam = log_snr(s, torch.tensor(edges, dtype=torch.float64, device=device))
     gaps = -lam.diff()
     assert (gaps > 0).all()
     assert torch.allclose(gaps, gaps.mean().expand(5), rtol=1e-9)
@@ -157,16 +157,16 @@ def test_check_partition_needs_a_step_per_interval(sde):
 
 # -- the piecewise model in the engine --------------------------------------------------------------
 
-def gaussian_pieces(sde, K, kind="logsnr"):
-    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV))
+def gaussian_pieces(sde, K, device, kind="logsnr"):
+    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV)).to(device)
     edges = partition(kind, K, sde.eps, sde.T, sde)
     return score, PiecewiseModel(split(score, K), edges)
 
 
 @pytest.mark.parametrize("method,steps,tol", [("rk4", 60, 1e-5), ("dopri5", 1, 1e-5)])
-def test_split_exact_score_gives_the_unsplit_likelihood(sde, float64, method, steps, tol):
-    score, pw = gaussian_pieces(sde, 4)
-    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(0))
+def test_split_exact_score_gives_the_unsplit_likelihood(sde, float64, method, steps, tol, device):
+    score, pw = gaussian_pieces(sde, 4, device)
+    x = torch.randn(16, 2, generator=torch.Generator(device=device).manual_seed(0), device=device)
     opts = dict(steps=steps, method=method, rtol=1e-7, atol=1e-7, prior_logp=exact_logp(score, sde.T))
     ll_pw = log_likelihood(pw, sde, x, **opts)
     ll_one = log_likelihood(score, sde, x, **opts)
@@ -176,10 +176,11 @@ def test_split_exact_score_gives_the_unsplit_likelihood(sde, float64, method, st
 
 
 @pytest.mark.parametrize("method,steps,tol", [("rk4", 60, 1e-6), ("dopri5", 1, 1e-6)])
-def test_split_exact_score_gives_the_unsplit_ode_samples(sde, float64, method, steps, tol):
-    score, pw = gaussian_pieces(sde, 5)
+def test_split_exact_score_gives_the_unsplit_ode_samples(sde, float64, method, steps, tol, device):
+    score, pw = gaussian_pieces(sde, 5, device)
     run = lambda m: sample(m, sde, 64, (2,), sampler="ode", steps=steps, method=method, rtol=1e-7,  # noqa: E731
-                           atol=1e-7, generator=torch.Generator().manual_seed(1), progress=False)
+                           atol=1e-7, generator=torch.Generator(device=device).manual_seed(1), device=device,
+                           progress=False)
     a, b = run(pw), run(score)
     assert (a - b).abs().max() < tol
 
@@ -187,18 +188,18 @@ def test_split_exact_score_gives_the_unsplit_ode_samples(sde, float64, method, s
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sampler,method", [("ode", "euler"), ("ode", "heun"), ("ode", "rk4"), ("ode", "dopri5"),
                                             ("em", None), ("likelihood", "rk4"), ("likelihood", "dopri5")])
-def test_no_solver_step_crosses_an_edge(sde, dtype, sampler, method):
+def test_no_solver_step_crosses_an_edge(sde, dtype, sampler, method, device):
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
-        score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV))
+        score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV)).to(device)
         edges = partition("logsnr", 4, sde.eps, sde.T, sde)
         pw = PiecewiseModel([Recording(score) for _ in range(4)], edges)
         opts = {} if method is None else {"method": method}
         if sampler == "likelihood":
-            log_likelihood(pw, sde, torch.randn(8, 2), steps=12, **opts)
+            log_likelihood(pw, sde, torch.randn(8, 2, device=device), steps=12, **opts)
         else:
-            sample(pw, sde, 8, (2,), sampler=sampler, steps=12, progress=False, **opts)
+            sample(pw, sde, 8, (2,), sampler=sampler, steps=12, device=device, progress=False, **opts)
     finally:
         torch.set_default_dtype(old)
     tol = torch.finfo(dtype).eps
@@ -220,23 +221,24 @@ class Constant(nn.Module):
         return torch.full_like(x, -self.k)
 
 
-def test_forward_and_eps_dispatch_each_example_by_its_time():
+def test_forward_and_eps_dispatch_each_example_by_its_time(device):
     edges = [0.001, 0.1, 0.5, 1.0]
     pw = PiecewiseModel([Constant(k) for k in range(3)], edges)
-    t = torch.tensor([0.001, 0.05, 0.1, 0.3, 0.4999, 0.5, 0.9, 1.0])
-    want = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2.0])
-    x = torch.zeros(8, 2)
+    t = torch.tensor([0.001, 0.05, 0.1, 0.3, 0.4999, 0.5, 0.9, 1.0], device=device)
+    want = torch.tensor([0, 0, 1, 1, 1, 2, 2, 2.0], device=device)
+    x = torch.zeros(8, 2, device=device)
     assert torch.equal(pw(x, t)[:, 0], want)
     assert torch.equal(pw.eps(x, t)[:, 1], -want)
-    assert torch.equal(pw(x, torch.tensor(0.3))[:, 0], torch.ones(8))
+    assert torch.equal(pw(x, torch.tensor(0.3, device=device))[:, 0], torch.ones(8, device=device))
+    assert torch.equal(pw(x, 0.3)[:, 0], torch.ones(8, device=device))  # a Python time goes to x's device
 
 
-def test_piecewise_dsm_trains_each_net_on_its_own_examples(sde):
+def test_piecewise_dsm_trains_each_net_on_its_own_examples(sde, device):
     torch.manual_seed(0)
-    nets = [make_model(sde, (2,), width=16, depth=1) for _ in range(3)]
+    nets = [make_model(sde, (2,), width=16, depth=1).to(device) for _ in range(3)]
     pw = PiecewiseModel(nets, [sde.eps, 0.2, 0.6, sde.T])
-    t = torch.tensor([0.1, 0.15, 0.3, 0.4])
-    DSMLoss(sde)(pw, torch.randn(4, 2), t=t).sum().backward()
+    t = torch.tensor([0.1, 0.15, 0.3, 0.4], device=device)
+    DSMLoss(sde)(pw, torch.randn(4, 2, device=device), t=t).sum().backward()
     grads = [sum(p.grad.abs().sum() for p in n.parameters() if p.grad is not None) for n in nets]
     assert grads[0] > 0 and grads[1] > 0 and grads[2] == 0
 
@@ -248,9 +250,9 @@ def test_piecewise_model_rejects_mismatched_models():
         PiecewiseModel([Constant(0), Constant(1)], [0.001, 0.5, 0.1])
 
 
-def test_split_gives_independent_copies(sde):
+def test_split_gives_independent_copies(sde, device):
     torch.manual_seed(0)
-    shared = make_model(sde, (2,), width=16, depth=2)
+    shared = make_model(sde, (2,), width=16, depth=2).to(device)
     copies = split(shared, 3)
     assert len(copies) == 3 and all(c is not shared for c in copies)
     ref = [p.detach().clone() for p in shared.parameters()]
@@ -267,29 +269,29 @@ def test_split_gives_independent_copies(sde):
 
 # -- losses ---------------------------------------------------------------------------------------
 
-def test_interval_loss_draws_t_only_inside_its_interval(sde):
+def test_interval_loss_draws_t_only_inside_its_interval(sde, device):
     edges = partition("logsnr", 4, sde.eps, sde.T, sde)
-    model = Recording(make_model(sde, (2,), width=8, depth=1))
+    model = Recording(make_model(sde, (2,), width=8, depth=1)).to(device)
     for k in range(4):
         loss = interval_loss(sde, edges, k, "likelihood", stratified=True)
         assert isinstance(loss, DSMLoss) and loss.weighting.name == "likelihood"
         model.times.clear()
         for _ in range(20):
-            loss(model, torch.randn(256, 2))
+            loss(model, torch.randn(256, 2, device=device))
         t = model.recorded()
         assert t.min() >= edges[k] * (1 - 1e-6) and t.max() <= edges[k + 1] * (1 + 1e-6)
         width = edges[k + 1] - edges[k]
         assert t.min() < edges[k] + 0.01 * width and t.max() > edges[k + 1] - 0.01 * width
 
 
-def test_fixed_time_loss_for_a_per_time_point_net(sde):
+def test_fixed_time_loss_for_a_per_time_point_net(sde, device):
     edges = partition("equal", 4, sde.eps, sde.T)
     loss = interval_loss(sde, edges, 2, fixed_t=edges[3])
     assert isinstance(loss.times, FixedTime)
-    model = Recording(make_model(sde, (2,), width=8, depth=1, time_conditioned=False))
-    out = loss(model, torch.randn(32, 2))
+    model = Recording(make_model(sde, (2,), width=8, depth=1, time_conditioned=False)).to(device)
+    out = loss(model, torch.randn(32, 2, device=device))
     assert out.shape == (32,)
-    assert torch.equal(model.recorded(), torch.full((32,), edges[3], dtype=torch.float32).double())
+    assert torch.equal(model.recorded(), torch.full((32,), edges[3], dtype=torch.float32, device=device).double())
     with pytest.raises(UserError, match="outside interval"):
         interval_loss(sde, edges, 0, fixed_t=edges[3])
     with pytest.raises(UserError, match="does not exist"):
@@ -299,26 +301,26 @@ def test_fixed_time_loss_for_a_per_time_point_net(sde):
 # -- per-time-point (DPSM) --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("sampler,method", [("ode", "rk4"), ("ode", "dopri5"), ("em", None), ("likelihood", "rk4")])
-def test_per_time_point_pieces_are_evaluated_only_at_their_time(sde, float64, sampler, method):
-    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV))
+def test_per_time_point_pieces_are_evaluated_only_at_their_time(sde, float64, sampler, method, device):
+    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV)).to(device)
     edges = partition("equal", 5, sde.eps, sde.T)
     nets = [Recording(score) for _ in range(5)]
     pw = assemble(nets, edges, per_time_point=True)
     assert [p.t for p in pw.pieces] == edges[1:] and all(isinstance(p, FrozenTime) for p in pw.pieces)
     opts = {} if method is None else {"method": method}
     if sampler == "likelihood":
-        log_likelihood(pw, sde, torch.randn(8, 2), steps=10, **opts)
+        log_likelihood(pw, sde, torch.randn(8, 2, device=device), steps=10, **opts)
     else:
-        sample(pw, sde, 8, (2,), sampler=sampler, steps=10, progress=False, **opts)
+        sample(pw, sde, 8, (2,), sampler=sampler, steps=10, device=device, progress=False, **opts)
     for k, net in enumerate(nets):
         t = net.recorded()
         assert t.numel() > 0 and (t == edges[k + 1]).all(), k
 
 
-def test_per_time_point_likelihood_converges_to_the_exact_one(sde, float64):
+def test_per_time_point_likelihood_converges_to_the_exact_one(sde, float64, device):
     """A frozen-time score is a first-order approximation in the interval width: the error shrinks with N."""
-    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV))
-    x = torch.randn(16, 2, generator=torch.Generator().manual_seed(2))
+    score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV)).to(device)
+    x = torch.randn(16, 2, generator=torch.Generator(device=device).manual_seed(2), device=device)
     exact = score.log_prob(x, sde.eps)
     errs = []
     for N in (10, 40):

@@ -34,74 +34,76 @@ def sde(request) -> SDE:
     return make_sde(name, **kw)
 
 
-def _times(sde: SDE, n: int = 9) -> torch.Tensor:
-    return torch.linspace(sde.eps, sde.T, n, dtype=torch.float64)
+def _times(sde: SDE, device: torch.device, n: int = 9) -> torch.Tensor:
+    return torch.linspace(sde.eps, sde.T, n, dtype=torch.float64, device=device)
 
 
-def test_variance_solves_moment_ode(sde):
+def test_variance_solves_moment_ode(sde, device):
     """d(sigma^2)/dt = 2 f sigma^2 + g^2 with sigma_0 = 0: the marginal std is the SDE's."""
-    t, h = _times(sde), 1e-6
+    t, h = _times(sde, device), 1e-6
     dvar = (sde.sigma(t + h) ** 2 - sde.sigma(t - h) ** 2) / (2 * h)
     rhs = 2 * sde.drift_coef(t) * sde.sigma(t) ** 2 + sde.g2(t)
     torch.testing.assert_close(dvar, rhs, rtol=1e-6, atol=1e-9)
-    assert float(sde.sigma(torch.tensor(0.0, dtype=torch.float64))) == 0.0
+    assert float(sde.sigma(torch.tensor(0.0, dtype=torch.float64, device=device))) == 0.0
 
 
-def test_mean_scale_solves_moment_ode(sde):
+def test_mean_scale_solves_moment_ode(sde, device):
     """d(alpha)/dt = f alpha with alpha_0 = 1."""
-    t, h = _times(sde), 1e-6
+    t, h = _times(sde, device), 1e-6
     dalpha = (sde.alpha(t + h) - sde.alpha(t - h)) / (2 * h)
     torch.testing.assert_close(dalpha, sde.drift_coef(t) * sde.alpha(t), rtol=1e-6, atol=1e-9)
-    assert float(sde.alpha(torch.tensor(0.0, dtype=torch.float64))) == 1.0
+    assert float(sde.alpha(torch.tensor(0.0, dtype=torch.float64, device=device))) == 1.0
 
 
-def test_sde_broadcasts_per_example_time(sde):
-    x = torch.randn(4, 1, 3, 3, dtype=torch.float64)
-    t = torch.linspace(0.1, 0.3, 4, dtype=torch.float64)
+def test_sde_broadcasts_per_example_time(sde, device):
+    x = torch.randn(4, 1, 3, 3, dtype=torch.float64, device=device)
+    t = torch.linspace(0.1, 0.3, 4, dtype=torch.float64, device=device)
     drift, g = sde.sde(x, t)
     assert drift.shape == x.shape and g.shape == (4, 1, 1, 1)
     torch.testing.assert_close(drift, sde.drift_coef(t)[:, None, None, None] * x)
     torch.testing.assert_close(g.flatten() ** 2, sde.g2(t))
 
 
-def test_prior_logp_matches_torch_distributions(sde):
-    z = torch.randn(5, 3, 4, dtype=torch.float64) * 2
-    ref = torch.distributions.Normal(0.0, sde.prior_std()).log_prob(z).sum((1, 2))
-    torch.testing.assert_close(sde.prior_logp(z), ref)
+def test_prior_logp_matches_torch_distributions(sde, device):
+    z = torch.randn(5, 3, 4, dtype=torch.float64, device=device) * 2
+    ref = torch.distributions.Normal(0.0, sde.prior_std()).log_prob(z.cpu()).sum((1, 2))
+    torch.testing.assert_close(sde.prior_logp(z).cpu(), ref)
 
 
-def test_prior_sampling_has_prior_std(sde):
-    g = torch.Generator().manual_seed(0)
+def test_prior_sampling_has_prior_std(sde, device):
+    g = torch.Generator(device=device).manual_seed(0)
     n = 200_000
-    z = sde.prior_sampling((n,), generator=g).double()
+    z = sde.prior_sampling((n,), generator=g, device=device).double()
     s = sde.prior_std()
     assert abs(float(z.mean())) < 5 * s / math.sqrt(n)
     assert abs(float(z.std()) / s - 1) < 5 / math.sqrt(2 * n)
 
 
-def test_prior_std_is_sigma_at_T_for_ve_and_one_for_vp(sde):
+def test_prior_std_is_sigma_at_T_for_ve_and_one_for_vp(sde, device):
     if isinstance(sde, VESDE):
-        assert sde.prior_std() == pytest.approx(float(sde.sigma(torch.tensor(sde.T, dtype=torch.float64))))
+        T = torch.tensor(sde.T, dtype=torch.float64, device=device)
+        assert sde.prior_std() == pytest.approx(float(sde.sigma(T)))
     else:
         assert sde.prior_std() == 1.0
 
 
-def test_perturb_moments_by_monte_carlo(sde):
-    g = torch.Generator().manual_seed(1)
+def test_perturb_moments_by_monte_carlo(sde, device):
+    g = torch.Generator(device=device).manual_seed(1)
     n = 100_000
-    x0 = torch.tensor([1.5, -2.0], dtype=torch.float64).expand(n, 2)
-    t = torch.tensor(0.5 * sde.T, dtype=torch.float64)
-    xt = sde.perturb(x0, t, torch.randn(n, 2, generator=g, dtype=torch.float64))
+    x0 = torch.tensor([1.5, -2.0], dtype=torch.float64, device=device).expand(n, 2)
+    t = torch.tensor(0.5 * sde.T, dtype=torch.float64, device=device)
+    xt = sde.perturb(x0, t, torch.randn(n, 2, generator=g, dtype=torch.float64, device=device))
     a, s = float(sde.alpha(t)), float(sde.sigma(t))
     torch.testing.assert_close(xt.mean(0), a * x0[0], rtol=0, atol=5 * s / math.sqrt(n))
-    torch.testing.assert_close(xt.std(0), torch.full((2,), s, dtype=torch.float64), rtol=5 / math.sqrt(2 * n), atol=0)
+    torch.testing.assert_close(xt.std(0), torch.full((2,), s, dtype=torch.float64, device=device),
+                               rtol=5 / math.sqrt(2 * n), atol=0)
 
 
-def test_with_T_keeps_family_and_parameters(sde):
+def test_with_T_keeps_family_and_parameters(sde, device):
     other = sde.with_T(0.25)
     assert type(other) is type(sde) and other.T == 0.25
     assert {**sde.config(), "T": 0.25} == other.config()
-    t = torch.tensor(0.2, dtype=torch.float64)
+    t = torch.tensor(0.2, dtype=torch.float64, device=device)
     assert float(other.sigma(t)) == float(sde.sigma(t))
 
 
@@ -111,10 +113,10 @@ def test_config_round_trip(sde):
 
 
 @pytest.mark.parametrize("base, expected", [(2.0, 1.47), (5.0, 2.73)])
-def test_ve_power_noise_range_is_small(base, expected):
+def test_ve_power_noise_range_is_small(base, expected, device):
     """docs/methods.md: with g = s^t the largest noise std is only 1.47 (s = 2) or 2.73 (s = 5)."""
     sde = make_sde("ve-power", base=base)
-    assert float(sde.sigma(torch.tensor(1.0, dtype=torch.float64))) == pytest.approx(expected, abs=5e-3)
+    assert float(sde.sigma(torch.tensor(1.0, dtype=torch.float64, device=device))) == pytest.approx(expected, abs=5e-3)
     assert sde.prior_std() == pytest.approx(expected, abs=5e-3)
 
 
@@ -122,29 +124,29 @@ def test_ve_power_default_base_is_five():
     assert make_sde("ve-power").base == 5.0
 
 
-def test_vp_psm_is_beta_2ct_with_c5():
+def test_vp_psm_is_beta_2ct_with_c5(device):
     sde = make_sde("vp-psm")
-    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 5, dtype=torch.float64, device=device)
     torch.testing.assert_close(sde.g2(t), 10 * t)
     torch.testing.assert_close(sde.alpha(t), torch.exp(-2.5 * t**2))
 
 
 @pytest.mark.parametrize("T, a_T", [(0.2, 0.658), (0.4, 0.195), (0.6, 0.026), (1.0, 4.3e-5)])
-def test_vp_signal_left_at_T(T, a_T):
+def test_vp_signal_left_at_T(T, a_T, device):
     """docs/methods.md 2: a_T = exp(-int_0^T beta) = alpha_T^2 for beta 0.1..20."""
-    alpha = make_sde("vp").alpha(torch.tensor(T, dtype=torch.float64))
+    alpha = make_sde("vp").alpha(torch.tensor(T, dtype=torch.float64, device=device))
     assert float(alpha**2) == pytest.approx(a_T, rel=2e-2)
 
 
-def test_geometric_ve_kernel_is_sigma_squared_minus_smin_squared():
+def test_geometric_ve_kernel_is_sigma_squared_minus_smin_squared(device):
     sde = VESDE(sigma_min=0.01, sigma_max=50.0)
-    t = torch.linspace(0.0, 1.0, 7, dtype=torch.float64)
+    t = torch.linspace(0.0, 1.0, 7, dtype=torch.float64, device=device)
     geo = 0.01 * 5000.0**t
     torch.testing.assert_close(sde.sigma(t) ** 2, geo**2 - 0.01**2)
 
 
-def test_subvp_std_is_below_vp_std():
-    t = torch.linspace(0.01, 1.0, 20, dtype=torch.float64)
+def test_subvp_std_is_below_vp_std(device):
+    t = torch.linspace(0.01, 1.0, 20, dtype=torch.float64, device=device)
     assert (SubVPSDE().sigma(t) < VPSDE().sigma(t)).all()
 
 

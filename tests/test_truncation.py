@@ -74,23 +74,28 @@ def exact_parts(sde: SDE, x: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"prior_term": prior, "score_term": score, "theta_free": theta, "log_p_eps": log_p_eps}
 
 
-def gaussian_sample(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    z = torch.randn(n, mean.numel(), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return mean + z @ torch.linalg.cholesky(cov).T
+def gaussian_sample(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int, device: torch.device) -> torch.Tensor:
+    g = torch.Generator(device=device).manual_seed(seed)
+    z = torch.randn(n, mean.numel(), generator=g, dtype=torch.float64, device=device)
+    return mean.to(device) + z @ torch.linalg.cholesky(cov.to(device)).T
 
 
-def exact_model(sde: SDE) -> tuple[GaussianScore, GaussianPrior]:
-    model = GaussianScore(sde, MU.float(), COV.float())
+def exact_model(sde: SDE, device: torch.device) -> tuple[GaussianScore, GaussianPrior]:
+    """The exact score and p_T itself as the prior, both on ``device`` (the prior from the score's moments)."""
+    model = GaussianScore(sde, MU.float(), COV.float()).to(device)
     return model, GaussianPrior.from_moments(*model.marginal(_t(sde.T)))
 
 
 def offcentre(n: int, generator: torch.Generator) -> torch.Tensor:
-    k = torch.randint(0, 3, (n,), generator=generator)
-    return OFFCENTRE_MEANS[k] + OFFCENTRE_STDS[k, None] * torch.randn(n, 2, generator=generator)
+    device = generator.device
+    k = torch.randint(0, 3, (n,), generator=generator, device=device)
+    z = torch.randn(n, 2, generator=generator, device=device)
+    return OFFCENTRE_MEANS.to(device)[k] + OFFCENTRE_STDS.to(device)[k, None] * z
 
 
 def offcentre_logp_T(sde: SDE, x: torch.Tensor) -> torch.Tensor:
-    """Exact log p_T of the off-centre mixture: sum_k 1/3 N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I)."""
+    """Exact log p_T of the off-centre mixture: sum_k 1/3 N(alpha mu_k, (alpha^2 s_k^2 + sigma^2) I) (on CPU)."""
+    x = x.cpu()
     T = torch.tensor(sde.T)
     a, s = sde.alpha(T), sde.sigma(T)
     var = a * a * OFFCENTRE_STDS**2 + s * s
@@ -112,7 +117,7 @@ def test_elbo_decomposition_is_exact_for_the_true_model(sde):
 
 
 @pytest.mark.parametrize("sde", FAMILIES, ids=repr)
-def test_theta_free_closed_forms(sde):
+def test_theta_free_closed_forms(sde, device):
     """d int f dt = d log(alpha_T / alpha_eps) (this module's grouping), and docs/methods.md's grouping
     d/2 int (g^2/sigma^2 + 2 f) dt = d/2 log(sigma_T^2 / sigma_eps^2), both by quadrature."""
     nodes, weights = np.polynomial.legendre.leggauss(200)
@@ -125,40 +130,41 @@ def test_theta_free_closed_forms(sde):
     T, te = _t(sde.T), _t(sde.eps)
     assert quad_f == pytest.approx(float(torch.log(sde.alpha(T) / sde.alpha(te))), abs=1e-9)
     assert quad_methods == pytest.approx(float(torch.log(sde.sigma(T) ** 2 / sde.sigma(te) ** 2)), rel=1e-6)
-    out = elbo(lambda x, t: torch.zeros_like(x), sde, POINTS, None, n_t=1)
-    torch.testing.assert_close(out["theta_free"], torch.full((4,), 2 * quad_f, dtype=torch.float64))
+    out = elbo(lambda x, t: torch.zeros_like(x), sde, POINTS.to(device), None, n_t=1)
+    torch.testing.assert_close(out["theta_free"], torch.full((4,), 2 * quad_f, dtype=torch.float64, device=device))
 
 
 @pytest.mark.parametrize("sde", [VPSDE(T=1.0), VPSDE(T=0.3), VESDE(T=0.4)], ids=repr)
-def test_elbo_monte_carlo_matches_closed_forms(sde):
+def test_elbo_monte_carlo_matches_closed_forms(sde, device):
     """Each Monte Carlo part agrees with its closed form within 5 standard errors, and the ELBO of the
     exact model is unbiased for log p_eps(x) (the bound is tight)."""
-    model, prior = exact_model(sde)
+    model, prior = exact_model(sde, device)
     reps = 400
-    x = POINTS.float().repeat_interleave(reps, 0)
-    out = elbo(model, sde, x, prior, n_t=64, generator=torch.Generator().manual_seed(0))
+    x = POINTS.float().to(device).repeat_interleave(reps, 0)
+    out = elbo(model, sde, x, prior, n_t=64, generator=torch.Generator(device=device).manual_seed(0))
     exact = exact_parts(sde, POINTS)
     exact["elbo"] = exact["log_p_eps"]
     for key in ("prior_term", "score_term", "elbo"):
-        v = out[key].double().view(4, reps)
+        v = out[key].double().view(4, reps).cpu()
         se = v.std(1) / math.sqrt(reps)
         assert ((v.mean(1) - exact[key]).abs() < 5 * se + 1e-3).all(), key
     assert out["elbo"].shape == (4 * reps,)
 
 
-def test_elbo_gap_with_the_standard_prior_is_the_prior_kl():
+def test_elbo_gap_with_the_standard_prior_is_the_prior_kl(device):
     """For x ~ p_eps the forward kernel from eps gives x_T ~ p_T, so with the exact score the mean gap
     log p_eps - ELBO equals KL[p_T || N(0, I)] when nu = N(0, I), and ~0 when nu = p_T."""
     sde = VPSDE(T=0.2)
-    model, exact_prior = exact_model(sde)
+    model, exact_prior = exact_model(sde, device)
     te, T = _t(sde.eps), _t(sde.T)
     eye = torch.eye(2, dtype=torch.float64)
     p_eps = _gaussian(sde.alpha(te) * MU, sde.alpha(te) ** 2 * COV + sde.sigma(te) ** 2 * eye)
-    x = gaussian_sample(p_eps.mean, p_eps.covariance_matrix, 4000, seed=11).float()
-    gen = torch.Generator().manual_seed(1)
-    exact_logp = p_eps.log_prob(x.double())
-    gap_std = (exact_logp - elbo(model, sde, x, StandardPrior(2), n_t=32, generator=gen)["elbo"]).mean()
-    gap_exact = (exact_logp - elbo(model, sde, x, exact_prior, n_t=32, generator=gen)["elbo"]).mean()
+    x = gaussian_sample(p_eps.mean, p_eps.covariance_matrix, 4000, seed=11, device=device).float()
+    gen = torch.Generator(device=device).manual_seed(1)
+    exact_logp = p_eps.log_prob(x.double().cpu())
+    standard = StandardPrior(2).to(device)
+    gap_std = (exact_logp - elbo(model, sde, x, standard, n_t=32, generator=gen)["elbo"].cpu()).mean()
+    gap_exact = (exact_logp - elbo(model, sde, x, exact_prior, n_t=32, generator=gen)["elbo"].cpu()).mean()
     p_T = _gaussian(sde.alpha(T) * MU, sde.alpha(T) ** 2 * COV + sde.sigma(T) ** 2 * eye)
     kl = torch.distributions.kl_divergence(p_T, _gaussian(torch.zeros(2, dtype=torch.float64), eye))
     assert float(gap_std) == pytest.approx(float(kl), abs=0.06)
@@ -167,36 +173,37 @@ def test_elbo_gap_with_the_standard_prior_is_the_prior_kl():
     assert float(gap_std) <= prior_gap_bound(sde, x.double() / sde.alpha(te)) + 0.06
 
 
-def test_elbo_is_below_log_p_eps_for_a_wrong_score():
+def test_elbo_is_below_log_p_eps_for_a_wrong_score(device):
     """A mis-specified score (that of N(mu, 4 cov)) lowers the mean ELBO below E log p_eps."""
     sde = VPSDE(T=1.0)
-    x = gaussian_sample(MU, COV, 2000, seed=12).float()
+    x = gaussian_sample(MU, COV, 2000, seed=12, device=device).float()
     te = _t(sde.eps)
     eye = torch.eye(2, dtype=torch.float64)
     p_eps = _gaussian(sde.alpha(te) * MU, sde.alpha(te) ** 2 * COV + sde.sigma(te) ** 2 * eye)
-    wrong = GaussianScore(sde, MU.float(), 4 * COV.float())
-    out = elbo(wrong, sde, x, None, n_t=32, generator=torch.Generator().manual_seed(2))
-    assert float(out["elbo"].mean()) < float(p_eps.log_prob(x.double()).mean()) - 0.2
+    wrong = GaussianScore(sde, MU.float(), 4 * COV.float()).to(device)
+    out = elbo(wrong, sde, x, None, n_t=32, generator=torch.Generator(device=device).manual_seed(2))
+    assert float(out["elbo"].mean()) < float(p_eps.log_prob(x.double().cpu()).mean()) - 0.2
 
 
-def test_elbo_agrees_with_the_pf_ode_likelihood_for_the_exact_model():
+def test_elbo_agrees_with_the_pf_ode_likelihood_for_the_exact_model(device):
     """With the exact score and nu = p_T, the mean ELBO equals the engine's PF-ODE log p_eps(x)."""
     sde = VPSDE(T=0.5)
-    model, prior = exact_model(sde)
-    x = POINTS.float()
+    model, prior = exact_model(sde, device)
+    x = POINTS.float().to(device)
     ode = log_likelihood(model, sde, x, steps=60, prior_logp=prior.log_prob)
     parts = exact_parts(sde, POINTS)
-    torch.testing.assert_close(ode.double(), parts["log_p_eps"], rtol=0, atol=2e-3)
+    torch.testing.assert_close(ode.double().cpu(), parts["log_p_eps"], rtol=0, atol=2e-3)
     reps = 300
-    out = elbo(model, sde, x.repeat_interleave(reps, 0), prior, n_t=64, generator=torch.Generator().manual_seed(3))
+    out = elbo(model, sde, x.repeat_interleave(reps, 0), prior, n_t=64,
+               generator=torch.Generator(device=device).manual_seed(3))
     v = out["elbo"].double().view(4, reps)
     assert ((v.mean(1) - ode.double()).abs() < 5 * v.std(1) / math.sqrt(reps) + 2e-3).all()
 
 
-def test_elbo_takes_image_shaped_data_and_rejects_bad_counts():
+def test_elbo_takes_image_shaped_data_and_rejects_bad_counts(device):
     sde = VPSDE(T=0.5)
-    x = torch.randn(3, 1, 2, 2)
-    out = elbo(lambda y, t: -y, sde, x, StandardPrior(4), n_t=4)
+    x = torch.randn(3, 1, 2, 2, device=device)
+    out = elbo(lambda y, t: -y, sde, x, StandardPrior(4).to(device), n_t=4)
     assert set(out) == {"prior_term", "score_term", "theta_free", "elbo"}
     assert all(v.shape == (3,) and torch.isfinite(v).all() for v in out.values())
     with pytest.raises(UserError, match="n_t"):
@@ -207,11 +214,11 @@ def test_elbo_takes_image_shaped_data_and_rejects_bad_counts():
 # the prior gap and the choice of T
 
 
-def test_prior_gap_bound_reproduces_methods_a_T():
+def test_prior_gap_bound_reproduces_methods_a_T(device):
     """a_T = exp(-int_0^T beta) = 0.658, 0.195, 0.026, 4.3e-5 at T = 0.2, 0.4, 0.6, 1.0 (docs/methods.md),
     read back from the bound: it is 1/2 d (-a - log(1 - a)) + a E||x0||^2 / 2."""
-    x_zero = torch.zeros(10, 3)
-    x_unit = torch.ones(10, 3)  # E||x0||^2 = 3
+    x_zero = torch.zeros(10, 3, device=device)
+    x_unit = torch.ones(10, 3, device=device)  # E||x0||^2 = 3
     for T, a_ref in [(0.2, 0.658), (0.4, 0.195), (0.6, 0.026), (1.0, 4.3e-5)]:
         sde = VPSDE(T=T)
         a = 2 * (prior_gap_bound(sde, x_unit) - prior_gap_bound(sde, x_zero)) / 3
@@ -219,9 +226,9 @@ def test_prior_gap_bound_reproduces_methods_a_T():
         assert prior_gap_bound(sde, x_zero) == pytest.approx(1.5 * (-a - math.log(1 - a)), rel=1e-6)
 
 
-def test_prior_gap_bound_is_an_upper_bound_on_the_kl():
+def test_prior_gap_bound_is_an_upper_bound_on_the_kl(device):
     for sde in (VPSDE(T=0.4), SubVPSDE(T=0.6), VESDE(T=0.5)):
-        x0 = gaussian_sample(MU, COV, 20000, seed=13)
+        x0 = gaussian_sample(MU, COV, 20000, seed=13, device=device)
         T = _t(sde.T)
         eye = torch.eye(2, dtype=torch.float64)
         p_T = _gaussian(sde.alpha(T) * MU, sde.alpha(T) ** 2 * COV + sde.sigma(T) ** 2 * eye)
@@ -245,24 +252,25 @@ def test_choose_T():
 
 
 @pytest.mark.parametrize("T", [0.1, 0.5, 1.0])
-def test_moment_matched_prior_is_exact_on_gaussian_data(T):
+def test_moment_matched_prior_is_exact_on_gaussian_data(T, device):
     """On Gaussian data p_T is Gaussian: the moment-matched prior's term equals E log p_T(x_T)."""
     sde = VPSDE(T=T)
-    x0 = gaussian_sample(MU, COV, 100000, seed=4).float()
-    prior = GaussianPrior(2)
+    x0 = gaussian_sample(MU, COV, 100000, seed=4, device=device).float()
+    prior = GaussianPrior(2).to(device)
     info = prior.fit(x0, sde, progress=False)
     assert info["steps"] == 0 and info["seconds"] < 5
-    model, exact_prior = exact_model(sde)
+    model, exact_prior = exact_model(sde, device)
     torch.testing.assert_close(prior.mean, exact_prior.mean, rtol=0, atol=0.02)
     torch.testing.assert_close(prior.tril, exact_prior.tril, rtol=0, atol=0.02)
-    x = POINTS.float()
-    ours, exact = (elbo(model, sde, x, p, n_t=1, n_prior=64, generator=torch.Generator().manual_seed(5))["prior_term"]
+    x = POINTS.float().to(device)
+    ours, exact = (elbo(model, sde, x, p, n_t=1, n_prior=64,
+                        generator=torch.Generator(device=device).manual_seed(5))["prior_term"]
                    for p in (prior, exact_prior))
     torch.testing.assert_close(ours, exact, rtol=3e-3, atol=0.02)
     if T < 0.5:  # on data, N(0, I) is far from p_T at small T
-        gen = torch.Generator().manual_seed(5)
+        gen = torch.Generator(device=device).manual_seed(5)
         ours = elbo(model, sde, x0[:2000], prior, n_t=1, generator=gen)["prior_term"].mean()
-        std = elbo(model, sde, x0[:2000], StandardPrior(2), n_t=1, generator=gen)["prior_term"].mean()
+        std = elbo(model, sde, x0[:2000], StandardPrior(2).to(device), n_t=1, generator=gen)["prior_term"].mean()
         assert std < ours - 0.5
     small = x0[:40]  # below 50 points nothing is held out: the moments are those of the whole set
     prior.fit(small, sde, progress=False)
@@ -272,38 +280,39 @@ def test_moment_matched_prior_is_exact_on_gaussian_data(T):
     torch.testing.assert_close(prior.tril @ prior.tril.T, cov.float(), rtol=1e-5, atol=1e-6)
 
 
-def test_truncated_sampling_from_the_exact_p_T_reproduces_the_data():
+def test_truncated_sampling_from_the_exact_p_T_reproduces_the_data(device):
     """x_T ~ p_T (exact), then the PF-ODE from T = 0.3 with the exact score: samples have the moments
     of p_eps; starting from N(0, I) instead they do not."""
     sde = VPSDE(T=0.3)
-    model, prior = exact_model(sde)
+    model, prior = exact_model(sde, device)
     n = 4000
     te = _t(sde.eps)
     mean_ref = (sde.alpha(te) * MU).float()
     cov_ref = (sde.alpha(te) ** 2 * COV + sde.sigma(te) ** 2 * torch.eye(2, dtype=torch.float64)).float()
-    x = sample(model, sde, n, (2,), sampler="ode", steps=40, prior=prior, generator=torch.Generator().manual_seed(6),
-               progress=False)
+    x = sample(model, sde, n, (2,), sampler="ode", steps=40, prior=prior, device=device,
+               generator=torch.Generator(device=device).manual_seed(6), progress=False).cpu()
     assert (x.mean(0) - mean_ref).abs().max() < 4 * math.sqrt(float(cov_ref.diagonal().max()) / n)
     torch.testing.assert_close(torch.cov(x.T), cov_ref, rtol=0, atol=0.08)
-    x_std = sample(model, sde, n, (2,), sampler="ode", steps=40, prior=StandardPrior(2),
-                   generator=torch.Generator().manual_seed(6), progress=False)
+    x_std = sample(model, sde, n, (2,), sampler="ode", steps=40, prior=StandardPrior(2).to(device), device=device,
+                   generator=torch.Generator(device=device).manual_seed(6), progress=False).cpu()
     assert (x_std.mean(0) - mean_ref).abs().max() > 0.3
 
 
 @pytest.mark.slow
-def test_gmm_and_flow_fit_the_offcentre_mixture_at_T_025():
+def test_gmm_and_flow_fit_the_offcentre_mixture_at_T_025(device):
     """Held-out NLL at T = 0.25 (nats, paired on the same 20,000 fresh forward samples of new data):
     the GMM and the flow are within 0.01 of the exact p_T, clearly better than the moment-matched
     Gaussian, and far better than N(0, I)."""
     sde = VPSDE(T=0.25)
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator(device=device).manual_seed(7)
     x0 = offcentre(4000, gen)
     T = torch.tensor(sde.T)
-    x_test = sde.alpha(T) * offcentre(20000, gen) + sde.sigma(T) * torch.randn(20000, 2, generator=gen)
+    points = offcentre(20000, gen)
+    x_test = sde.alpha(T) * points + sde.sigma(T) * torch.randn(20000, 2, generator=gen, device=device)
     exact = -float(offcentre_logp_T(sde, x_test).mean())
     nll, info = {}, {}
     for name in ("standard", "gaussian", "gmm", "flow"):
-        prior = make_prior(name, 2, sde)
+        prior = make_prior(name, 2, sde).to(device)
         info[name] = prior.fit(x0, sde, progress=False)
         with torch.no_grad():
             nll[name] = -float(prior.log_prob(x_test).mean())
@@ -316,39 +325,39 @@ def test_gmm_and_flow_fit_the_offcentre_mixture_at_T_025():
 
 
 @pytest.mark.parametrize("name", ["standard", "gaussian", "gmm", "flow"])
-def test_prior_checkpoint_round_trip_and_sampling(name):
+def test_prior_checkpoint_round_trip_and_sampling(name, device):
     """Every prior rebuilds from config() plus a weights_only state dict, gives (n, d) samples, and
     its samples carry the data's forward mean."""
     sde = VPSDE(T=0.3)
-    gen = torch.Generator().manual_seed(8)
+    gen = torch.Generator(device=device).manual_seed(8)
     x0 = offcentre(600, gen)
-    prior = make_prior(name, 2, sde)
+    prior = make_prior(name, 2, sde).to(device)
     info = prior.fit(x0, sde, steps=40, progress=False)
     assert set(info) == {"seconds", "steps", "val_nll"} and math.isfinite(info["val_nll"])
     buf = io.BytesIO()
     torch.save(prior.state_dict(), buf)
     buf.seek(0)
-    clone = make_prior(name, 2, sde)
+    clone = make_prior(name, 2, sde).to(device)
     clone.load_state_dict(torch.load(buf, weights_only=True))
-    x = torch.randn(7, 2)
+    x = torch.randn(7, 2, device=device)
     torch.testing.assert_close(clone.log_prob(x), prior.log_prob(x))
-    xs = clone.sample(3000, generator=torch.Generator().manual_seed(9))
-    assert xs.shape == (3000, 2) and torch.isfinite(clone.log_prob(xs)).all()
-    torch.testing.assert_close(clone.sample(5, torch.Generator().manual_seed(1)),
-                               clone.sample(5, torch.Generator().manual_seed(1)))
+    xs = clone.sample(3000, generator=torch.Generator(device=device).manual_seed(9))
+    assert xs.shape == (3000, 2) and xs.device == device and torch.isfinite(clone.log_prob(xs)).all()
+    torch.testing.assert_close(clone.sample(5, torch.Generator(device=device).manual_seed(1)),
+                               clone.sample(5, torch.Generator(device=device).manual_seed(1)))
     if name != "standard":
         target = forward_moments(x0, sde)[0].float()
         assert (xs.mean(0) - target).abs().max() < 0.1
 
 
-def test_flow_starts_at_the_moment_matched_gaussian_and_handles_d1():
+def test_flow_starts_at_the_moment_matched_gaussian_and_handles_d1(device):
     sde = VPSDE(T=0.3)
-    x0 = torch.randn(300, 1, generator=torch.Generator().manual_seed(14)) * 0.3 + 2
-    gauss = GaussianPrior(1)
+    x0 = torch.randn(300, 1, generator=torch.Generator(device=device).manual_seed(14), device=device) * 0.3 + 2
+    gauss = GaussianPrior(1).to(device)
     gauss.fit(x0, sde, progress=False)
-    flow = FlowPrior(1)
+    flow = FlowPrior(1).to(device)
     flow.fit(x0, sde, steps=1, lr=1e-12, progress=False)
-    x = torch.linspace(-2, 4, 9)[:, None]
+    x = torch.linspace(-2, 4, 9, device=device)[:, None]
     assert flow.log_prob(x).shape == (9,) and flow.sample(4).shape == (4, 1)
     torch.testing.assert_close(flow.log_prob(x), gauss.log_prob(x), rtol=0, atol=1e-4)
     assert FlowPrior(2).kind == "nsf" and FlowPrior(64).kind == "maf"
@@ -358,7 +367,7 @@ def test_flow_starts_at_the_moment_matched_gaussian_and_handles_d1():
 # bad input
 
 
-def test_bad_prior_input_raises_user_errors(monkeypatch):
+def test_bad_prior_input_raises_user_errors(monkeypatch, device):
     sde = VPSDE(T=0.3)
     with pytest.raises(UserError, match="standard, gaussian, gmm, flow"):
         make_prior("nomral", 2, sde)
@@ -366,17 +375,17 @@ def test_bad_prior_input_raises_user_errors(monkeypatch):
         make_prior("gmm", 2, sde, components=3)
     with pytest.raises(UserError, match="kind"):
         FlowPrior(2, kind="realnvp")
-    prior = make_prior("gaussian", 2, sde)
+    prior = make_prior("gaussian", 2, sde).to(device)
     with pytest.raises(UserError, match="dimension 2"):
-        prior.fit(torch.randn(100, 3), sde, progress=False)
+        prior.fit(torch.randn(100, 3, device=device), sde, progress=False)
     with pytest.raises(UserError, match="non-finite"):
-        prior.fit(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), sde, progress=False)
+        prior.fit(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]], device=device), sde, progress=False)
     with pytest.raises(UserError, match="steps"):
-        make_prior("flow", 2, sde).fit(torch.randn(100, 2), sde, steps=0, progress=False)
+        make_prior("flow", 2, sde).to(device).fit(torch.randn(100, 2, device=device), sde, steps=0, progress=False)
 
 
-def test_flow_fit_reports_the_step_of_a_non_finite_log_prob(monkeypatch):
-    flow = FlowPrior(2)
+def test_flow_fit_reports_the_step_of_a_non_finite_log_prob(monkeypatch, device):
+    flow = FlowPrior(2).to(device)
     original = FlowPrior.log_prob
     calls = {"n": 0}
 
@@ -390,13 +399,13 @@ def test_flow_fit_reports_the_step_of_a_non_finite_log_prob(monkeypatch):
 
     monkeypatch.setattr(FlowPrior, "log_prob", flaky)
     with pytest.raises(UserError, match="step 3 "):
-        flow.fit(torch.randn(200, 2), VPSDE(T=0.3), progress=False)
+        flow.fit(torch.randn(200, 2, device=device), VPSDE(T=0.3), progress=False)
 
 
-def test_flow_fit_is_scale_free():
+def test_flow_fit_is_scale_free(device):
     """The flow models the whitened residual, so data at scale 1e30 fit like data at scale 1."""
-    x0 = torch.randn(400, 2, generator=torch.Generator().manual_seed(10))
+    x0 = torch.randn(400, 2, generator=torch.Generator(device=device).manual_seed(10), device=device)
     sde = VPSDE(T=0.3)
-    unit = FlowPrior(2).fit(x0, sde, steps=20, progress=False)["val_nll"]
-    huge = FlowPrior(2).fit(x0 * 1e30, sde, steps=20, progress=False)["val_nll"]
+    unit = FlowPrior(2).to(device).fit(x0, sde, steps=20, progress=False)["val_nll"]
+    huge = FlowPrior(2).to(device).fit(x0 * 1e30, sde, steps=20, progress=False)["val_nll"]
     assert huge == pytest.approx(unit + 2 * math.log(1e30 * float(sde.alpha(torch.tensor(0.3)))), rel=1e-3)

@@ -116,12 +116,14 @@ def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: in
     device = torch.device(device or "cpu")
     g = torch.Generator().manual_seed(seed)
     x = dequantize(ds.x, ds.levels, generator=g) if ds.levels else ds.x
+    # the probes (and the ELBO's noise) are drawn on the device: from g itself on CPU, else from that device's own
+    # generator with the same seed, so that the result is seeded everywhere
+    gen = g if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     probes = hutchinson if hutchinson is not None else (0 if ds.dim <= 64 else 1)
     prior_logp = prior.log_prob if prior is not None else None
     t0 = time.perf_counter()
     parts = []
     for xb in x.split(batch_size):
-        gen = g if device.type == "cpu" else None
         parts.append(log_likelihood(model, sde, xb.to(device), steps=sample_steps(steps, sde), hutchinson=probes,
                                     prior_logp=prior_logp, generator=gen, progress=progress).detach().cpu())
     logp = torch.cat(parts)
@@ -131,7 +133,7 @@ def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: in
         out["bpd"] = float(bits_per_dim(logp, ds.dim, ds.levels).mean())
     if with_elbo:
         from .methods.elbo import elbo
-        terms = elbo(model, sde, x[:batch_size].to(device), prior, generator=g if device.type == "cpu" else None)
+        terms = elbo(model, sde, x[:batch_size].to(device), prior, generator=gen)
         out["elbo"] = {k: float(v.mean()) for k, v in terms.items()}
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -156,14 +156,15 @@ class RunDir:
             nets.append(net.eval())
         return cfg.partition.assemble(nets, edges).eval()
 
-    def load_prior(self, cfg: Config, sde: SDE, dim: int):
-        """The run's fitted prior at T, or None for the SDE's reference prior."""
+    def load_prior(self, cfg: Config, sde: SDE, dim: int, device: torch.device | str = "cpu"):
+        """The run's fitted prior at T on ``device`` (where the model samples: the samplers draw x_T with the
+        model's generator), or None for the SDE's reference prior."""
         if not cfg.prior.needed(cfg.sde.T):
             return None
         state = load_checkpoint(self.prior_path)
         prior = cfg.prior.build(dim, sde)
         prior.load_state_dict(state["state"])
-        return prior.eval()
+        return prior.to(device).eval()
 
 
 def new_model(cfg: Config, sde: SDE, shape, time_conditioned: bool = True, sigma_data: float = 0.5) -> torch.nn.Module:
@@ -285,7 +286,7 @@ def open_run(path: str | Path, device: str | None = None, step: int | None = Non
     sde = cfg.sde.build()
     shape = rd.shape(cfg)
     model = rd.load_model(cfg, sde, shape, step=step).to(dev)
-    prior = rd.load_prior(cfg, sde, int(torch.Size(shape).numel()))
+    prior = rd.load_prior(cfg, sde, int(torch.Size(shape).numel()), dev)
     return Run(rd.path, cfg, sde, model, prior, shape, dev)
 
 

@@ -176,6 +176,6 @@ def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler:
         x = prior.sample(n, generator=generator).reshape(n, *shape).to(device)
     else:
         x = sde.prior_sampling((n, *shape), generator=generator, device=device)
-    ts = SCHEDULES[schedule](sde, steps, getattr(model, "edges", None), device=device, dtype=x.dtype)
+    ts = SCHEDULES[schedule](sde, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
     return torch.cat([SAMPLERS[sampler](model, sde, part, ts, progress=progress, generator=generator, **options)
                       for part in x.split(max(1, chunk))])

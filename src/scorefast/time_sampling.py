@@ -49,6 +49,16 @@ class TimeSampler:
             raise ValueError(f"need 0 < t_min <= t_max, got [{self.t_min}, {self.t_max}]")
         self.stratified = stratified
         self.rank, self.world = 0, 1
+        self.copies: dict = {}
+
+    def tables_on(self, device, *names: str) -> list[Tensor]:
+        """The CPU tables ``names`` (attributes) on ``device``, copied there once: a copy per draw would be a
+        host-to-device transfer, and a host sync, every training step. A sampler whose tables change clears
+        ``copies``."""
+        key = (str(device), names)
+        if key not in self.copies:
+            self.copies[key] = [getattr(self, name).to(device) for name in names]
+        return self.copies[key]
 
     def spread(self, rank: int, world: int) -> TimeSampler:
         """Stratify across the ``world`` ranks of a data-parallel group (this one is ``rank``)."""
@@ -126,8 +136,7 @@ class TabulatedTimes(TimeSampler):
     def quantile(self, u):
         import torch
         u64 = u.double().clamp(0, 1)
-        cdf = self.cdf.to(u64.device)
-        grid = self.grid.to(u64.device)
+        cdf, grid = self.tables_on(u64.device, "cdf", "grid")
         i = torch.searchsorted(cdf, u64, right=True).clamp(1, len(cdf) - 1)
         lo, hi = cdf[i - 1], cdf[i]
         frac = torch.where(hi > lo, (u64 - lo) / (hi - lo).clamp_min(1e-300), torch.zeros_like(u64))
@@ -138,7 +147,7 @@ class TabulatedTimes(TimeSampler):
         """The normalised density of the tabulated distribution at t (for tests and pictures)."""
         import torch
         t64 = t.double()
-        grid, cdf = self.grid.to(t64.device), self.cdf.to(t64.device)
+        grid, cdf = self.tables_on(t64.device, "grid", "cdf")
         i = torch.searchsorted(grid, t64, right=True).clamp(1, len(grid) - 1)
         return ((cdf[i] - cdf[i - 1]) / (grid[i] - grid[i - 1])).to(t.dtype)
 
@@ -164,11 +173,12 @@ class PiecewiseTimes(TimeSampler):
         self.weights = w / w.sum()
         self.cum = torch.cat([w.new_zeros(1), self.weights.cumsum(0)])
         self.cum[-1] = 1.0
+        self.copies = {}
 
     def quantile(self, u):
         import torch
         u64 = u.double().clamp(0, 1)
-        cum, edges = self.cum.to(u64.device), self.edges.to(u64.device)
+        cum, edges = self.tables_on(u64.device, "cum", "edges")
         k = (torch.searchsorted(cum, u64, right=True) - 1).clamp(0, len(edges) - 2)
         share = (cum[k + 1] - cum[k]).clamp_min(1e-300)
         frac = ((u64 - cum[k]) / share).clamp(0, 1)
@@ -176,7 +186,7 @@ class PiecewiseTimes(TimeSampler):
 
     def bin_of(self, t: Tensor) -> Tensor:
         import torch
-        return torch.bucketize(t.double(), self.edges[1:-1].to(t.device), right=True)
+        return torch.bucketize(t.double(), self.tables_on(t.device, "edges")[0][1:-1], right=True)
 
     def state_dict(self) -> dict:
         return {"weights": self.weights.clone()}

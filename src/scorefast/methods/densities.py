@@ -218,8 +218,8 @@ class GaussianPrior(Prior):
 
     @classmethod
     def from_moments(cls, mean: Tensor, cov: Tensor) -> GaussianPrior:
-        """N(mean, cov) given directly (e.g. the exact p_T of Gaussian data)."""
-        prior = cls(mean.numel())
+        """N(mean, cov) given directly (e.g. the exact p_T of Gaussian data), on the device of ``mean``."""
+        prior = cls(mean.numel()).to(mean.device)
         prior.set_moments(mean, cov)
         return prior
 

@@ -112,7 +112,7 @@ class FPSolution:
         u = ((xb - lo) / step).clamp(0.0, G - 1.0)
         i0 = u.floor().clamp(max=G - 2).long()
         w = u - i0
-        tc = tb.clamp(float(tt[0]), float(tt[-1]))
+        tc = tb.clamp(float(self.t[0]), float(self.t[-1]))  # the ends from the host: no device sync per call
         n0 = (torch.searchsorted(tt, tc, right=True) - 1).clamp(0, N - 2)
         wt = ((tc - tt[n0]) / (tt[n0 + 1] - tt[n0])).clamp(0.0, 1.0)
         strides = [G ** (d - 1 - k) for k in range(d)]

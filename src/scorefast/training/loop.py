@@ -48,13 +48,33 @@ class TrainState:
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "step": self.step,
-                "wall": self.wall, "loss_avg": self.loss, "rng": torch.get_rng_state()}
+                "wall": self.wall, "loss_avg": self.loss, **rng_state(self.model)}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.step, self.wall, self.loss = int(state["step"]), float(state["wall"]), state.get("loss_avg")
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state, self.model)
+
+
+def rng_state(model: nn.Module) -> dict:
+    """The global generators a training step draws from: torch's CPU one ('rng') and, for a model on an
+    accelerator (CUDA), that device's ('device_rng'): the batch indices, times and noise are drawn on the model's
+    device, so a checkpoint without it would resume a GPU run with the draws of its first steps."""
+    device = next(model.parameters()).device
+    state = {"rng": torch.get_rng_state()}
+    if device.type != "cpu":
+        state["device_rng"] = torch.get_device_module(device).get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict | torch.Tensor, model: nn.Module) -> None:
+    """Restore what ``rng_state`` returned (a bare tensor is the CPU state alone, as older checkpoints hold it)."""
+    state = {"rng": state} if isinstance(state, torch.Tensor) else state
+    torch.set_rng_state(state["rng"])
+    device = next(model.parameters()).device
+    if device.type != "cpu" and "device_rng" in state:
+        torch.get_device_module(device).set_rng_state(state["device_rng"], device)
 
 
 @dataclass
@@ -120,12 +140,13 @@ def fit(state: TrainState, objective: Callable[[torch.Tensor], torch.Tensor], ba
     while not state.final:
         began = time.perf_counter()
         loss = objective(next(batches)).mean()
-        if not torch.isfinite(loss):
-            raise Diverged(state.step + 1, loss.item())
+        value = loss.item()  # the step's one host sync (on a GPU), before the update: a non-finite loss changes nothing
+        if not math.isfinite(value):
+            raise Diverged(state.step + 1, value)
         optimiser.step(loss)
         state.step += 1
         state.ema.update(state.model, state.step)
-        state.observe(loss.item())
+        state.observe(value)
         state.wall += time.perf_counter() - began
         state.final = budget.reached(state)
         row: dict = {}
@@ -150,4 +171,4 @@ class RandomBatches:
         return self.x[torch.randint(0, self.x.shape[0], (self.size,), device=self.x.device)]
 
 
-__all__ = ["Budget", "Diverged", "Hook", "RandomBatches", "TrainState", "fit"]
+__all__ = ["Budget", "Diverged", "Hook", "RandomBatches", "TrainState", "fit", "rng_state", "set_rng_state"]

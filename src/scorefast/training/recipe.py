@@ -33,7 +33,7 @@ from . import launcher
 from .config import Config
 from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
-from .loop import Budget, Diverged, RandomBatches, TrainState, fit
+from .loop import Budget, Diverged, RandomBatches, TrainState, fit, rng_state, set_rng_state
 from .optim import EMA, Optimiser
 from .recipes import RECIPES
 from .systems import training_step
@@ -66,25 +66,33 @@ class Group:
     rank: int
     size: int
 
+    @property
+    def device(self) -> torch.device:
+        """Where the group's collectives run: nccl reduces CUDA tensors only (this rank's device), gloo CPU ones."""
+        import torch.distributed as dist
+        nccl = dist.get_backend(self.handle) == "nccl"
+        return torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+
     def agree(self, wall: float, stop: bool) -> tuple[float, bool]:
         """The group's largest wall-clock and whether any rank was asked to stop."""
         import torch.distributed as dist
-        v = torch.tensor([wall, float(stop)], dtype=torch.float64)
+        v = torch.tensor([wall, float(stop)], dtype=torch.float64, device=self.device)
         dist.all_reduce(v, op=dist.ReduceOp.MAX, group=self.handle)
         return float(v[0]), bool(v[1])
 
     def total(self, values: torch.Tensor) -> torch.Tensor:
-        """The sum of ``values`` over the group's ranks."""
+        """The sum of ``values`` over the group's ranks (on the device ``values`` are on)."""
         import torch.distributed as dist
-        out = values.clone()
+        out = values.to(self.device, copy=True)
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.handle)
-        return out
+        return out.to(values.device)
 
-    def gather_rng(self) -> list[torch.Tensor]:
-        """Every rank's torch RNG state, in rank order (so that a resumed group draws what it would have)."""
+    def gather_rng(self, model: torch.nn.Module) -> list[dict]:
+        """Every rank's ``rng_state`` (CPU, and CUDA when training there), in rank order (so that a resumed group
+        draws what it would have)."""
         import torch.distributed as dist
         states: list = [None] * self.size
-        dist.all_gather_object(states, torch.get_rng_state(), group=self.handle)
+        dist.all_gather_object(states, rng_state(model), group=self.handle)
         return states
 
 
@@ -160,7 +168,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         optimiser.load_state_dict(saved["optimizer"])
         times.load_state_dict(saved.get("times", {}))
         if size > 1 and len(saved.get("rng_ranks", ())) == size:
-            torch.set_rng_state(saved["rng_ranks"][rank])
+            set_rng_state(saved["rng_ranks"][rank], model)
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
@@ -169,7 +177,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                     stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
-        extra = {"rng_ranks": group.gather_rng()} if size > 1 else {}
+        extra = {"rng_ranks": group.gather_rng(model)} if size > 1 else {}
         return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "times": times.state_dict(),
                 "hooks": {type(h).__name__: h.state_dict() for h in hooks}, "done": done, "t_min": job.t_min,
                 "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
@@ -228,7 +236,7 @@ def prior_for_eval(ctx: RunContext, cache: dict):
     if "prior" not in cache:
         if not ctx.run.prior_path.exists():
             return False
-        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim)
+        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim, ctx.device)
     return cache["prior"]
 
 
