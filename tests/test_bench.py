@@ -47,9 +47,10 @@ def counted(monkeypatch):
 def test_study_reuses_by_hash_records_failures_and_keeps_seeds_independent(tmp_path, counted):
     rows = run_study(tiny_study(), tmp_path, say=lambda s: None)
     by = {(r["variant"], r["seed"]): r for r in rows}
-    # 'default' is plain's configuration today: the same hash, so it was trained once and reused at once
-    assert by["default", 0]["hash"] == by["plain", 0]["hash"] and by["default", 0]["reused"]
-    assert [c.optim.seed for c in counted if c.optim.batch_size == 64] == [0, 1]
+    # 'default' is the fast recipe, not plain's configuration: its own hash, trained once per seed like plain
+    assert by["default", 0]["hash"] != by["plain", 0]["hash"] and not by["default", 0]["reused"]
+    trained = sorted((c.recipe.name, c.optim.seed) for c in counted if c.optim.batch_size == 64)
+    assert trained == [("fast", 0), ("fast", 1), ("plain", 0), ("plain", 1)]
     for seed in (0, 1):
         failed = by["batch-4x", seed]
         assert failed["status"] == "failed" and "--batch-size 256 is larger than the 240 training examples" in \
@@ -65,7 +66,8 @@ def test_study_reuses_by_hash_records_failures_and_keeps_seeds_independent(tmp_p
     stamp = (tmp_path / "runs" / by["plain", 0]["hash"] / "summary.json").stat().st_mtime_ns
     counted.clear()
     again = run_study(tiny_study(seeds=3), tmp_path, say=lambda s: None)
-    assert [c.optim.seed for c in counted if c.optim.batch_size == 64] == [2]
+    assert sorted((c.recipe.name, c.optim.seed) for c in counted if c.optim.batch_size == 64) == \
+        [("fast", 2), ("plain", 2)]
     assert (tmp_path / "runs" / by["plain", 0]["hash"] / "summary.json").stat().st_mtime_ns == stamp
     same = {(r["variant"], r["seed"]): r for r in again}
     assert same["plain", 1]["reused"] and same["plain", 1]["curve"] == by["plain", 1]["curve"]

@@ -267,7 +267,8 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            cfg = queue_budget(Config(**variant.flags, seed=seed))
+            # the configuration as the run will store it: the recipe's defaults for this kind of data applied
+            cfg = queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
             digest = config_hash(cfg)
             run = out / "runs" / digest
             row.update(hash=digest, run=str(run))
