@@ -87,12 +87,13 @@ class Group:
         dist.all_reduce(out, op=dist.ReduceOp.SUM, group=self.handle)
         return out.to(values.device)
 
-    def gather_rng(self, model: torch.nn.Module) -> list[dict]:
-        """Every rank's ``rng_state`` (CPU, and CUDA when training there), in rank order (so that a resumed group
-        draws what it would have)."""
+    def gather(self, value: object) -> list:
+        """Every rank's ``value`` (any picklable state), in rank order: what differs between ranks (random
+        states, a time sampler's local draw counts) is checkpointed per rank, so that a resumed group draws what
+        it would have."""
         import torch.distributed as dist
         states: list = [None] * self.size
-        dist.all_gather_object(states, rng_state(model), group=self.handle)
+        dist.all_gather_object(states, value, group=self.handle)
         return states
 
 
@@ -169,6 +170,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         times.load_state_dict(saved.get("times", {}))
         if size > 1 and len(saved.get("rng_ranks", ())) == size:
             set_rng_state(saved["rng_ranks"][rank], model)
+            times.load_state_dict(saved.get("times_ranks", [saved.get("times", {})] * size)[rank])
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
@@ -177,7 +179,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                     stop=lambda: interrupt.requested, agree=group.agree if size > 1 else None)
 
     def collect(done: bool) -> dict:
-        extra = {"rng_ranks": group.gather_rng(model)} if size > 1 else {}
+        extra = {"rng_ranks": group.gather(rng_state(model)),
+                 "times_ranks": group.gather(times.state_dict())} if size > 1 else {}
         return {**state.state_dict(), **extra, "optimizer": optimiser.state_dict(), "times": times.state_dict(),
                 "hooks": {type(h).__name__: h.state_dict() for h in hooks}, "done": done, "t_min": job.t_min,
                 "t_max": job.t_max, "fixed_t": job.fixed_t, "precompute": info}
