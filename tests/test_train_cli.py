@@ -232,6 +232,15 @@ def test_config_file_and_print_config(tmp_path, capsys):
     assert saved["target"] == {"name": "empirical", "reference_size": 64, "bandwidth": None, "sigma_lo": None,
                                "sigma_hi": None}
     assert saved["budget"]["steps"] == 12 and saved["partition"]["intervals"] == 2
+    # the printed file holds the recipe's defaults for the data's kind: a run from it trains as the flags would
+    from scorefast import Config
+    from scorefast.training.config import read_config_file
+    capsys.readouterr()
+    assert main(["train", "--data", "moons", "--steps", "30", "--print-config"]) == 0
+    cfg.write_text(capsys.readouterr().out)
+    resolved = Config(data="moons", steps=30).for_data("points")
+    assert resolved.optim.lr != Config(data="moons", steps=30).optim.lr
+    assert Config(**read_config_file(cfg)).for_data("points") == resolved
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 0.1\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "never")]) == 2

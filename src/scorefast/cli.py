@@ -66,7 +66,9 @@ def config_flags(args: argparse.Namespace) -> dict:
 def cmd_train(args) -> int:
     from .training.config import Config, to_toml
     cfg = Config(**config_flags(args))
-    if args.print_config:
+    if args.print_config:  # resolved for the data's kind, so that the file reproduces the run
+        from .data import load_data
+        cfg = cfg.for_data(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).kind)
         cfg.validate()
         print(to_toml(cfg), end="")
         return 0

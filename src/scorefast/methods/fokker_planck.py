@@ -1,38 +1,34 @@
-"""The log-density Fokker-Planck equation on a tensor grid (score embedding, METHODS.md section 1).
+"""The log-density Fokker-Planck equation on a tensor grid (score embedding, docs/methods.md section 1).
 
 With m = log p_t and the engine's linear drift f(x, t) = f(t) x (div f = d f(t)),
 
     m_t = -d f - f x . grad m + g^2/2 (Lap m + |grad m|^2),
 
-and the score is grad m. The scheme (section 1.2) is implicit in time with the quadratic term
-linearised by lagging one factor, iterated to a fixed point (Picard):
+and the score is grad m. The scheme (docs/methods.md section 1.2) is implicit in time and keeps the
+quadratic term: each step solves the nonlinear equations
 
-    (I - [c (Lap_h + s^(k-1) . D_h) - phi x . D_h]) m^(k) = rhs - d phi,    s^(k-1) = D_h m^(k-1).
+    m^n - [c Lap_h m^n + H(x, D_h m^n)] = rhs - d phi,    H(x, p) = sum_k c p_k^2 - phi x_k p_k,
 
-order=1 is backward Euler (rhs = m^(n-1), c = int g^2/2 dt, phi = int f dt = log(alpha_n/alpha_(n-1))
-over the step: exact step integrals of the coefficients, so that for f = 0 it is backward Euler in
-the variance sigma_t^2). order=2 (the default) is BDF2: the same matrices with c, phi scaled by
-2/3 dt, rhs = (4 m^(n-1) - m^(n-2)) / 3. Backward Euler's relative score error in the late,
-self-similar phase is about dt g^2 / sigma_t^2 (5% at T for the VE g = 5^t with 50 steps); BDF2
-brings it below 1% at the same cost (see ``_coefficients``, ``evolve_logp``).
+by Newton's method. order=1 is backward Euler (rhs = m^(n-1), c = int g^2/2 dt, phi = int f dt =
+log(alpha_n/alpha_(n-1)) over the step: exact step integrals of the coefficients, so that for f = 0
+it is backward Euler in the variance sigma_t^2). order=2 (the default) is BDF2 (variable steps):
+c, phi scaled by 2/3 dt, rhs = (4 m^(n-1) - m^(n-2)) / 3 for equal steps. Backward Euler's relative
+score error in the late, self-similar phase is about dt g^2 / sigma_t^2; BDF2 brings it below 1 % at
+the same cost (see ``time_coefficients``).
 
-Space: central differences (2d+1-point stencil). The advection velocity per axis is
-b = c s - phi x; central advection keeps the M-matrix property (non-positive off-diagonals, a
-non-negative inverse: no new extrema) while |b| dx <= 2c, i.e. the cell Peclet criterion
-
-    |s - 2 f x / g^2| dx <= 2        (|s| dx <= 2 when f = 0),
-
-and the nodes that break it use first-order upwind differences instead. Box edges use linear
-extrapolation (a ghost node m_(-1) = 2 m_0 - m_1, i.e. d^2 m / dn^2 = 0 there), which turns every
-difference at the edge into the one-sided (m_1 - m_0)/dx. The initial condition at t = eps is the
-log of the data's Gaussian KDE diffused in closed form to eps (again a Gaussian KDE), computed with
+Space: central differences (2d+1-point stencil) where they keep the Jacobian an M-matrix (non-positive
+off-diagonals: no new extrema), i.e. where the characteristic speed H' = 2 c s - phi x per axis has
+|H'| dx <= 2c; Godunov's numerical Hamiltonian (upwind, monotone) at the nodes that break it. Box
+edges use linear extrapolation (a ghost node m_(-1) = 2 m_0 - m_1), which makes every edge difference
+one-sided; at an inflow edge the normal term is dropped. The initial condition at t = eps is the log
+of the data's Gaussian KDE diffused in closed form to eps (again a Gaussian KDE), computed with
 log-sum-exp; m is stored, never p.
 
-The linear systems are sparse and solved with SuperLU (``solver='lu'``) or with BiCGSTAB
-preconditioned by a SuperLU factor (``solver='krylov'``). Both only refill the values of a fixed
-sparsity pattern, reuse a factorisation for as long as the Anderson-accelerated iteration keeps
-converging, and limit BLAS to one thread (its threads only spin on these vector sizes); see
-``evolve_logp``. ``solve_fp`` is the entry point: data -> KDE -> grid -> ``FPSolution``.
+Newton's corrections use a SuperLU factor of a recent Jacobian (``solver='lu'``, the chord method) or
+BiCGSTAB preconditioned by one (``solver='krylov'``), refactored when the contraction slows; a step
+that still fails is redone as two half-steps. Only the values of a fixed sparsity pattern are
+refilled, and BLAS runs on one thread (its threads only spin on these vector sizes); see
+``_Newton``. ``solve_fp`` is the entry point: data -> KDE -> grid -> ``FPSolution``.
 
 ``paper_matrix`` / ``paper_image_score`` reproduce the published construction (section 1.3),
 defects included, for comparison only.
@@ -49,7 +45,6 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
-from tqdm.auto import tqdm
 
 from ..checkpoint import atomic_write
 from ..errors import UserError
@@ -60,9 +55,12 @@ Tensor = torch.Tensor
 MAX_DIM = 3
 BOX_SIGMAS = 4.0
 SOLVERS = ("lu", "krylov")
-STALL = 0.9
-REFRESH_AFTER = (3, 5, 5)
-STALE_C = 3.0
+REFRESH_RATE = 0.5
+REFRESH_AFTER = 5
+GIVE_UP_RATE = 0.5
+MAX_HALVINGS = 4
+KRYLOV_RTOL = 1e-2
+PIVOT_THRESH = 0.0
 KRYLOV_MAXITER = 20
 _KEYS = ("axes", "t", "alpha", "sigma", "bandwidth", "logp", "score")
 
@@ -176,7 +174,7 @@ def log_kde(points: np.ndarray, centres: np.ndarray, bandwidth: float, chunk: in
     return (out - math.log(n) - 0.5 * d * math.log(2 * math.pi * bandwidth**2)).numpy()
 
 
-def _marginals(sde: SDE, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def marginals(sde: SDE, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tt = torch.as_tensor(t, dtype=torch.float64)
     return sde.alpha(tt).numpy(), sde.sigma(tt).numpy()
 
@@ -184,7 +182,7 @@ def _marginals(sde: SDE, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def default_box(data: np.ndarray, sde: SDE, t: np.ndarray, bandwidth: float,
                 sigmas: float = BOX_SIGMAS) -> np.ndarray:
     """(d, 2) box holding alpha_t [data range] +/- ``sigmas`` kernel stds at every time of ``t``."""
-    a, s = _marginals(sde, t)
+    a, s = marginals(sde, t)
     spread = sigmas * np.sqrt(a**2 * bandwidth**2 + s**2)
     lo, hi = data.min(0), data.max(0)
     return np.stack([np.min(a[:, None] * lo - spread[:, None], 0), np.max(a[:, None] * hi + spread[:, None], 0)], 1)
@@ -194,8 +192,9 @@ def default_box(data: np.ndarray, sde: SDE, t: np.ndarray, bandwidth: float,
 # the sound scheme
 
 
-def _coefficients(sde: SDE, t: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per step n = 1..N-1: (c_n, phi_n, w_n) for  m^n - [c (Lap + s.D) - phi x.D] m^n = rhs_n - d phi.
+def time_coefficients(sde: SDE, t: np.ndarray, order: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step n = 1..N-1: (c_n, phi_n, w_n) for  m^n - [c Lap m^n + H(x, D m^n)] = rhs_n - d phi,
+    H(x, p) = sum_k c p_k^2 - phi x_k p_k.
 
     Backward Euler (order 1, and the first step of order 2) uses the step integrals
     c = int g^2/2 dt (8-point Gauss-Legendre) and phi = int f dt = log(alpha_n / alpha_(n-1)), so that
@@ -207,7 +206,7 @@ def _coefficients(sde: SDE, t: np.ndarray, order: int) -> tuple[np.ndarray, np.n
     a, b = t[:-1, None], t[1:, None]
     tq = torch.as_tensor(0.5 * (b - a) * nodes + 0.5 * (a + b))
     c = 0.25 * (b - a)[:, 0] * (sde.g2(tq).numpy() @ weights)
-    alpha, _ = _marginals(sde, t)
+    alpha, _ = marginals(sde, t)
     phi = np.diff(np.log(alpha))
     w = np.zeros(len(t) - 1)
     if order == 2 and len(t) > 2:
@@ -221,8 +220,15 @@ def _coefficients(sde: SDE, t: np.ndarray, order: int) -> tuple[np.ndarray, np.n
     return c, phi, w
 
 
-class _Stencil:
-    """The fixed (2d+1)-point pattern of the grid operator in CSC form; only values change."""
+class Stencil:
+    """The discrete operators of the scheme on a tensor grid, matrix-free and as CSC matrices of one
+    fixed (2d+1)-point pattern.
+
+    Per axis, fd and bd are the forward and backward differences (m_+ - m)/dx, (m - m_-)/dx; at the box
+    edges the ghost node m_(-1) = 2 m_0 - m_1 makes both the one-sided inner difference and the
+    Laplacian 0. H is evaluated per axis at q = wf fd + wb bd (+ the minimiser p* of H): central
+    (wf = wb = 1/2) where the switches say so, Godunov's choice elsewhere (see ``switches``).
+    """
 
     def __init__(self, axes: list[np.ndarray]):
         self.d = d = len(axes)
@@ -233,17 +239,19 @@ class _Stencil:
         idx = np.arange(n)
         multi = np.unravel_index(idx, self.shape)
         self.coords = [axes[k][multi[k]] for k in range(d)]
-        self.first = [multi[k] == 0 for k in range(d)]
-        self.last = [multi[k] == G - 1 for k in range(d)]
+        first = [multi[k] == 0 for k in range(d)]
+        last = [multi[k] == G - 1 for k in range(d)]
+        self.first = first
+        self.inner = [(~first[k] & ~last[k]).astype(np.float64) for k in range(d)]
+        self.central = [(np.where(last[k], 0.0, np.where(first[k], 1.0, 0.5)),
+                         np.where(first[k], 0.0, np.where(last[k], 1.0, 0.5))) for k in range(d)]
         rows, cols = [idx], [idx]
-        self.plus, self.minus, self.nbr_plus, self.nbr_minus = [], [], [], []
+        self.plus, self.minus = [], []
         for k in range(d):
             stride = G ** (d - 1 - k)
-            p, m = np.flatnonzero(~self.last[k]), np.flatnonzero(~self.first[k])
+            p, m = np.flatnonzero(~last[k]), np.flatnonzero(~first[k])
             self.plus.append(p)
             self.minus.append(m)
-            self.nbr_plus.append(np.where(self.last[k], idx, idx + stride))
-            self.nbr_minus.append(np.where(self.first[k], idx, idx - stride))
             rows += [p, m]
             cols += [p + stride, m - stride]
         rows, cols = np.concatenate(rows), np.concatenate(cols)
@@ -251,85 +259,162 @@ class _Stencil:
         self.indices = rows[self.order].astype(np.int32)
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))]).astype(np.int32)
 
-    def gradient(self, m: np.ndarray) -> np.ndarray:
-        """Central differences inside, one-sided at the box edges: (n, d)."""
-        grads = np.gradient(m.reshape(self.shape), *self.h, edge_order=1)
-        grads = grads if self.d > 1 else [grads]
-        return np.stack([g.reshape(-1) for g in grads], axis=1)
-
-    def upwind(self, s: np.ndarray, c: float, phi: float) -> list[np.ndarray]:
-        """Per axis, the nodes where central advection would break the M-matrix: |c s - phi x| dx > 2c."""
-        return [np.abs(c * s[:, k] - phi * self.coords[k]) * self.h[k] > 2 * c for k in range(self.d)]
-
-    def coefficients(self, s: np.ndarray, c: float, phi: float, up: list[np.ndarray]):
-        """Row coefficients of I - [c (Lap + s . D) - phi x . D]: the diagonal and, per axis, the +/-
-        neighbours; central differences, upwind where ``up``, ghost-node edges (zero where no neighbour)."""
-        diag = np.ones(self.n)
-        plus, minus = [], []
-        for k in range(self.d):
-            h, u = self.h[k], up[k]
-            b = c * s[:, k] - phi * self.coords[k]
-            cen = c / h**2
-            ap = np.where(u, -cen - np.maximum(b, 0) / h, -cen - 0.5 * b / h)
-            am = np.where(u, -cen + np.minimum(b, 0) / h, -cen + 0.5 * b / h)
-            diag += 2 * cen + np.where(u, np.abs(b) / h, 0.0)
-            f, la = self.first[k], self.last[k]
-            diag += 2 * np.where(f, am, 0.0) + 2 * np.where(la, ap, 0.0)
-            plus.append(np.where(la, 0.0, ap - np.where(f, am, 0.0)))
-            minus.append(np.where(f, 0.0, am - np.where(la, ap, 0.0)))
-        return diag, plus, minus
-
-    def apply(self, coef, m: np.ndarray) -> np.ndarray:
-        """The operator times m, matrix-free."""
-        diag, plus, minus = coef
-        out = diag * m
-        for k in range(self.d):
-            out += plus[k] * m[self.nbr_plus[k]] + minus[k] * m[self.nbr_minus[k]]
+    def differences(self, m: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per axis (fd, bd), each 0 where its neighbour is missing."""
+        grid = m.reshape(self.shape)
+        out = []
+        for k, h in enumerate(self.h):
+            fd = np.zeros(self.shape)
+            bd = np.zeros(self.shape)
+            lo = (slice(None),) * k + (slice(0, -1),)
+            hi = (slice(None),) * k + (slice(1, None),)
+            np.subtract(grid[hi], grid[lo], out=fd[lo])
+            fd *= 1 / h
+            bd[hi] = fd[lo]
+            out.append((fd.reshape(-1), bd.reshape(-1)))
         return out
 
-    def matrix(self, coef) -> sp.csc_matrix:
-        diag, plus, minus = coef
+    def gradient(self, m: np.ndarray) -> np.ndarray:
+        """Central differences inside, one-sided at the box edges (np.gradient, edge_order=1): (n, d)."""
+        return np.stack([wf * fd + wb * bd for (fd, bd), (wf, wb) in zip(self.differences(m), self.central)], 1)
+
+    def switches(self, s: np.ndarray, c: float, phi: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per axis, from a predicted gradient s: the inner nodes that take Godunov's H, those where the
+        characteristic speed H'(s) = 2 c s - phi x has |H'| dx > 2c (where the central Jacobian would not
+        be an M-matrix), and the mask of edge nodes that keep their normal term: those where H' points out
+        of the box (at an inflow edge the ghost node would make it a downwind difference)."""
+        out = []
+        for k in range(self.d):
+            u = 2 * c * s[:, k] - phi * self.coords[k]
+            inner = self.inner[k] > 0
+            inflow = ~inner & np.where(self.first[k], u < 0, u > 0)
+            out.append((np.flatnonzero(inner & (np.abs(u) * self.h[k] > 2 * c)), (~inflow).astype(np.float64)))
+        return out
+
+    def terms(self, m: np.ndarray, c: float, phi: float, switches):
+        """Per axis: fd, bd, the weights (wf, wb) of q, H(q) and H'(q) (both 0 at inflow edges).
+
+        Godunov for m_t = H(p), H convex: max(H(bd), H(fd)) if bd <= fd, else min of H over [fd, bd],
+        which is H at p* = phi x / (2c) when p* lies inside (then H'(q) = 0)."""
+        for k, ((fd, bd), (wf, wb), (god, keep)) in enumerate(zip(self.differences(m), self.central, switches)):
+            x = self.coords[k]
+            q = wf * fd + wb * bd
+            wf, wb = wf.copy(), wb.copy()
+            if god.size:
+                a, b, xg = bd[god], fd[god], x[god]
+                ha, hb = c * a**2 - phi * xg * a, c * b**2 - phi * xg * b
+                star = phi * xg / (2 * c)
+                take_b = np.where(a <= b, hb >= ha, star <= b)
+                take_a = ~take_b & np.where(a <= b, True, star >= a)
+                wf[god], wb[god] = take_b, take_a
+                q[god] = np.where(take_b, b, np.where(take_a, a, star))
+            yield fd, bd, wf, wb, keep * (c * q**2 - phi * x * q), keep * (2 * c * q - phi * x)
+
+    def residual(self, m: np.ndarray, rhs: np.ndarray, c: float, phi: float, switches) -> np.ndarray:
+        """rhs - m + sum_k [c Lap_k m + H_k(q_k)]: minus the scheme's residual at m."""
+        out = rhs - m
+        for k, (fd, bd, _, _, hq, _) in enumerate(self.terms(m, c, phi, switches)):
+            out += (c / self.h[k]) * self.inner[k] * (fd - bd) + hq
+        return out
+
+    def jacobian(self, m: np.ndarray, c: float, phi: float, switches) -> sp.csc_matrix:
+        """d/dm of the scheme's residual, I - sum_k [c Lap_k + diag(H'(q_k)) (wf D_fwd + wb D_bwd)]: an
+        M-matrix (non-positive off-diagonals, rows summing to >= 1) where the switches hold."""
+        diag = np.ones(self.n)
+        plus, minus = [], []
+        for k, (_, _, wf, wb, _, dh) in enumerate(self.terms(m, c, phi, switches)):
+            h, lap = self.h[k], c * self.inner[k] / self.h[k] ** 2
+            uf, ub = dh * wf / h, dh * wb / h
+            diag += 2 * lap + uf - ub
+            plus.append(-lap - uf)
+            minus.append(-lap + ub)
         vals = np.concatenate([diag] + [v for k in range(self.d) for v in (plus[k][self.plus[k]],
                                                                             minus[k][self.minus[k]])])
         return sp.csc_matrix((vals[self.order], self.indices, self.indptr), shape=(self.n, self.n))
 
 
-def _factor(A: sp.csc_matrix) -> spla.SuperLU:
-    return spla.splu(A, permc_spec="MMD_AT_PLUS_A")
-
-
-def _extrapolate(ts: np.ndarray, ms: np.ndarray, t: float) -> np.ndarray:
-    """Lagrange polynomial through (ts, ms) evaluated at t: the Picard predictor."""
+def extrapolate(ts: np.ndarray, ms: list[np.ndarray], t: float) -> np.ndarray:
+    """Lagrange polynomial through (ts, ms) evaluated at t: the Newton predictor."""
     weights = [math.prod((t - tj) / (ti - tj) for j, tj in enumerate(ts) if j != i) for i, ti in enumerate(ts)]
-    return np.tensordot(np.asarray(weights), ms, axes=1)
+    return sum(w * m for w, m in zip(weights, ms))
 
 
-def _norm(v: np.ndarray) -> float:
-    return math.sqrt(float(np.einsum("i,i->", v, v)))
+class _Newton:
+    """Implicit steps of the scheme by Newton's method with a reused factorisation of the Jacobian.
 
+    'lu': m <- m + P^-1 r(m) (the chord method) with P a SuperLU factor of the Jacobian at an earlier
+    iterate, possibly of an earlier step; with P fresh this is Newton's method. 'krylov': each Newton
+    correction J(m) dm = r(m) is solved to ``KRYLOV_RTOL`` by BiCGSTAB preconditioned with P. P is
+    refactored at the current iterate when the contraction rate |dm_k| / |dm_(k-1)| exceeds
+    ``REFRESH_RATE``. A step is converged when |dm| (max over the grid, in nats: an absolute error of
+    log p is a relative error of p) or its geometric tail |dm| rate / (1 - rate) is <= tol. A step that
+    diverges, stays slow with a fresh P or uses up ``max_iter`` iterations is redone as two half-steps
+    (at most ``MAX_HALVINGS`` deep); only then is it counted unconverged.
+    """
 
-class _Anderson:
-    """Anderson acceleration (depth k) of a fixed-point iteration m <- m + g(m)."""
+    def __init__(self, st: Stencil, sde: SDE, order: int, solver: str, tol: float, max_iter: int):
+        self.st, self.sde, self.order, self.solver, self.tol, self.max_iter = st, sde, order, solver, tol, max_iter
+        self.P = None
+        self.counts = {"iterations": 0, "factorizations": 0, "halvings": 0, "unconverged": 0}
 
-    def __init__(self, depth: int = 5):
-        self.depth = depth
-        self.reset()
+    def refactor(self, m: np.ndarray, c: float, phi: float, switches) -> sp.csc_matrix:
+        J = self.st.jacobian(m, c, phi, switches)
+        self.P = spla.splu(J, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=PIVOT_THRESH)
+        self.counts["factorizations"] += 1
+        return J
 
-    def reset(self) -> None:
-        self.m, self.g = [], []
+    def correction(self, m: np.ndarray, r: np.ndarray, c: float, phi: float, switches) -> np.ndarray:
+        if self.solver == "lu":
+            return self.P.solve(r)
+        J = self.st.jacobian(m, c, phi, switches)
+        dm, info = spla.bicgstab(J, r, rtol=KRYLOV_RTOL, maxiter=KRYLOV_MAXITER,
+                                 M=spla.LinearOperator(J.shape, self.P.solve))
+        if info != 0:
+            self.refactor(m, c, phi, switches)
+            dm = self.P.solve(r)
+        return dm
 
-    def __call__(self, m: np.ndarray, g: np.ndarray) -> np.ndarray:
-        self.m.append(m)
-        self.g.append(g)
-        if len(self.m) > self.depth + 1:
-            self.m.pop(0)
-            self.g.pop(0)
-        if len(self.m) == 1:
-            return m + g
-        dg = np.diff(np.stack(self.g, 1), axis=1)
-        dm = np.diff(np.stack(self.m, 1), axis=1)
-        gamma = np.linalg.lstsq(dg, g, rcond=None)[0]
-        return m + g - (dm + dg) @ gamma
+    def step(self, ts: list[float], ms: list[np.ndarray], t_new: float) -> tuple[np.ndarray, bool]:
+        """One BDF2 (backward Euler without two past levels or for order 1) step from (ts, ms) to t_new."""
+        past = 2 if self.order == 2 else 1
+        c, phi, w = (v[-1] for v in time_coefficients(self.sde, np.array(ts[-past:] + [t_new]), self.order))
+        rhs = (1 - w) * ms[-1] + (w * ms[-2] if w else 0.0) - self.st.d * phi
+        m = extrapolate(ts[-3:], ms[-3:], t_new)
+        switches = self.st.switches(self.st.gradient(m), c, phi)
+        last, fresh_at = math.inf, None
+        for k in range(self.max_iter):
+            if self.P is None:
+                self.refactor(m, c, phi, switches)
+                last, fresh_at = math.inf, k
+            dm = self.correction(m, self.st.residual(m, rhs, c, phi, switches), c, phi, switches)
+            change = float(np.max(np.abs(dm)))
+            m = m + dm
+            self.counts["iterations"] += 1
+            if not math.isfinite(change):
+                break
+            rate = change / last if last < math.inf else math.nan
+            if change <= self.tol or (rate < 1 and change * rate / (1 - rate) <= self.tol):
+                if k + 1 > REFRESH_AFTER and fresh_at is None:
+                    self.P = None
+                return m, True
+            if rate > REFRESH_RATE:
+                if fresh_at is not None and rate > GIVE_UP_RATE:
+                    break
+                self.P = None
+            last = change
+        self.P = None
+        return m, False
+
+    def advance(self, ts: list[float], ms: list[np.ndarray], t_new: float, depth: int = 0) -> np.ndarray:
+        """log p at t_new from the past levels (ts, ms), by one step or, where Newton fails, two half-steps."""
+        m, ok = self.step(ts, ms, t_new)
+        if ok or depth == MAX_HALVINGS:
+            self.counts["unconverged"] += not ok
+            return m
+        self.counts["halvings"] += 1
+        mid = 0.5 * (ts[-1] + t_new)
+        m_mid = self.advance(ts, ms, mid, depth + 1)
+        return self.advance(ts[-2:] + [mid], ms[-2:] + [m_mid], t_new, depth + 1)
 
 
 def evolve_logp(m0: np.ndarray, axes: list[np.ndarray], sde: SDE, t: np.ndarray, tol: float = 1e-6,
@@ -337,28 +422,17 @@ def evolve_logp(m0: np.ndarray, axes: list[np.ndarray], sde: SDE, t: np.ndarray,
                 stats: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Advance a log-density m0 (G, ..., G) given at t[0] through the increasing times t.
 
-    Returns logp (N, G, ..., G) and score (N, G, ..., G, d). ``order`` 1 is backward Euler (METHODS.md
-    1.2), 2 is BDF2 (same linear systems, second order in time; the first step is backward Euler).
-    Each step finds the Picard fixed point m = A(s(m))^-1 rhs, s(m) = D_h m, to
-    ||m^(k) - m^(k-1)|| <= tol ||m^(k)|| in at most ``max_picard`` iterations, starting from a
-    quadratic extrapolation of the last steps; the upwind set is fixed per step from that predictor.
+    Returns logp (N, G, ..., G) and score (N, G, ..., G, d). ``order`` 1 is backward Euler (docs/methods.md
+    1.2), 2 is BDF2 (second order in time; the first step is backward Euler). Each step solves the
+    scheme's nonlinear equations by Newton's method (``_Newton``: at most ``max_picard`` iterations
+    per attempt, to ``tol`` nats) from a quadratic extrapolation of the last steps, from which the
+    central/Godunov switches are fixed for that step.
 
-    - 'lu': m <- m + P^-1 (rhs - A(s(m)) m), Anderson-accelerated (depth 5), with P a SuperLU factor
-      of a recent A. With P the factor of the current A this is exactly the Picard step; a stale P
-      changes the path, not the fixed point. P is refactored when an iteration stalls (change >
-      ``STALL`` x the previous one; that update is discarded), after a step that needed more than
-      ``REFRESH_AFTER[d-1]`` iterations, and when the diffusion coefficient c moved by more than a
-      factor ``STALE_C`` since P was made, so a 181^2 x 50 solve factorises 2-8 times instead of
-      once per iteration.
-    - 'krylov': each Picard system A(s^(k-1)) m^(k) = rhs is solved by BiCGSTAB to 0.1 tol,
-      preconditioned with such a P (refactored when BiCGSTAB fails within ``KRYLOV_MAXITER``), and
-      the Picard iterates are Anderson-accelerated too: with large steps (e.g. 10 VP steps) plain
-      Picard diverges, the lagged map not being a contraction where advection dominates.
-
-    A factorisation costs about 25 iterations on a 181^2 grid, but its fill grows as n^(4/3) in 3-D
+    A factorisation costs about 30 iterations on a 181^2 grid, but its fill grows as n^(4/3) in 3-D
     (31^3: ~4 s, 41^3: ~20 s here): 3-D grids beyond ~25^3 are slow with either solver.
 
-    ``stats``, if given, receives the counts of iterations, factorisations and unconverged steps.
+    ``stats``, if given, receives the counts of iterations, factorisations, step halvings and
+    unconverged steps.
     """
     from threadpoolctl import threadpool_limits
 
@@ -366,65 +440,31 @@ def evolve_logp(m0: np.ndarray, axes: list[np.ndarray], sde: SDE, t: np.ndarray,
         raise UserError(f"unknown FP solver '{solver}'; choose one of {', '.join(SOLVERS)}")
     if order not in (1, 2):
         raise UserError(f"FP time order must be 1 (backward Euler) or 2 (BDF2), got {order}")
-    st = _Stencil(axes)
-    cs, phis, ws = _coefficients(sde, np.asarray(t, dtype=np.float64), order)
+    st = Stencil(axes)
+    t = [float(v) for v in t]
     N, d = len(t), st.d
     logp = np.empty((N, st.n))
-    score = np.empty((N, st.n, d))
     logp[0] = m0.reshape(-1)
-    score[0] = st.gradient(logp[0])
-    P, c_P, unconverged, accel = None, 0.0, 0, _Anderson()
-    counts = {"iterations": 0, "factorizations": 0}
+    newton = _Newton(st, sde, order, solver, tol, max_picard)
+    steps = range(1, N)
+    if progress:
+        from tqdm.auto import tqdm
 
-    def factor(coef, c):
-        counts["factorizations"] += 1
-        return _factor(st.matrix(coef)), c
-
+        steps = tqdm(steps, desc="FP solve", leave=False)
     with threadpool_limits(limits=1, user_api="blas"):
-        for n in tqdm(range(1, N), desc="FP solve", disable=not progress, leave=False):
-            c, phi, w = cs[n - 1], phis[n - 1], ws[n - 1]
-            rhs = (1 - w) * logp[n - 1] + w * logp[n - 2] - d * phi if w else logp[n - 1] - d * phi
-            m = _extrapolate(t[max(0, n - 3):n], logp[max(0, n - 3):n], t[n])
-            up = st.upwind(st.gradient(m), c, phi)
-            if P is not None and not (1 / STALE_C < c / c_P < STALE_C):
-                P = None
-            accel.reset()
-            last = math.inf
-            for k in range(1, max_picard + 1):  # noqa: B007 (k counts the iterations after the loop)
-                coef = st.coefficients(st.gradient(m), c, phi, up)
-                if P is None:
-                    P, c_P = factor(coef, c)
-                if solver == "lu":
-                    m_new = accel(m, P.solve(rhs - st.apply(coef, m)))
-                else:
-                    picard, info = spla.bicgstab(st.matrix(coef), rhs, x0=m, rtol=0.1 * tol, maxiter=KRYLOV_MAXITER,
-                                                 M=spla.LinearOperator((st.n, st.n), P.solve))
-                    if info != 0:
-                        P, c_P = factor(coef, c)
-                        picard = P.solve(rhs)
-                    m_new = accel(m, picard - m)
-                change = _norm(m_new - m) / max(_norm(m_new), 1e-300)
-                if change <= tol:
-                    m = m_new
-                    break
-                if solver == "lu" and change > STALL * last:
-                    P, c_P = factor(coef, c)
-                    accel.reset()
-                    last = math.inf
-                    continue
-                m, last = m_new, change
-            else:
-                unconverged += 1
-            counts["iterations"] += k
-            if solver == "lu" and k > REFRESH_AFTER[d - 1]:
-                P, c_P = factor(st.coefficients(st.gradient(m), c, phi, up), c)
-            logp[n] = m
-            score[n] = st.gradient(m)
+        for n in steps:
+            logp[n] = newton.advance(t[max(0, n - 3):n], list(logp[max(0, n - 3):n]), t[n])
+            if not np.isfinite(logp[n]).all():
+                raise UserError(f"the FP solve diverged at t = {t[n]:.3g}; use more time steps, a finer grid or "
+                                "a larger bandwidth")
+    score = np.stack([st.gradient(row) for row in logp])
+    counts = newton.counts
     if stats is not None:
-        stats.update(counts, steps=N - 1, unconverged=unconverged)
-    if unconverged:
-        warnings.warn(f"FP solve: {unconverged} of {N - 1} steps did not reach tol={tol} in {max_picard} "
-                      "Picard iterations", RuntimeWarning, stacklevel=2)
+        stats.update(counts, steps=N - 1)
+    if counts["unconverged"]:
+        warnings.warn(f"FP solve: {counts['unconverged']} of {N - 1} steps did not reach tol={tol} nats in "
+                      f"{max_picard} Newton iterations, even halved {MAX_HALVINGS} times", RuntimeWarning,
+                      stacklevel=2)
     return logp.reshape((N,) + st.shape), score.reshape((N,) + st.shape + (d,))
 
 
@@ -472,7 +512,7 @@ def solve_fp(data: Tensor | np.ndarray, sde: SDE, grid: int = 181, steps: int = 
     if box.shape != (d, 2) or not np.all(box[:, 1] > box[:, 0]):
         raise UserError(f"box must be (d, 2) = ({d}, 2) rows of lo < hi, got {box.tolist()}")
     axes = [np.linspace(lo, hi, grid) for lo, hi in box]
-    alpha, sigma = _marginals(sde, t)
+    alpha, sigma = marginals(sde, t)
     width, dx = math.sqrt(alpha[0] ** 2 * h**2 + sigma[0] ** 2), float(np.max(np.diff(box, axis=1))) / (grid - 1)
     if width < dx:
         warnings.warn(f"FP grid spacing {dx:.3g} exceeds the initial kernel width {width:.3g}: the "
@@ -486,7 +526,7 @@ def solve_fp(data: Tensor | np.ndarray, sde: SDE, grid: int = 181, steps: int = 
 
 
 # --------------------------------------------------------------------------------------------------
-# the published construction (METHODS.md 1.3), defects included
+# the published construction (docs/methods.md 1.3), defects included
 
 
 def paper_matrix(m: np.ndarray, c: float, dx: float = 1.0) -> sp.csc_matrix:
