@@ -20,8 +20,8 @@ from .training.recipe import train
 
 def run_demo(out: str | None = None, steps: int = 12000, data: str = "checkerboard") -> dict:
     out = out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = Config(data=data, out=out, steps=steps, eval_every=max(1, steps // 4), batch_size=512, lr=1e-3,
-                 width=128, depth=3, eval_samples=4000)
+    cfg = Config(data=data, out=out, steps=steps, eval_every=max(1, steps // 4), batch_size=512, width=128, depth=3,
+                 eval_samples=4000)  # the rest is the default recipe's
     print(f"[1/3] training a {cfg.sde.name.upper()} score model on '{data}' for {steps} steps -> {out}")
     summary = train(cfg)
     run = open_run(out)

@@ -6,7 +6,7 @@
 A study (``study``) trains data sets x variants (``scenarios``) x seeds side by side, reusing finished
 runs by the hash of their configuration; ``curves`` evaluates every EMA snapshot with one evaluator;
 ``report`` writes OUT/report.md, OUT/results.json and the pictures, each table with its verdict.
-Named studies are in ``presets``. Importing this package registers the ``fp-embed-off`` control target.
+Named studies are in ``presets``; the ``fp-embed-off`` control target is a plug-in of ``methods.targets``.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A recipe fills in the flags a run was not given (a flag given always wins; a rec
 plug-in the given flags replace is dropped). Every flag's own default is scorefast 0.1's, so ``plain``
 sets nothing: t uniform on [eps, T], the epsilon weighting, a fixed EMA, a constant learning rate; it
 stays the reference in every benchmark. The default recipe lists what it changes, each change chosen
-by measurement (README, "The training recipe").
+by measurement (README, "The default recipe").
 Nothing here imports torch.
 """
 
@@ -31,7 +31,8 @@ PLAIN = Recipe("plain", "t uniform on [eps, T], epsilon weighting, fixed EMA 0.9
 
 FAST = Recipe(
     "fast", "evaluation by DPM-Solver++(2M) in 40 steps on 1,000 samples within 10 % of the run; on 2-D points "
-    "learning rate 4e-3 (warm-up 200, then 1/sqrt(step / 500)) and the adaptive time sampler",
+    "learning rate 4e-3 (warm-up 200, then 1/sqrt(step / 500)) and the adaptive time sampler; interval edges by "
+    "time allocation",
     {"sampler": "dpmpp-2m", "eval_steps": 40, "eval_samples": 1000, "eval_budget": 0.1, "partition": "allocation"},
     {"points": {"lr": 4e-3, "warmup": 200, "lr_schedule": "rsqrt", "lr_ref_steps": 500,
                 "time_sampler": "adaptive"}})
