@@ -54,13 +54,17 @@ class EMA:
     def __init__(self, model: nn.Module, profile: EMAProfile | float):
         self.model = copy.deepcopy(model).requires_grad_(False)
         self.profile = FixedEMA(ema=float(profile)) if isinstance(profile, (int, float)) else profile
+        self.pairs: tuple | None = None  # (source model, its tensors, ours): walking the module tree costs per step
 
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
-        weight = 1 - self.profile.decay(step)
-        torch._foreach_lerp_(list(self.model.parameters()), [p.detach() for p in model.parameters()], weight)
-        for mine, theirs in zip(self.model.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        if self.pairs is None or self.pairs[0] is not model:
+            self.pairs = (model, list(model.parameters()), list(self.model.parameters()),
+                          list(model.buffers()), list(self.model.buffers()))
+        _, theirs, mine, their_buffers, my_buffers = self.pairs
+        torch._foreach_lerp_(mine, theirs, 1 - self.profile.decay(step))
+        for a, b in zip(my_buffers, their_buffers):
+            a.copy_(b)
 
     def state_dict(self) -> dict:
         return self.model.state_dict()
