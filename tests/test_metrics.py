@@ -44,7 +44,7 @@ def test_swd_shifted_gaussians_match_closed_form(device):
     assert value == pytest.approx(float(m.norm()) / math.sqrt(d), rel=0.1)
 
 
-def test_swd_fast_path_equals_pot_and_is_seeded(device):
+def test_swd_equals_pot_and_is_seeded(device):
     x, y = _normal(600, 4, 2, device), _normal(600, 4, 3, device, 0.3)
     for p in (1, 2):
         ref = ot.sliced_wasserstein_distance(x.cpu().numpy(), y.cpu().numpy(), n_projections=200, p=p, seed=7)
@@ -55,6 +55,9 @@ def test_swd_fast_path_equals_pot_and_is_seeded(device):
 
 def test_swd_unequal_sizes_numpy_and_images(device):
     x, y = _normal(500, 2, 4, device).cpu().numpy(), _normal(700, 2, 5, device, 2.0)  # numpy against a tensor
+    for p in (1, 2):  # the exact quantile integral is POT's value for unequal sizes too
+        ref = ot.sliced_wasserstein_distance(x, y.cpu().numpy(), n_projections=100, p=p, seed=3)
+        assert sliced_wasserstein(x, y, n_projections=100, seed=3, p=p) == pytest.approx(float(ref), rel=1e-9)
     assert sliced_wasserstein(x, y) == pytest.approx(2.0 * math.sqrt(2) / math.sqrt(2), rel=0.15)
     imgs = torch.rand(20, 1, 4, 4, device=device)
     assert sliced_wasserstein(imgs, imgs.cpu().numpy()) == pytest.approx(0.0, abs=1e-9)

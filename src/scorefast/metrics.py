@@ -12,7 +12,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import ot
 import scipy.linalg
 import torch
 import torch.nn as nn
@@ -40,20 +39,27 @@ def sliced_wasserstein(
 ) -> float:
     """Sliced p-Wasserstein distance: (mean over unit directions theta of W_p^p(<theta,x>, <theta,y>))^(1/p).
 
-    Examples are flattened to vectors. The directions are POT's (`ot.sliced.get_random_projections`),
-    so the same `seed` gives the same directions and values from different checkpoints are comparable.
-    Equal-size samples use the exact sorted-difference form of 1-D W_p (same value as
-    `ot.sliced_wasserstein_distance`, about 10x faster); unequal sizes call POT directly.
+    Examples are flattened to vectors. The directions are normalised Gaussian draws of
+    np.random.RandomState(seed), the same as POT's `ot.sliced.get_random_projections(d, n, seed)`, so the
+    same `seed` gives the same directions and values from different checkpoints are comparable (POT
+    itself is not imported: it costs 1.5 s, more than a periodic evaluation).
+    Each 1-D W_p^p is the integral over u in (0, 1) of |F^-1(u) - G^-1(u)|^p, exact for the two empirical
+    quantile functions, which are constant between the breakpoints i/n and j/m (the same value as
+    `ot.sliced_wasserstein_distance`, 5-10x faster: one sort per side and one gather for all directions).
     For N(0, I) vs N(m, I) in d dims and p = 2 the population value is |m| / sqrt(d).
     """
     xs, ys = _flat(x).numpy(), _flat(y).numpy()
     if xs.shape[1] != ys.shape[1]:
         raise ValueError(f"sliced_wasserstein: dimensions differ ({xs.shape[1]} vs {ys.shape[1]})")
-    if len(xs) != len(ys):
-        return float(ot.sliced_wasserstein_distance(xs, ys, n_projections=n_projections, p=p, seed=seed))
-    theta = ot.sliced.get_random_projections(xs.shape[1], n_projections, seed)
+    theta = np.random.RandomState(seed).randn(xs.shape[1], n_projections)
+    theta /= np.sqrt(np.sum(theta**2, axis=0, keepdims=True))
     xp, yp = np.sort(xs @ theta, axis=0), np.sort(ys @ theta, axis=0)
-    return float(np.mean(np.abs(xp - yp) ** p) ** (1.0 / p))
+    n, m = len(xp), len(yp)
+    ends = np.union1d(np.arange(1, n + 1) / n, np.arange(1, m + 1) / m)
+    width = np.diff(ends, prepend=0.0)
+    mid = ends - width / 2
+    ix, iy = np.minimum((mid * n).astype(int), n - 1), np.minimum((mid * m).astype(int), m - 1)
+    return float(np.mean(width @ np.abs(xp[ix] - yp[iy]) ** p) ** (1.0 / p))
 
 
 def mmd(x: ArrayLike, y: ArrayLike, bandwidths: tuple[float, ...] = (0.1, 0.5, 1, 2, 5)) -> float:
