@@ -13,7 +13,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from scorefast import Config, train
@@ -116,14 +115,3 @@ def fmt3(t, spec: str = ".3f") -> str:
     return "/".join(parts)
 
 
-def json_safe(obj):
-    """Non-finite floats as null (strict JSON); numpy scalars as Python numbers."""
-    if isinstance(obj, (np.floating, np.integer)):
-        obj = obj.item()
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    return obj

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import torch
-from common import Report, command_line, curve_of, fmt3, json_safe, machine_info, mmm, stored_results, train_run
+from common import Report, command_line, curve_of, fmt3, machine_info, mmm, stored_results, train_run
 
 from scorefast import Config, open_run
+from scorefast.bench.report import json_safe
 from scorefast.checkpoint import load_checkpoint
 from scorefast.evaluate import test_nll, time_to
 from scorefast.run import split_data

@@ -72,9 +72,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import Report, command_line, curve_of, fmt3, json_safe, machine_info, mmm, stored_results, train_run
+from common import Report, command_line, curve_of, fmt3, machine_info, mmm, stored_results, train_run
 
 from scorefast import Config
+from scorefast.bench.report import json_safe
 from scorefast.checkpoint import load_checkpoint, save_checkpoint
 from scorefast.data import BUILTIN_2D, load_data
 from scorefast.evaluate import metric_name, quality, sample_steps, time_to
