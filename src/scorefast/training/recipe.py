@@ -167,10 +167,11 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         saved = load_checkpoint(path)
         state.load_state_dict(saved)
         optimiser.load_state_dict(saved["optimizer"])
-        times.load_state_dict(saved.get("times", {}))
-        if size > 1 and len(saved.get("rng_ranks", ())) == size:
+        per_rank = size > 1 and len(saved.get("rng_ranks", ())) == size
+        times.load_state_dict(saved["times_ranks"][rank] if per_rank and "times_ranks" in saved
+                              else saved.get("times", {}))
+        if per_rank:
             set_rng_state(saved["rng_ranks"][rank], model)
-            times.load_state_dict(saved.get("times_ranks", [saved.get("times", {})] * size)[rank])
     objective: torch.nn.Module = LossModule(model, loss)
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
