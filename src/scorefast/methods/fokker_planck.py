@@ -357,11 +357,9 @@ class _Newton:
         self.P = None
         self.counts = {"iterations": 0, "factorizations": 0, "halvings": 0, "unconverged": 0}
 
-    def refactor(self, m: np.ndarray, c: float, phi: float, switches) -> sp.csc_matrix:
-        J = self.st.jacobian(m, c, phi, switches)
+    def refactor(self, J: sp.csc_matrix) -> None:
         self.P = spla.splu(J, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=PIVOT_THRESH)
         self.counts["factorizations"] += 1
-        return J
 
     def correction(self, m: np.ndarray, r: np.ndarray, c: float, phi: float, switches) -> np.ndarray:
         if self.solver == "lu":
@@ -370,7 +368,7 @@ class _Newton:
         dm, info = spla.bicgstab(J, r, rtol=KRYLOV_RTOL, maxiter=KRYLOV_MAXITER,
                                  M=spla.LinearOperator(J.shape, self.P.solve))
         if info != 0:
-            self.refactor(m, c, phi, switches)
+            self.refactor(J)
             dm = self.P.solve(r)
         return dm
 
@@ -384,7 +382,7 @@ class _Newton:
         last, fresh_at = math.inf, None
         for k in range(self.max_iter):
             if self.P is None:
-                self.refactor(m, c, phi, switches)
+                self.refactor(self.st.jacobian(m, c, phi, switches))
                 last, fresh_at = math.inf, k
             dm = self.correction(m, self.st.residual(m, rhs, c, phi, switches), c, phi, switches)
             change = float(np.max(np.abs(dm)))
