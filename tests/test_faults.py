@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from scorefast.checkpoint import load_checkpoint
+from scorefast.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from scorefast.errors import UserError
+from scorefast.training.interrupt import Interrupt
 
 BASE = ["--data", "moons", "--n-data", "600", "--batch-size", "64", "--width", "32", "--eval-samples", "100",
         "--eval-steps", "8", "--quiet"]
@@ -94,6 +95,28 @@ def test_a_second_ctrl_c_stops_at_once_and_corrupts_nothing(tmp_path):
     assert p.returncode == 130
     assert saved_step(out / "checkpoints" / "net-0.pt") >= 49  # readable: never half-written
     assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def test_a_stop_at_once_waits_for_the_file_being_written(tmp_path):
+    """A Ctrl-C that arrives inside torch.save (outside the loop, or the second one) is raised when the write
+    has ended: the file is whole and in place, no temporary is left (raised inside torch's zip writer it made
+    a RuntimeError or an abort instead of exit status 130)."""
+    path = tmp_path / "ck.pt"
+    state = {"step": 3, "w": torch.arange(1000.0)}
+
+    def write(f):
+        os.kill(os.getpid(), signal.SIGINT)  # handled at the next bytecode, in the middle of torch.save
+        torch.save(state, f)
+
+    with Interrupt(), pytest.raises(KeyboardInterrupt):
+        atomic_write(path, write, what="checkpoint")
+    assert torch.equal(torch.load(path, weights_only=True)["w"], state["w"])
+    assert not list(tmp_path.glob("*.tmp"))
+    with Interrupt(), pytest.raises(KeyboardInterrupt):  # outside a write: at once
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    save_checkpoint(tmp_path / "after.pt", state)  # nothing held back from before
+    assert saved_step(tmp_path / "after.pt") == 3
 
 
 @pytest.mark.cpu_only

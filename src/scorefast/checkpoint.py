@@ -18,7 +18,8 @@ import re
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -104,14 +105,49 @@ def os_error_in(err: BaseException) -> OSError | None:
     return None
 
 
+class WriteShield:
+    """Holds back an "at once" stop while a file is being written: an exception raised into the middle of
+    torch.save tears its zip writer (a RuntimeError at its end of file, or an abort in its destructor),
+    which the atomic rename cannot undo. ``defer(stop)`` keeps ``stop`` until the outermost write ends."""
+
+    def __init__(self):
+        self.depth = 0
+        self.pending: Callable[[], None] | None = None
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        self.depth += 1
+        try:
+            yield
+        finally:
+            self.depth -= 1
+            if self.depth == 0 and self.pending is not None:
+                stop, self.pending = self.pending, None
+                stop()
+
+    def defer(self, stop: Callable[[], None]) -> bool:
+        """True (and ``stop`` kept for later) while a write is in progress, else False."""
+        if self.depth:
+            self.pending = stop
+        return bool(self.depth)
+
+
+WRITES = WriteShield()
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:
     """Call ``write(file_object)`` on a temporary file next to ``path`` and rename it into place.
 
-    On any failure (disk full, read-only or vanished directory, an exception in ``write``, Ctrl-C)
-    the temporary file is removed and the previous ``path`` is left as it was; OS errors become
-    ``UserError("cannot write <what> '<path>': <reason>")``.
+    On any failure (disk full, read-only or vanished directory, an exception in ``write``) the temporary
+    file is removed and the previous ``path`` is left as it was; OS errors become
+    ``UserError("cannot write <what> '<path>': <reason>")``. A stop asked for during the write (a second
+    Ctrl-C) happens when it is done (``WRITES``).
     """
-    path = Path(path)
+    with WRITES.writing():
+        _write_and_rename(Path(path), write, what)
+
+
+def _write_and_rename(path: Path, write: Callable[[BinaryIO], object], what: str) -> None:
     tmp = None
     try:
         path.parent.mkdir(exist_ok=True)  # its own folder only: a vanished run directory is an error, not rebuilt

@@ -4,8 +4,8 @@ While the loop runs (``with interrupt.deferred():``), the first SIGINT or SIGTER
 stop after the current step: the budget sees ``interrupt.requested``, the hooks write the checkpoint of
 that step, and :class:`Interrupted` then ends the command with one line and the signal's conventional
 status (130 for SIGINT, 143 for SIGTERM). A second signal, or a signal outside the loop (during an FP
-solve or a prior fit, where there is no step to save), stops at once; checkpoints are written
-atomically, so nothing is corrupted either way.
+solve or a prior fit, where there is no step to save), stops at once, but not inside a file being
+written: it waits for that write to end (``checkpoint.WRITES``), so nothing is corrupted or left behind.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from ..checkpoint import WRITES
 from ..errors import UserError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -53,6 +54,12 @@ class Interrupt:
                   file=sys.stderr, flush=True)
             return
         self.signum = signum
+        if not WRITES.defer(lambda: self.stop(signum)):
+            self.stop(signum)
+
+    @staticmethod
+    def stop(signum: int) -> None:
+        """Stop at once: KeyboardInterrupt for SIGINT, exit status 128 + signum otherwise."""
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
         raise SystemExit(128 + signum)
