@@ -46,8 +46,8 @@ preset(Preset("quick", "every method and control once, tiny sizes and budgets, o
               "smoke test of the whole bench (minutes on 2 CPU cores; its numbers mean little)",
               data=("checkerboard", "digits"), methods="all", budget="200steps", seeds=1, quick=True, threads=1))
 
-preset(Preset("readme-recipe", "plain DSM against the default recipe on two 2-D sets and 8x8 digits (the README's "
-              "training-recipe table)", data=("checkerboard", "8gaussians", "digits"), methods="baselines",
+preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-D sets and 8x8 digits (the "
+              "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"), methods="baselines",
               budget="4000steps", seeds=3, threads=1, snapshot_every=500))
 
 preset(Preset("readme-targets", "the score targets against DSM at 2x and 4x batch and fp-embed without its "
