@@ -12,14 +12,16 @@ and of the time per image, and the per-image ratio to the default U-Net. Writes 
 from __future__ import annotations
 
 import argparse
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
-from common import Report, command_line, machine_info
 from threadpoolctl import threadpool_limits
 
+from scorefast.bench.report import machine_info
 from scorefast.nets import make_net
 
 SHAPE = (3, 32, 32)
@@ -53,9 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = Report()
-    report(f"command: {command_line(__file__, argv)}")
-    report(f"machine: {machine_info(threads=args.threads)}")
+    lines: list[str] = []
+
+    def report(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    report(f"command: {shlex.join([sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)])}")
+    report(f"machine: {machine_info()}")
     torch.manual_seed(0)
     nets = [make_net(SHAPE, **opts).train() for _, opts, _ in VARIANTS]
     gen = torch.Generator().manual_seed(0)
@@ -75,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
                f"per image {summary([s * 1e3 for s in per_image])} ms  per-image ratio to default "
                f"{summary(ratios, '{:.1f}')}")
     out = Path(__file__).parent / "results" / "unet.txt"
-    out.write_text("\n".join(report.lines) + "\n")
+    out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 
 

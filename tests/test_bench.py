@@ -3,8 +3,10 @@ the wall-clock of interval runs, the controls' flags, bad input, and one --quick
 
 import json
 import math
+import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -72,6 +74,29 @@ def test_study_reuses_by_hash_records_failures_and_keeps_seeds_independent(tmp_p
     same = {(r["variant"], r["seed"]): r for r in again}
     assert same["plain", 1]["reused"] and same["plain", 1]["curve"] == by["plain", 1]["curve"]
     assert same["batch-4x", 2]["status"] == "failed"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two jobs side by side need two cores")
+def test_jobs_side_by_side_train_the_same_runs_as_one_at_a_time(tmp_path):
+    lines: list[str] = []
+    study = tiny_study(methods=("plain", "default"), seeds=2, budget=Budget.parse("20steps"), snapshot_every=10)
+    together = run_study(replace(study, jobs=2), tmp_path / "two", say=lines.append)
+    alone = run_study(study, tmp_path / "one", say=lambda s: None)
+    assert [(r["variant"], r["seed"]) for r in together] == [(r["variant"], r["seed"]) for r in alone]
+    for a, b in zip(together, alone):  # the same configuration, hash and numbers; only the seconds differ
+        assert a["hash"] == b["hash"] and a["status"] == b["status"] == "ok"
+        assert [p["nll"] for p in a["curve"]["points"]] == [p["nll"] for p in b["curve"]["points"]]
+    assert sum(" start: moons" in line for line in lines) == 4 and lines[-1].startswith("bench: 4 runs in")
+
+
+def test_jobs_may_not_oversubscribe_the_cores():
+    cores = os.cpu_count() or 1
+    with pytest.raises(UserError, match=f"--jobs {cores + 1} x --workers 1 x --threads 1 = {cores + 1} threads on "
+                       f"{cores} cores would oversubscribe"):
+        tiny_study(jobs=cores + 1).validate()
+    with pytest.raises(UserError, match="--jobs must be >= 1"):
+        tiny_study(jobs=0).validate()
 
 
 def test_error_text_is_one_line_naming_the_exception():
@@ -218,6 +243,12 @@ def test_methods_bring_their_controls_and_the_baselines():
     assert Selection.parse("fp-embed").names == ["plain", "default", "fp-embed", "batch-2x", "batch-4x",
                                                  "fp-embed-off"]
     assert set(Selection.parse("all").names) == set(SCENARIOS)
+    assert Selection.parse("fp-embed,-batch-2x,-batch-4x").names == ["plain", "default", "fp-embed", "fp-embed-off"]
+    assert set(Selection.parse("all,-combined").names) == set(SCENARIOS) - {"combined"}
+    with pytest.raises(UserError, match="the baseline 'plain' always runs"):
+        Selection.parse("knn,-plain")
+    with pytest.raises(UserError, match="unknown --methods entry '-knm'"):
+        Selection.parse("knn,-knm")
     with pytest.raises(UserError, match="unknown --methods entry 'dms'; choose from all, baselines"):
         Selection.parse("dms")
     with pytest.raises(UserError, match="unknown --preset 'fast'; choose one of quick, readme-recipe"):
@@ -238,6 +269,21 @@ def test_a_folder_of_another_study_is_refused_and_nothing_in_it_deleted(tmp_path
     with pytest.raises(UserError, match="not empty and holds no study.json"):
         open_folder(other, identity, {})
     assert (tmp_path / "runs" / "abc" / "summary.json").exists() and (other / "notes.txt").read_text() == "mine"
+
+
+def test_a_study_may_grow_but_not_change_a_variant(tmp_path):
+    first = {"data": ["moons"], "budget": "40steps", "variants": {"moons": {"plain": {"lr": 1e-3}}}}
+    open_folder(tmp_path, first, {})
+    more = {"data": ["digits", "moons"], "budget": "40steps",
+            "variants": {"moons": {"plain": {"lr": 1e-3}, "knn": {"method": "knn"}}, "digits": {"plain": {}}}}
+    open_folder(tmp_path, more, {})
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["data"] == ["moons", "digits"] and set(saved["variants"]["moons"]) == {"plain", "knn"}
+    open_folder(tmp_path, first, {})  # the smaller study still belongs here, and forgets nothing
+    assert set(json.loads((tmp_path / "study.json").read_text())["variants"]) == {"moons", "digits"}
+    changed = {**first, "variants": {"moons": {"plain": {"lr": 4e-3}}}}
+    with pytest.raises(UserError, match="holds another study \\(its flags of plain on moons differ"):
+        open_folder(tmp_path, changed, {})
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -251,6 +251,20 @@ def test_choose_T():
 # priors
 
 
+def test_moment_matched_prior_of_one_example_is_its_exact_law_at_T():
+    """Memorisation: for one example x0, p_T = N(alpha_T x0, sigma_T^2 I) exactly, and the fit gives it."""
+    from scorefast.sde import make_sde
+    sde = make_sde("ve-power")
+    x0 = torch.linspace(-1, 1, 12).reshape(1, 12)
+    prior = GaussianPrior(12)
+    prior.fit(x0, sde, progress=False)
+    a, s = (float(f(torch.tensor(sde.T, dtype=torch.float64))) for f in (sde.alpha, sde.sigma))
+    torch.testing.assert_close(prior.mean, (a * x0[0]).to(prior.mean), rtol=0, atol=1e-6)
+    torch.testing.assert_close(prior.tril, s * torch.eye(12, dtype=prior.tril.dtype), rtol=1e-6, atol=1e-6)
+    with pytest.raises(UserError, match="no data points to fit on"):
+        prior.fit(x0[:0], sde, progress=False)
+
+
 @pytest.mark.parametrize("T", [0.1, 0.5, 1.0])
 def test_moment_matched_prior_is_exact_on_gaussian_data(T, device):
     """On Gaussian data p_T is Gaussian: the moment-matched prior's term equals E log p_T(x_T)."""

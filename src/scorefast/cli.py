@@ -196,7 +196,8 @@ def cmd_bench(args) -> int:
     from .bench import run_bench
     results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
                         quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
-                        threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set)
+                        threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set,
+                        jobs=args.jobs)
     for table in results["tables"]:
         for sentence in table["sentences"]:
             print(f"{table['data']}: {sentence.replace('**', '')}")
@@ -224,6 +225,8 @@ def _bench_parser(sub, text: str) -> None:
     b.add_argument("--workers", type=int, default=None, help="workers of the interval variants and their control "
                    "(default: 1, the networks queued)")
     b.add_argument("--threads", type=int, default=None, help="torch CPU threads of every run (default: all cores)")
+    b.add_argument("--jobs", type=int, default=None, help="runs trained side by side, each in its own process "
+                   "(default: 1); jobs x workers x threads may not exceed the cores")
     b.add_argument("--snapshot-every", type=int, default=None, help="steps between evaluated snapshots (default: "
                    "a tenth of a step budget, 200 under a time budget)")
     b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",

@@ -24,6 +24,7 @@ BUILTIN_2D = ("moons", "8gaussians", "checkerboard", "swissroll", "pinwheel", "r
               "sharpbroad")
 BUILTIN_TOY = BUILTIN_2D + ("gaussian2d",)
 BUILTIN_IMAGES = ("digits", "digits32", "photos32")
+MEMORISATION_SIZE = 10  # fewer examples: no held-out split, samples are scored by their best match (SSIM)
 
 GAUSSIAN2D_MEAN = (1.0, -0.5)
 GAUSSIAN2D_COV = ((1.0, 0.6), (0.6, 0.8))
@@ -64,6 +65,11 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    @property
+    def memorised(self) -> bool:
+        """Fewer than ``MEMORISATION_SIZE`` examples: a memorisation run, trained and evaluated on the same ones."""
+        return len(self) < MEMORISATION_SIZE
 
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
         """(train, test) after a shuffle fixed by `seed`: held-out metrics use the same examples every run."""

@@ -192,7 +192,7 @@ def resolve_device(name: str) -> torch.device:
 def split_data(cfg: Config) -> tuple[Dataset, Dataset]:
     """The run's data split into train and held-out parts (seeded, so the same every time)."""
     ds = load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed)
-    if len(ds) < 10:  # memorisation runs: train and evaluate on the same few examples, batches with replacement
+    if ds.memorised:  # train and evaluate on the same few examples, batches with replacement
         return ds, ds
     train, test = ds.split(0.2, seed=cfg.optim.seed)
     if cfg.optim.batch_size > len(train):

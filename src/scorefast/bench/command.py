@@ -3,10 +3,12 @@ one), the command line that regenerates it, and the run that writes its report."
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
 from ..errors import UserError
+from .curves import Protocol
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import Selection
 from .study import Budget, Study, run_study
@@ -44,7 +46,7 @@ def settings_of(items: list[str]) -> dict:
 def make_study(data: str | None = None, methods: str | None = None, budget: str | None = None,
                seeds: int | None = None, quick: bool = False, preset: str | None = None, n_data: str | None = None,
                T: str | None = None, workers: int | None = None, threads: int | None = None,
-               snapshot_every: int | None = None, settings: list[str] | None = None) -> Study:
+               snapshot_every: int | None = None, settings: list[str] | None = None, jobs: int | None = None) -> Study:
     """The study the bench flags describe: the preset's (``--quick`` alone is the quick preset), each flag
     given replacing the preset's value."""
     base: Preset | None = get_preset(preset) if preset else (PRESETS["quick"] if quick else None)
@@ -62,7 +64,17 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  n_data=pick(numbers(n_data, int, "--n-data"), base and base.n_data, (None,)),
                  T=pick(numbers(T, float, "--T"), base and base.T, (0.4,)),
                  workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
-                 snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given)
+                 snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
+                 jobs=jobs or preset_jobs(base, workers, threads),
+                 evaluation=Protocol(**base.evaluation) if base and base.evaluation else None)
+
+
+def preset_jobs(base: Preset | None, workers: int | None, threads: int | None) -> int:
+    """A preset's side-by-side runs, as many as fit into this machine's cores (at least one)."""
+    if base is None:
+        return 1
+    per_job = (workers or base.workers) * (threads or base.threads or 1)
+    return max(1, min(base.jobs, (os.cpu_count() or 1) // per_job))
 
 
 def command_of(study: Study, out: Path) -> str:
@@ -76,6 +88,8 @@ def command_of(study: Study, out: Path) -> str:
     words += ["--T", ",".join(f"{t:g}" for t in study.T), "--workers", str(study.workers)]
     if study.threads:
         words += ["--threads", str(study.threads)]
+    if study.jobs > 1:
+        words += ["--jobs", str(study.jobs)]
     if study.snapshot_every:
         words += ["--snapshot-every", str(study.snapshot_every)]
     for key, value in study.settings.items():
@@ -85,8 +99,6 @@ def command_of(study: Study, out: Path) -> str:
 
 def run_bench(out: str | Path, **flags) -> dict:
     """Run the study of ``flags`` (see :func:`make_study`) into ``out`` and write its report; the results."""
-    import os
-
     from .report import machine_info, write_report
     out = Path(out)
     study = make_study(**flags)

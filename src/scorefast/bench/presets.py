@@ -27,8 +27,10 @@ class Preset:
     T: tuple[float, ...] = (0.4,)
     workers: int = 1
     threads: int | None = None
+    jobs: int = 1
     snapshot_every: int | None = None
     settings: dict = field(default_factory=dict)
+    evaluation: dict | None = None  # the curves' protocol (curves.Protocol's fields), when not the bench's own
 
 
 PRESETS: dict[str, Preset] = {}
@@ -47,8 +49,8 @@ preset(Preset("quick", "every method and control once, tiny sizes and budgets, o
               data=("checkerboard", "digits"), methods="all", budget="200steps", seeds=1, quick=True, threads=1))
 
 preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-D sets and 8x8 digits (the "
-              "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"), methods="baselines",
-              budget="4000steps", seeds=3, threads=1, snapshot_every=500))
+              "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"),
+              methods="baselines", budget="4000steps", seeds=3, threads=1, snapshot_every=500))
 
 preset(Preset("readme-targets", "the score targets against DSM at 2x and 4x batch and fp-embed without its "
               "embedding (the README's score-embedding and score-target tables)",
@@ -65,14 +67,32 @@ preset(Preset("readme-parallel", "two interval networks side by side on 2 worker
               data=("checkerboard", "8gaussians", "digits"), methods="intervals", budget="2000steps", seeds=3,
               workers=2, threads=1, snapshot_every=250, settings={"sde": "vp-psm"}))
 
-preset(Preset("data-efficiency", "the score targets and plain DSM at 500, 2,000 and 10,000 training points of a "
-              "2-D set (the data-efficiency curve; batch 64, so that the 4x-batch control fits into 400 training "
-              "points)",
-              data=("checkerboard",), methods="targets", budget="2000steps", seeds=2, n_data=(500, 2000, 10000),
-              threads=1, settings={"batch_size": 64}))
+preset(Preset("data-efficiency", "the score targets and plain DSM at 80, 320, 2,000 and 5,120 examples of a 2-D "
+              "set, 80 % of them for training (the data-efficiency curve; batch 64, so that the smaller sets hold a "
+              "batch)", data=("checkerboard",), methods="targets", budget="2000steps", seeds=3,
+              n_data=(80, 320, 2000, 5120), threads=1, settings={"batch_size": 64}))
 
-preset(Preset("full", "every method and control on two 2-D sets and 8x8 digits, 2 seeds", data=("checkerboard",
-              "8gaussians", "digits"), methods="all", budget="2000steps", seeds=2, threads=1))
+preset(Preset("data-efficiency-digits", "the data-efficiency study on 8x8 digits: 320 of them and all 1,797",
+              data=("digits",), methods="targets", budget="2000steps", seeds=3, n_data=(320, 1797), threads=1,
+              settings={"batch_size": 64}))
+
+preset(Preset("full", "every method and control on two 2-D sets and 8x8 digits, 2 seeds, two runs side by side "
+              "(as many as the cores allow)", data=("checkerboard", "8gaussians", "digits"), methods="all",
+              budget="2000steps", seeds=2, threads=1, jobs=2))
+
+
+preset(Preset("readme-memorise", "the score-embedding paper's memorisation protocol at small scale: one image "
+              "(a photo, a digit) to memorise; its published pipeline (--fp-variant paper) against itself without "
+              "the embedding and plain DSM (the bigger-batch controls left out: the claim is the embedding's); a "
+              "U-Net of 16 channels, batch 16, Adam 1e-3 without warm-up, the paper's VE SDE g = 5^t and 1/(2 g^2) "
+              "weighting for every variant; samples start from the exact x_T law (a Gaussian prior fitted at T) "
+              "and are scored by their best-match SSIM",
+              data=("photos32", "digits32"), n_data=(1,), methods="fp-embed,-batch-2x,-batch-4x",
+              budget="1200steps", seeds=3, threads=1, jobs=2, snapshot_every=150,
+              settings={"arch": "unet", "width": 16, "batch_size": 16, "lr": 1e-3, "warmup": 0, "ema": 0.999,
+                        "sde": "ve-power", "weighting": "inv_g2", "prior": "gaussian", "prior_fit": "before",
+                        "fp_variant": "paper"},
+              evaluation={"nll_n": 1, "nll_steps": 20, "samples": 8, "sample_steps": 50, "points": 9}))
 
 
 def get_preset(name: str) -> Preset:

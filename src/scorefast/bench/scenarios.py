@@ -220,7 +220,8 @@ def _combined(s: Setting) -> dict:
 @dataclass
 class Selection:
     """The scenarios a --methods list selects, in registry order: the baselines always, every method named
-    (or of a group named) with its controls, and controls named on their own."""
+    (or of a group named) with its controls, and controls named on their own; a name after a minus sign is
+    left out ('fp-embed,-batch-4x': fp-embed and its controls but the 4x batch)."""
 
     names: list[str] = field(default_factory=list)
 
@@ -230,7 +231,14 @@ class Selection:
         if not words:
             raise UserError("--methods is empty; name scenarios or groups (or all)")
         chosen = {name for name, sc in SCENARIOS.items() if sc.role == "baseline"}
-        for word in words:
+        dropped = {w[1:].strip() for w in words if w.startswith("-")}
+        for name in dropped:
+            if name not in SCENARIOS:
+                raise UserError(f"unknown --methods entry '-{name}'; a minus sign leaves out one of "
+                                f"{', '.join(SCENARIOS)}")
+            if SCENARIOS[name].role == "baseline":
+                raise UserError(f"--methods: the baseline '{name}' always runs; it cannot be left out")
+        for word in (w for w in words if not w.startswith("-")):
             if word == "all":
                 chosen |= set(SCENARIOS)
             elif word in GROUPS:
@@ -240,7 +248,7 @@ class Selection:
             else:
                 raise UserError(f"unknown --methods entry '{word}'; choose from all, {', '.join(GROUPS)}, "
                                 f"{', '.join(SCENARIOS)}")
-        return cls([name for name in SCENARIOS if name in chosen])
+        return cls([name for name in SCENARIOS if name in chosen - dropped])
 
 
 def choices_text() -> str:

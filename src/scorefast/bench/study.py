@@ -10,8 +10,9 @@ resumed. Runs go in interleaved order - every variant of a seed before the next 
 order rotated from seed to seed - so that a change of machine load hits all variants alike. A variant
 that fails (bad flags for this data, a diverged run, a bug) becomes a row with its error text. Seeds
 are independent: each is the run's ``--seed`` (its data draw, split, initialisation and batches).
-``OUT/study.json`` records what defines the study (data, variants, budget); a folder holding another
-study is refused.
+``OUT/study.json`` records what defines the study (data, variants, budget); a study may grow (more data
+sets, variants or seeds), but a folder holding another study (another budget, other flags under a variant's
+name) is refused.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -113,7 +115,8 @@ class Study:
     """Data sets x variants (scenario names, see ``scenarios``) x seeds under one budget; ``settings`` are
     training flags for every variant (they win over the data defaults and lose to the scenarios' own),
     ``T`` the end times of the truncated variants (one variant per T when several), ``workers`` those of the
-    interval variants and their control, ``evaluation`` the protocol of the curves."""
+    interval variants and their control, ``evaluation`` the protocol of the curves, ``jobs`` the runs trained
+    side by side (each in its own process with ``threads`` torch threads)."""
 
     data: tuple[str, ...]
     methods: tuple[str, ...]
@@ -127,6 +130,7 @@ class Study:
     snapshot_every: int | None = None
     settings: dict = field(default_factory=dict)
     evaluation: Protocol | None = None
+    jobs: int = 1
 
     @property
     def protocol(self) -> Protocol:
@@ -145,6 +149,14 @@ class Study:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.jobs < 1:
+            raise UserError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.jobs > 1:
+            cores = os.cpu_count() or 1
+            used = self.jobs * self.workers * (self.threads or 1)
+            if used > cores:
+                raise UserError(f"--jobs {self.jobs} x --workers {self.workers} x --threads {self.threads or 1} = "
+                                f"{used} threads on {cores} cores would oversubscribe the CPU; lower --jobs")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise UserError(f"--snapshot-every must be >= 1, got {self.snapshot_every}")
         if any(n is not None and n < 1 for n in self.n_data):
@@ -175,8 +187,15 @@ class Study:
                  "eval_steps": protocol.sample_steps, **({"threads": self.threads} if self.threads else {}),
                  **self.settings}
         from ..training.config import Config
-        Config(**flags).validate()  # a bad --set is one error for the study, not a failed row per variant
+        Config(**self.applicable(flags, part)).validate()  # a bad --set is one error, not a failed row per variant
         return flags
+
+    def applicable(self, flags: dict, part: Part) -> dict:
+        """``flags`` without the study's settings that are options of a plug-in these flags do not select (a
+        --set fp_variant=paper reaches the fp-embed variants only)."""
+        from ..training.config import applies, selected
+        chosen = selected(flags, part.kind)
+        return {k: v for k, v in flags.items() if k not in self.settings or applies(k, chosen)}
 
     def variants(self, part: Part) -> list[Variant]:
         base = self.base(part)
@@ -188,7 +207,7 @@ class Study:
                 label = name if len(Ts) == 1 else f"{name}-T{T:g}"
                 skipped = sc.applies(part.dim)
                 setting = Setting(base, part.dim, T, self.workers, self.quick)
-                flags = {} if skipped else {**base, **sc.flags(setting)}
+                flags = {} if skipped else self.applicable({**base, **sc.flags(setting)}, part)
                 out.append(Variant(label, sc, flags, skipped))
         return out
 
@@ -205,18 +224,31 @@ def config_hash(cfg) -> str:
     return hashlib.sha256(json.dumps(nested, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def grown(saved: dict, identity: dict, out: Path) -> dict:
+    """The saved study with ``identity``'s data sets and variants added (a study may grow: more data sets,
+    more variants, more seeds), or a UserError when the two are other studies: another budget, or a
+    variant of the same name and data set with other flags."""
+    differ = ["budget"] if saved.get("budget") != identity["budget"] else []
+    old = saved.get("variants", {})
+    for label, variants in identity["variants"].items():
+        clash = [v for v, flags in variants.items() if v in old.get(label, {}) and old[label][v] != flags]
+        if clash:
+            differ.append(f"flags of {', '.join(clash)} on {label}")
+    if differ:
+        raise UserError(f"--out '{out}' holds another study (its {' and '.join(differ)} differ); choose another --out")
+    data = [*saved.get("data", []), *(d for d in identity["data"] if d not in saved.get("data", []))]
+    variants = {label: {**old.get(label, {}), **identity["variants"].get(label, {})} for label in data}
+    return {**identity, "data": data, "variants": variants}
+
+
 def open_folder(out: Path, identity: dict, extra: dict) -> None:
     """Claim ``out`` for this study: refuse a file, a folder of another study, or a non-empty folder that
-    holds no study; then write study.json (identity + ``extra``)."""
+    holds no study; then write study.json (what it holds so far, this study's included, + ``extra``)."""
     study = out / "study.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a study folder")
     if study.exists():
-        saved = read_json(study, "study.json")
-        differ = [k for k in identity if saved.get(k) != json.loads(json.dumps(identity[k]))]
-        if differ:
-            raise UserError(f"--out '{out}' holds another study (its {' and '.join(differ)} differ); choose another "
-                            "--out")
+        identity = grown(read_json(study, "study.json"), json.loads(json.dumps(identity)), out)
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out '{out}' is not empty and holds no study.json; choose another --out")
     try:
@@ -256,7 +288,6 @@ def finished(run: Path, digest: str) -> bool:
 
 def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol) -> dict:
     """Train (or reuse, or resume) one run and evaluate its curve; failures become the row's 'error'."""
-    from ..training.config import Config
     from ..training.interrupt import Interrupted
     from ..training.recipe import train
     row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
@@ -267,8 +298,7 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            # the configuration as the run will store it: the recipe's defaults for this kind of data applied
-            cfg = queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
+            cfg = run_config(part, variant, seed)
             digest = config_hash(cfg)
             run = out / "runs" / digest
             row.update(hash=digest, run=str(run))
@@ -285,6 +315,13 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     row["warnings"] = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
                                          for w in caught))
     return row
+
+
+def run_config(part: Part, variant: Variant, seed: int):
+    """The configuration of one run as the run will store it: the recipe's defaults for this kind of data
+    applied, a time budget shared along a worker's queue."""
+    from ..training.config import Config
+    return queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
 
 
 def queue_budget(cfg):
@@ -307,6 +344,56 @@ def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def timed_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol, threads: int | None):
+    """``run_job`` in a process of its own (``--jobs``): its torch threads set, its seconds measured."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    return run_job(part, variant, seed, out, protocol), time.perf_counter() - t0
+
+
+def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, progress: Callable) -> None:
+    """Run ``jobs`` in ``study.jobs`` processes at a time, in their order; a run whose configuration is already
+    being trained waits until that one has finished (then it is reused). A Ctrl-C reaches every process:
+    each stops its run as a single run does, and nothing else starts."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    def digest(job: tuple) -> str | None:
+        try:
+            return None if job[1].skipped else config_hash(run_config(*job))
+        except Exception:  # bad flags: the run itself fails and says why
+            return None
+
+    keys = [digest(job) for job in jobs]
+    waiting, running = list(range(len(jobs))), {}  # job indices; future -> job index
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    with ProcessPoolExecutor(study.jobs, mp_context=context) as pool:
+        try:
+            while waiting or running:
+                for i in list(waiting):
+                    busy = {keys[k] for k in running.values()}
+                    if len(running) == study.jobs:
+                        break
+                    if keys[i] is not None and keys[i] in busy:
+                        continue
+                    waiting.remove(i)
+                    progress(i, *jobs[i], " start:")
+                    if jobs[i][1].skipped:
+                        done(i, run_job(*jobs[i], out, study.protocol), 0.0)
+                    else:
+                        running[pool.submit(timed_job, *jobs[i], out, study.protocol, study.threads)] = i
+                if running:
+                    finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in finished_now:
+                        done(running.pop(future), *future.result())
+        except BaseException:
+            for future in running:
+                future.cancel()
+            raise
+
+
 def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line, command: str = "") -> list[dict]:
     """Run every (data, variant, seed) of ``study`` into ``out``; returns one row per run (its curve, or its
     error). One progress line per run on ``say``: which run, the time so far and an estimate of what is left
@@ -320,26 +407,38 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
     threads = torch.get_num_threads()
     if study.threads:
         torch.set_num_threads(study.threads)
-    began, spent, trained, rows = time.perf_counter(), 0.0, 0, []
+    began, spent, trained, rows = time.perf_counter(), 0.0, 0, {}
+
+    def done(i: int, row: dict, seconds: float) -> None:
+        nonlocal spent, trained
+        if not row["reused"] and row["status"] != "n/a":
+            spent, trained = spent + seconds, trained + 1
+        if row["status"] == "failed":
+            say(f"bench: {row['data']}: {row['variant']}, seed {row['seed']} failed: {row['error']}")
+        rows[i] = row
+
+    def progress(i: int, part: Part, variant: Variant, seed: int, verb: str = "") -> None:
+        elapsed = time.perf_counter() - began
+        left = (f"about {clock(spent / trained * (len(jobs) - len(rows)) / study.jobs)} left" if trained
+                else "estimating the time left")
+        doing = f"not applicable ({variant.skipped})" if variant.skipped else f"elapsed {clock(elapsed)}, {left}"
+        say(f"bench [{i + 1}/{len(jobs)}]{verb} {part.label}: {variant.name}, seed {seed} ({doing})")
+
     try:
-        for i, (part, variant, seed) in enumerate(jobs):
-            elapsed = time.perf_counter() - began
-            left = f"about {clock(spent / trained * (len(jobs) - i))} left" if trained else "estimating the time left"
-            doing = f"not applicable ({variant.skipped})" if variant.skipped else f"elapsed {clock(elapsed)}, {left}"
-            say(f"bench [{i + 1}/{len(jobs)}] {part.label}: {variant.name}, seed {seed} ({doing})")
-            t0 = time.perf_counter()
-            row = run_job(part, variant, seed, out, study.protocol)
-            if not row["reused"] and row["status"] != "n/a":
-                spent, trained = spent + time.perf_counter() - t0, trained + 1
-            if row["status"] == "failed":
-                say(f"bench: {part.label}: {variant.name}, seed {seed} failed: {row['error']}")
-            rows.append(row)
+        if study.jobs == 1:
+            for i, (part, variant, seed) in enumerate(jobs):
+                progress(i, part, variant, seed)
+                t0 = time.perf_counter()
+                done(i, run_job(part, variant, seed, out, study.protocol), time.perf_counter() - t0)
+        else:
+            side_by_side(jobs, out, study, done, progress)
     finally:
         torch.set_num_threads(threads)
+    rows = [rows[i] for i in range(len(jobs))]
     say(f"bench: {len(jobs)} runs in {clock(time.perf_counter() - began)} "
         f"({sum(r['reused'] for r in rows)} reused, {sum(r['status'] == 'failed' for r in rows)} failed)")
     return rows
 
 
 __all__ = ["Budget", "Part", "Study", "Variant", "config_hash", "data_defaults", "error_text", "finished",
-           "interleaved", "open_folder", "queue_budget", "run_job", "run_study"]
+           "interleaved", "open_folder", "queue_budget", "run_config", "run_job", "run_study", "side_by_side"]

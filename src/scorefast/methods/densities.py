@@ -145,9 +145,9 @@ class Prior(nn.Module):
         ``eval_every`` steps) in a row without a validation gain of 2e-4 nats per dimension; the
         state with the best validation NLL is kept.
         """
+        if x0.shape[0] < 1:
+            raise UserError(f"prior '{self.name}': no data points to fit on")
         x0 = self._check_input(x0.detach())
-        if x0.shape[0] < 2:
-            raise UserError(f"prior '{self.name}': need at least 2 data points to fit, got {x0.shape[0]}")
         if not torch.isfinite(x0).all():
             raise UserError(f"prior '{self.name}': the data contain non-finite values")
         for label, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience), ("n_val", n_val)):

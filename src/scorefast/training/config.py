@@ -96,6 +96,27 @@ def _coerced(flags: dict, where: str) -> dict:
             if v is not None}
 
 
+def selected(flags: dict, data_kind: str | None = None) -> dict[str, str]:
+    """The plug-in each slot selects under these flags: the flag given, else the recipe's default for this kind
+    of data, else the slot's own default."""
+    given = _coerced(flags, "configuration")
+    name = given.get("recipe", DEFAULT_RECIPE)
+    if name not in RECIPES:
+        raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    defaults = RECIPES[name].defaults(data_kind)
+    chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
+              for slot, reg in SLOTS.items() if reg.flag}
+    chosen["partition"] = select_partition(given)
+    return chosen
+
+
+def applies(flag: str, chosen: dict[str, str]) -> bool:
+    """Whether ``flag`` means something under the plug-ins ``chosen``: it is no plug-in's option, or an option
+    of a selected one."""
+    spec = FLAGS.get(flag)
+    return spec is None or spec.section not in SLOTS or any(o.name == chosen[spec.section] for o, _ in spec.owners)
+
+
 class Config:
     """A run's configuration: the sections (``SECTIONS``) and one plug-in per slot (``SLOTS``).
 
@@ -108,19 +129,11 @@ class Config:
         given = _coerced(flags, "configuration")
         self.given: frozenset[str] = frozenset(given)
         self.data_kind = data_kind
+        chosen = selected(given, data_kind)
         name = given.get("recipe", DEFAULT_RECIPE)
-        if name not in RECIPES:
-            raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
         defaults = _coerced(RECIPES[name].defaults(data_kind), f"recipe '{name}'")
-        chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
-                  for slot, reg in SLOTS.items() if reg.flag}
-        chosen["partition"] = select_partition(given)
-        for flag in list(defaults):  # a recipe's option of a plug-in that is not selected does not apply
-            spec = FLAGS.get(flag)
-            if spec is not None and spec.section in SLOTS and \
-                    all(owner.name != chosen[spec.section] for owner, _ in spec.owners):
-                del defaults[flag]
-        flags = {**defaults, **given}
+        # a recipe's option of a plug-in that is not selected does not apply
+        flags = {**{k: v for k, v in defaults.items() if applies(k, chosen)}, **given}
         for section, cls in SECTIONS.items():
             fields = dataclasses.fields(cls)
             setattr(self, section, cls(**{f.name: flags[flag_of(f)] for f in fields if flag_of(f) in flags}))
@@ -292,4 +305,5 @@ def to_toml(cfg: Config) -> str:
     return tomli_w.dumps(tables)
 
 
-__all__ = ["Config", "FLAGS", "SECTIONS", "SELECTORS", "SELECTOR_HELP", "SLOTS", "read_config_file", "to_toml"]
+__all__ = ["Config", "FLAGS", "SECTIONS", "SELECTORS", "SELECTOR_HELP", "SLOTS", "applies", "read_config_file",
+           "selected", "to_toml"]
