@@ -14,10 +14,11 @@ import torch
 import scorefast.training.recipe as recipe
 from scorefast import Config
 from scorefast.bench import SCENARIOS, Selection, get_preset
+from scorefast.bench.command import make_study
 from scorefast.bench.curves import Protocol, run_wall, spread
-from scorefast.bench.report import Tables, spread3, time_ratio, verdict
+from scorefast.bench.report import Tables, markdown, spread3, time_ratio, verdict
 from scorefast.bench.scenarios import Setting
-from scorefast.bench.study import Budget, Study, config_hash, error_text, open_folder, run_study
+from scorefast.bench.study import Budget, Part, Study, config_hash, error_text, open_folder, run_study
 from scorefast.cli import main
 from scorefast.errors import UserError
 
@@ -166,6 +167,32 @@ def test_a_seed_that_failed_makes_the_verdict_failed_and_is_named():
     empirical = table["rows"][1]
     assert empirical["verdict"] == "failed" and empirical["ratio"][-1] is None
     assert table["sentences"][0] == "empirical, seed 3 failed: boom"
+
+
+def test_a_study_of_images_to_memorise_times_the_sample_metric_not_the_nll():
+    """With nothing held out the NLL is the training images' own: the target is plain's final ssim_gap."""
+    rows = []
+    for r in hand_rows():
+        rows.append({**r, "curve": {**r["curve"], "metric_name": "ssim_gap",
+                                    "points": [{**p, "nll": -p["nll"]} for p in r["curve"]["points"]]}})
+    tables = Tables(rows)
+    assert tables.key("d") == "metric" and Tables(hand_rows()).key("d") == "nll"
+    table = tables.table("d", "targets")
+    assert table["target"] == "metric" and table["rows"][1]["verdict"] == "helps: 0.38x time to target"
+    assert "time to plain's final ssim_gap, s" in markdown(table)[0]
+
+
+def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the_plugin():
+    study = make_study(preset="readme-memorise")
+    part = Part("photos32", 1, 3 * 32 * 32, "image")
+    flags = {v.name: v.flags for v in study.variants(part)}
+    assert set(flags) == {"plain", "default", "fp-embed", "fp-embed-off"}
+    assert flags["fp-embed"]["fp_variant"] == flags["fp-embed-off"]["fp_variant"] == "paper"
+    assert "fp_variant" not in flags["plain"] and "fp_variant" not in flags["default"]
+    assert all((f["sde"], f["weighting"], f["prior"]) == ("ve-power", "inv_g2", "gaussian") for f in flags.values())
+    assert study.protocol.samples == 8 and study.jobs == min(2, os.cpu_count() or 1)
+    with pytest.raises(UserError, match="--fp-variant is an option of target fp-embed"):
+        Config(data="moons", fp_variant="paper")  # a single run still refuses it
 
 
 def test_spread_and_statistics_text():

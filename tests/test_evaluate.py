@@ -73,3 +73,18 @@ def test_test_nll_is_seeded_on_every_device(device):
     torch.randn(100, device=device)  # the global generators move on
     assert nll(0) == pytest.approx(first, rel=1e-9, abs=1e-9)
     assert nll(1) != pytest.approx(first, rel=1e-6, abs=1e-6)
+
+
+def test_a_few_images_to_memorise_are_scored_by_their_best_match_ssim():
+    """ssim_gap = 1 - mean best-match SSIM: 0 for exact copies of the images, near 1 for noise."""
+    from scorefast.evaluate import metric_name, quality
+    images = load_data("photos32", n=3, seed=0)
+    assert metric_name(images) == "ssim_gap" and images.memorised
+    assert metric_name(load_data("digits32", n=12, seed=0)) == "swd"  # enough to hold some out
+    assert metric_name(Dataset(torch.zeros(3, 2), "pts", "points")) == "swd"  # points have no SSIM
+    copies = images.x[[2, 0, 0, 1]]
+    assert quality("ssim_gap", copies, images.x) == pytest.approx(0.0, abs=1e-5)
+    noise = torch.randn(4, *images.shape, generator=torch.Generator().manual_seed(0))
+    assert quality("ssim_gap", noise, images.x) > 0.9  # clamped to the pixel range, nothing like a photo
+    scores = Evaluator(n=4).scores(copies, images)
+    assert set(scores) == {"swd", "mmd", "ssim_gap"} and scores["ssim_gap"] == pytest.approx(0.0, abs=1e-5)

@@ -52,11 +52,6 @@ preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-
               "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"),
               methods="baselines", budget="4000steps", seeds=3, threads=1, snapshot_every=500))
 
-preset(Preset("readme-targets", "the score targets against DSM at 2x and 4x batch and fp-embed without its "
-              "embedding (the README's score-embedding and score-target tables)",
-              data=("moons", "checkerboard", "8gaussians", "digits"), methods="targets", budget="1500steps", seeds=3,
-              threads=1, snapshot_every=150))
-
 preset(Preset("readme-truncation", "shorter diffusion times with each prior against T = 1 with fewer large-t draws "
               "and with the likelihood time sampler (the README's truncation tables)",
               data=("offcentre", "digits"), methods="truncation", budget="2000steps", seeds=3, T=(0.2, 0.4),
