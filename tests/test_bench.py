@@ -4,8 +4,10 @@ the wall-clock of interval runs, the controls' flags, bad input, and one --quick
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import pytest
@@ -366,3 +368,28 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
     interval = next(r for r in results["rows"] if r["variant"] == "intervals-2")
     assert interval["curve"]["networks"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two jobs side by side need two cores")
+def test_ctrl_c_stops_the_jobs_side_by_side_each_with_its_run_saved(tmp_path):
+    """Ctrl-C reaches the whole process group: each job saves the step it is at, the bench exits 130."""
+    from scorefast.checkpoint import load_checkpoint
+    out = tmp_path / "study"
+    p = subprocess.Popen([sys.executable, "-m", "scorefast.cli", "bench", "--data", "moons", "--methods",
+                          "plain,default", "--budget", "1000000steps", "--seeds", "1", "--jobs", "2", "--threads", "1",
+                          "--snapshot-every", "1000000", "--set", "width=16", "--set", "ckpt_every=50", "--out",
+                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    deadline = time.time() + 180
+    while len(list(out.glob("runs/*/checkpoints/net-0.pt"))) < 2:
+        assert time.time() < deadline and p.poll() is None, "the two jobs did not both start"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    checkpoints = list(out.glob("runs/*/checkpoints/net-0.pt"))
+    assert len(checkpoints) == 2 and not list(out.glob("runs/*/checkpoints/*.tmp"))
+    assert all(int(load_checkpoint(c)["step"]) >= 50 for c in checkpoints)
+    assert sum("stopped by SIGINT" in line for line in err.splitlines()) == 2  # each job says where it stopped

@@ -353,7 +353,8 @@ def timed_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Prot
     return run_job(part, variant, seed, out, protocol), time.perf_counter() - t0
 
 
-def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, progress: Callable) -> None:
+def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, progress: Callable,
+                 say: Callable[[str], None]) -> None:
     """Run ``jobs`` in ``study.jobs`` processes at a time, in their order; a run whose configuration is already
     being trained waits until that one has finished (then it is reused). A Ctrl-C reaches every process:
     each stops its run as a single run does, and nothing else starts."""
@@ -391,6 +392,11 @@ def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, pro
         except BaseException:
             for future in running:
                 future.cancel()
+            pool.shutdown(wait=True)  # each job stops its run as a single run does (the signal reached it too)
+            for future, i in running.items():
+                if future.done() and not future.cancelled() and future.exception() is not None:
+                    part, variant, seed = jobs[i]
+                    say(f"bench: {part.label}: {variant.name}, seed {seed}: {future.exception()}")
             raise
 
 
@@ -431,7 +437,7 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
                 t0 = time.perf_counter()
                 done(i, run_job(part, variant, seed, out, study.protocol), time.perf_counter() - t0)
         else:
-            side_by_side(jobs, out, study, done, progress)
+            side_by_side(jobs, out, study, done, progress, say)
     finally:
         torch.set_num_threads(threads)
     rows = [rows[i] for i in range(len(jobs))]

@@ -27,7 +27,10 @@ class Interrupted(UserError):
 
     def __init__(self, signum: int, what: str):
         super().__init__(f"stopped by {signal.Signals(signum).name}: {what}; continue with --resume")
-        self.status = 128 + signum
+        self.signum, self.what, self.status = signum, what, 128 + signum
+
+    def __reduce__(self):  # rebuilt from its arguments in another process (a bench job's result)
+        return type(self), (self.signum, self.what)
 
 
 class Interrupt:
