@@ -181,7 +181,9 @@ def test_a_study_of_images_to_memorise_times_the_sample_metric_not_the_nll():
     assert tables.key("d") == "metric" and Tables(hand_rows()).key("d") == "nll"
     table = tables.table("d", "targets")
     assert table["target"] == "metric" and table["rows"][1]["verdict"] == "helps: 0.38x time to target"
-    assert "time to plain's final ssim_gap, s" in markdown(table)[0]
+    head = markdown(table)[0]
+    assert "time to plain's final ssim_gap, s | x plain (ssim_gap) | x plain (NLL) |" in head
+    assert table["rows"][1]["ratio_other"] == [1.0, 1.0, 1.0]  # the NLL's ratio beside it: both below at once
 
 
 def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the_plugin():

@@ -130,6 +130,7 @@ class Tables:
         unit = UNITS.get(first["curve"]["nll_key"], "") if first else ""
         metric = first["curve"]["metric_name"] if first else "metric"
         key = self.key(data)
+        other = "nll" if key == "metric" else "metric"
         out = {"data": data, "group": group, "unit": unit, "metric": metric, "target": key, "rows": [],
                "sentences": []}
         for name in names:
@@ -144,7 +145,7 @@ class Tables:
                 "wall": [r["curve"]["points"][-1]["wall"] for r in mine.values()],
                 "time_to_target": [time_to(as_pairs(r["curve"]["points"], key),
                                            self.targets(data, key).get(s, math.nan)) for s, r in mine.items()],
-                "ratio": ratios, "ratio_metric": self.ratios(data, name, BASELINE, "metric"),
+                "ratio": ratios, "ratio_other": self.ratios(data, name, BASELINE, other),
                 "verdict": self.row_verdict(data, name, ratios)})
             if mine:
                 out["sentences"] += [f"{name}, seed {r['seed']} failed: {r['error']}" for r in failed]
@@ -168,9 +169,9 @@ class Tables:
 def markdown(table: dict) -> list[str]:
     """A table as markdown lines."""
     unit, metric = table["unit"], table["metric"]
-    target = metric if table.get("target") == "metric" else "NLL"
+    target, other = (metric, "NLL") if table.get("target") == "metric" else ("NLL", metric)
     lines = [f"| variant | role | final NLL [{unit}] | final {metric} | wall-clock s | time to plain's final {target}, "
-             f"s | x plain (NLL) | x plain ({metric}) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+             f"s | x plain ({target}) | x plain ({other}) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         if r["status"] != "ok" and not r["final_nll"]:
             why = "not applicable" if r["status"] == "n/a" else "failed"
@@ -179,7 +180,7 @@ def markdown(table: dict) -> list[str]:
         lines.append(f"| {r['variant']} | {r['role']} | {spread3(r['final_nll'])} | "
                      f"{spread3(r['final_metric'], '.4g')} | {spread3(r['wall'], '.1f')} | "
                      f"{spread3(r['time_to_target'], '.1f')} | "
-                     f"{spread3(r['ratio'], '.2f')} | {spread3(r['ratio_metric'], '.2f')} | {r['verdict']} |")
+                     f"{spread3(r['ratio'], '.2f')} | {spread3(r['ratio_other'], '.2f')} | {r['verdict']} |")
     return lines
 
 
