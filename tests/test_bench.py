@@ -83,14 +83,16 @@ def test_study_reuses_by_hash_records_failures_and_keeps_seeds_independent(tmp_p
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two jobs side by side need two cores")
 def test_jobs_side_by_side_train_the_same_runs_as_one_at_a_time(tmp_path):
     lines: list[str] = []
-    study = tiny_study(methods=("plain", "default"), seeds=2, budget=Budget.parse("20steps"), snapshot_every=10)
+    # a truncated variant too: its scenario's flags are a closure, sent to the job by the scenario's name
+    study = tiny_study(methods=("plain", "default", "trunc-gaussian"), seeds=2, budget=Budget.parse("20steps"),
+                       snapshot_every=10)
     together = run_study(replace(study, jobs=2), tmp_path / "two", say=lines.append)
     alone = run_study(study, tmp_path / "one", say=lambda s: None)
     assert [(r["variant"], r["seed"]) for r in together] == [(r["variant"], r["seed"]) for r in alone]
     for a, b in zip(together, alone):  # the same configuration, hash and numbers; only the seconds differ
         assert a["hash"] == b["hash"] and a["status"] == b["status"] == "ok"
         assert [p["nll"] for p in a["curve"]["points"]] == [p["nll"] for p in b["curve"]["points"]]
-    assert sum(" start: moons" in line for line in lines) == 4 and lines[-1].startswith("bench: 4 runs in")
+    assert sum(" start: moons" in line for line in lines) == 6 and lines[-1].startswith("bench: 6 runs in")
 
 
 def test_jobs_may_not_oversubscribe_the_cores():

@@ -66,6 +66,9 @@ class Scenario:
     needs_grid: bool = False  # the Fokker-Planck grid target: data of dimension <= 3 only
     uses_T: bool = False  # one variant per end time of the study's --T
 
+    def __reduce__(self):  # sent to a --jobs process by name: its flags function may be a closure
+        return scenario_named, (self.name,)
+
     def applies(self, dim: int) -> str | None:
         """None if this scenario can run on data of ``dim`` dimensions, else why not."""
         from ..methods.targets import MAX_GRID_DIM
@@ -75,6 +78,11 @@ class Scenario:
 
 
 SCENARIOS: dict[str, Scenario] = {}
+
+
+def scenario_named(name: str) -> Scenario:
+    """The registered scenario ``name`` (how a scenario is rebuilt in another process)."""
+    return SCENARIOS[name]
 
 
 def scenario(name: str, group: str, role: str, help: str, controls: tuple[str, ...] = (), needs_grid: bool = False,
@@ -257,4 +265,4 @@ def choices_text() -> str:
 
 
 __all__ = ["BASELINE", "GROUPS", "PRIORS_AT_T", "ROLES", "SCENARIOS", "Scenario", "Selection", "Setting",
-           "choices_text", "scenario"]
+           "choices_text", "scenario", "scenario_named"]
