@@ -326,6 +326,7 @@ def test_a_study_may_grow_but_not_change_a_variant(tmp_path):
     (["--data", "missing/points.npy"], "does not exist"),
     (["--data", "moons", "--budget", "80steps"], "holds another study"),
     (["--data", "moons", "--set", "seed=3"], "--set seed: give it as the bench's --seeds"),
+    (["--preset", "full", "--jobs", "0"], "--jobs must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
     open_folder(tmp_path, {"data": ["moons"], "budget": "40steps", "variants": {}}, {})

@@ -65,7 +65,7 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  T=pick(numbers(T, float, "--T"), base and base.T, (0.4,)),
                  workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
                  snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
-                 jobs=jobs or preset_jobs(base, workers, threads),
+                 jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
                  evaluation=Protocol(**base.evaluation) if base and base.evaluation else None)
 
 
