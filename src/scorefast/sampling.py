@@ -74,7 +74,7 @@ def integrate(make_fn: Callable[[ScoreFn], Callable[[Tensor, State], State]], mo
     """
     segs = pieces(model, ts)
     n_steps = sum(len(s) - 1 for _, s in segs)
-    bar = tqdm(total=n_steps, disable=not progress, desc=f"ode:{method}", leave=False)
+    bar = tqdm(total=n_steps, disable=None if progress else True, desc=f"ode:{method}", leave=False)
     i = 0
     for piece, sub in segs:
         fn = make_fn(piece)
@@ -119,7 +119,7 @@ def sample_em(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None,
     the score is small and would not leave p_t invariant. The last step adds no noise (it returns the mean)."""
     segs = pieces(model, ts)
     n = sum(len(s) - 1 for _, s in segs)
-    bar = tqdm(total=n, disable=not progress, desc="sde", leave=False)
+    bar = tqdm(total=n, disable=None if progress else True, desc="sde", leave=False)
     i = 0
     for piece, sub in segs:
         for t0, t1 in zip(sub[:-1], sub[1:]):

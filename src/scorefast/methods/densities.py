@@ -303,7 +303,7 @@ class GMMPrior(Prior):
         stats = None
         best, best_params, i = math.inf, params, 0
         stopper = EarlyStopping(patience, self.MIN_DELTA_PER_DIM * self.dim)
-        bar = tqdm(total=steps, desc="prior:gmm", disable=not progress, leave=False)
+        bar = tqdm(total=steps, desc="prior:gmm", disable=None if progress else True, leave=False)
         for i in range(1, steps + 1):
             x = draw(batch_size).double()
             resp = torch.softmax(self._component_logp(x, *params), 1)
@@ -411,7 +411,7 @@ class FlowPrior(Prior):
         ema = [p.detach().clone() for p in params]
         best, best_params, i = math.inf, ema, 0
         stopper = EarlyStopping(patience, self.MIN_DELTA_PER_DIM * self.dim)
-        bar = tqdm(total=steps, desc=f"prior:flow-{self.kind}", disable=not progress, leave=False)
+        bar = tqdm(total=steps, desc=f"prior:flow-{self.kind}", disable=None if progress else True, leave=False)
         self.train()
         for i in range(1, steps + 1):
             logp = self.log_prob(draw(batch_size))

@@ -448,7 +448,7 @@ def evolve_logp(m0: np.ndarray, axes: list[np.ndarray], sde: SDE, t: np.ndarray,
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="FP solve", leave=False)
+        steps = tqdm(steps, desc="FP solve", leave=False, disable=None)  # no bar off a terminal
     with threadpool_limits(limits=1, user_api="blas"):
         for n in steps:
             logp[n] = newton.advance(t[max(0, n - 3):n], list(logp[max(0, n - 3):n]), t[n])

@@ -8,6 +8,7 @@ progress bar show the metric of the same step.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -62,7 +63,8 @@ class Snapshots(Hook):
 class AdaptTimes(Hook):
     """Every ``every`` steps, measures the held-out bound per bin (``measure()``) and moves an adaptive time
     sampler's shares; under DDP ``total`` sums the draw counts over the group, so that every rank moves the
-    same way. Its time counts in the run's wall-clock: it is part of training."""
+    same way. Its time counts in the run's wall-clock: it is part of training. The step's row gets the
+    bound summed over the bins (``heldout``): paired, so it is comparable across the run."""
 
     def __init__(self, sampler, measure: Callable[[], object], every: int, total: Callable | None = None):
         self.sampler, self.measure, self.every, self.total = sampler, measure, every, total
@@ -81,6 +83,8 @@ class AdaptTimes(Hook):
     def step(self, state, row):
         if state.step % self.every == 0 and not state.final:
             self.adapt(state)
+            return {"heldout": float(self.sampler.previous.sum())}
+        return None
 
 
 class PeriodicMetric(Hook):
@@ -157,41 +161,91 @@ class TensorBoard(Hook):
 
 
 class Progress(Hook):
-    """A tqdm bar over the step budget, showing the running loss and the latest metric; once the first steps
-    are timed, one line says how long the run should take (its steps at that pace, or its time budget,
-    plus at most ``eval_budget`` of evaluation)."""
+    """Training progress over the step budget (or the time budget when there is no step budget).
+
+    On a terminal: a tqdm bar showing the running loss and the latest metric. Elsewhere (a CI or file log):
+    no bar, one line every ``every`` of the run (5% by default: at most 21 lines) with the step, the loss,
+    the latest metric and the time left. Once the first steps are timed, one line says how long the run
+    should take (its steps at that pace, or its time budget, plus at most ``eval_budget`` of evaluation).
+
+    The training loss is an average over the time sampler's draws; an adaptive sampler moves its draws
+    to harder times, so that average rises while the model improves. The line therefore also shows the
+    held-out bound (``heldout``, added to the row by :class:`AdaptTimes`), which is measured on the same
+    probe set and noise throughout and is comparable across the run."""
 
     ESTIMATE_AFTER = 1.0  # seconds of training before the estimate
 
     def __init__(self, total: int | None, desc: str, enabled: bool = True, seconds: float | None = None,
-                 eval_budget: float = 0.0):
+                 eval_budget: float = 0.0, terminal: bool | None = None, every: float = 0.05):
         self.total, self.desc, self.enabled, self.seconds, self.eval_budget = total, desc, enabled, seconds, eval_budget
-        self.bar, self.first = None, None
+        self.terminal = sys.stderr.isatty() if terminal is None else terminal
+        self.every = every
+        self.bar, self.first, self.fields, self.line = None, None, {}, 0
 
     def start(self, state):
-        self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc, disable=not self.enabled,
-                        dynamic_ncols=True)
+        self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc,
+                        disable=not (self.enabled and self.terminal), dynamic_ncols=True, file=sys.stderr)
         self.first = (state.step, state.wall)
+        self.began = (state.step, state.wall)
+        self.line = self.share(state)
+
+    def say(self, text: str) -> None:
+        if self.terminal:
+            self.bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def fraction(self, state: TrainState) -> float:
+        """The share of the budget done: steps when there is a step budget, else seconds."""
+        if self.total:
+            return state.step / self.total
+        return state.wall / self.seconds if self.seconds else 0.0
+
+    def share(self, state: TrainState) -> int:
+        """How many ``every`` of the budget are done (a new one is due for a line)."""
+        return int(self.fraction(state) / self.every + 1e-9)
+
+    def left(self, state: TrainState) -> float | None:
+        """Seconds of training left at the pace since the start (the earlier of the two budgets)."""
+        steps, wall = state.step - self.began[0], state.wall - self.began[1]
+        if steps <= 0:
+            return None
+        left = [v for v in ((self.total - state.step) * wall / steps if self.total else None,
+                            self.seconds - state.wall if self.seconds else None) if v is not None]
+        return max(0.0, min(left)) if left else None
 
     def estimate(self, state: TrainState) -> None:
         steps, wall = state.step - self.first[0], state.wall - self.first[1]
         pace = wall / steps
-        left = [v for v in ((self.total - state.step) * pace if self.total else None,
-                            self.seconds - state.wall if self.seconds else None) if v is not None]
-        expect = min(left) / (1 - self.eval_budget) if left and self.eval_budget < 1 else None
+        left = self.left(state)
+        expect = left / (1 - self.eval_budget) if left is not None and self.eval_budget < 1 else None
         if expect is not None:
-            self.bar.write(f"scorefast: {pace * 1e3:.1f} ms a step; about {expect / 60:.1f} min more of training and "
-                           f"evaluation (evaluation at most {self.eval_budget:.0%})")
+            self.say(f"scorefast: {pace * 1e3:.1f} ms a step; about {expect / 60:.1f} min more of training and "
+                     f"evaluation (evaluation at most {self.eval_budget:.0%})")
         self.first = None
 
     def step(self, state, row):
-        if self.enabled and self.first is not None and state.wall - self.first[1] >= self.ESTIMATE_AFTER:
+        if not self.enabled:
+            return
+        if self.first is not None and state.wall - self.first[1] >= self.ESTIMATE_AFTER:
             self.estimate(state)
-        self.bar.update()
         if "metric" in row:
-            self.bar.set_postfix(loss=f"{state.loss:.4f}", **{row["metric_name"]: f"{row['metric']:.4f}"})
-        elif state.step % 50 == 0:
-            self.bar.set_postfix(loss=f"{state.loss:.4f}")
+            self.fields[row["metric_name"]] = f"{row['metric']:.4f}"
+        if "heldout" in row:
+            self.fields["heldout"] = f"{row['heldout']:.4f}"
+        if self.terminal:
+            self.bar.update()
+            if "metric" in row or "heldout" in row or state.step % 50 == 0:
+                self.bar.set_postfix(loss=f"{state.loss:.4f}", **self.fields)
+        elif state.final or self.share(state) > self.line:
+            self.line = self.share(state)
+            left = self.left(state)
+            total = f"/{self.total}" if self.total else ""
+            fields = "".join(f" {k} {v}" for k, v in self.fields.items())
+            time_left = "" if state.final or left is None else \
+                f" ({left:.0f} s left)" if left < 90 else f" ({left / 60:.1f} min left)"
+            self.say(f"{self.desc}: step {state.step}{total} ({self.fraction(state):.0%}) loss {state.loss:.4f}"
+                     f"{fields}{time_left}")
 
     def end(self, state):
         self.bar.close()
