@@ -1,10 +1,15 @@
-"""Run directories that parse but are wrong, logs torn by a kill, leftovers of a killed writer, and bad
-values of the commands that read a run: one clear line each, nothing changed."""
+"""Run directories that parse but are wrong, logs torn by a kill, leftovers of a killed writer, two writers on
+one run, and bad values of the commands that read a run: one clear line each, nothing changed."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +115,27 @@ def test_bad_values_of_the_reading_commands(trained, tmp_path, capsys, args, nee
     err = capsys.readouterr().err.strip()
     assert needle in err and len(err.splitlines()) == 1
     assert snapshot(trained) == before and not list(tmp_path.glob("s.*"))
+
+
+def test_a_second_writer_on_a_run_is_one_line_and_the_lock_dies_with_its_holder(tmp_path, capsys):
+    """While one `train` writes a run, a second `train` or `--resume` on it is refused before it touches anything;
+    once the first is killed (SIGKILL: no clean-up ran), the lock is gone with it and a resume proceeds."""
+    out = tmp_path / "run"
+    first = subprocess.Popen([sys.executable, "-m", "scorefast.cli", "train", "--out", str(out), *TINY,
+                              "--steps", "100000", "--ckpt-every", "10"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "net-0.pt").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        config = (out / "config.json").read_bytes()
+        for args, needle in ((["--resume", "--steps", "5", "--quiet"], f"in use by another scorefast process "
+                              f"(pid {first.pid} "), ([*TINY, "--seed", "7"], "already exists and is not empty")):
+            assert main(["train", "--out", str(out), *args]) == 2
+            err = capsys.readouterr().err.strip()
+            assert needle in err and len(err.splitlines()) == 1, err
+        assert (out / "config.json").read_bytes() == config
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert main(["train", "--out", str(out), "--resume", "--steps", "1", "--quiet"]) == 0

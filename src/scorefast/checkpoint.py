@@ -18,7 +18,7 @@ import re
 import stat
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -133,6 +133,69 @@ class WriteShield:
 
 
 WRITES = WriteShield()
+
+
+def _limit(path: Path, name: str, default: int) -> int:
+    """A file-system limit (``PC_NAME_MAX``, ``PC_PATH_MAX``) at the nearest existing folder of ``path``."""
+    folder = next((p for p in path.absolute().parents if os.path.isdir(p)), Path("/"))
+    try:
+        return os.pathconf(folder, name)
+    except (AttributeError, ValueError, OSError):
+        return default
+
+
+def check_path(path: str | Path, flag: str) -> Path:
+    """Refuse a path the file system cannot hold, before anything is written: a name longer than its limit
+    (255 bytes on most) or a whole path longer than its own (4096); a NUL byte."""
+    out = Path(path)
+    if "\x00" in str(out):
+        raise UserError(f"{flag}: is not a usable path (it holds a NUL byte)")
+    longest = max(out.parts, key=lambda part: len(os.fsencode(part)), default="")
+    name_max, path_max = _limit(out, "PC_NAME_MAX", 255), _limit(out, "PC_PATH_MAX", 4096)
+    if len(os.fsencode(longest)) > name_max:
+        raise UserError(f"{flag} '{display_path(out)[:60]}...': the name '{display_path(longest)[:40]}...' is "
+                        f"{len(os.fsencode(longest))} bytes, more than the file system's limit of {name_max}")
+    if len(os.fsencode(out.absolute())) >= path_max:
+        raise UserError(f"{flag} '{display_path(out)[:60]}...': the path is {len(os.fsencode(out.absolute()))} "
+                        f"bytes, more than the file system's limit of {path_max - 1}")
+    return out
+
+
+def _inside(path: Path, inputs: Iterable[str | Path]) -> Path | None:
+    """The input that ``path`` is (the same file) or lies under (an input folder), or None."""
+    target = path.resolve()
+    for given in map(Path, inputs):
+        if not given.exists():
+            continue
+        if target == given.resolve() or (given.is_dir() and target.is_relative_to(given.resolve())) or \
+                (path.exists() and os.path.samefile(path, given)):
+            return given
+    return None
+
+
+def check_output(path: str | Path, flag: str = "--out", suffix: str | None = None, overwrite: bool = False,
+                 inputs: Iterable[str | Path] = ()) -> Path:
+    """The one rule for every file a command writes, checked before any work: a usable path with the expected
+    suffix, in an existing folder; never an input of the same command (a file it reads, or a place inside a
+    folder it reads), even with ``overwrite``; and only where nothing is unless ``overwrite`` (git's and
+    torch.save's callers' rule: the user's data is never replaced without being asked)."""
+    out = check_path(path, flag)
+    if suffix is not None and out.suffix != suffix:
+        raise UserError(f"{flag} '{display_path(out)}': expected a {suffix} file name")
+    if not out.parent.is_dir():
+        raise UserError(f"{flag} '{display_path(out)}': directory '{display_path(out.parent)}' does not exist")
+    if out.is_dir():
+        raise UserError(f"{flag} '{display_path(out)}' is a directory")
+    source = _inside(out, inputs)
+    if source is not None:
+        raise UserError(f"{flag} '{display_path(out)}' would write over an input of this command "
+                        f"('{display_path(source)}'); choose another {flag}")
+    if os.path.lexists(out):
+        if not overwrite:
+            raise UserError(f"{flag} '{display_path(out)}' already exists; pass --overwrite to replace it")
+        if out.exists() and not out.is_file():
+            raise UserError(f"{flag} '{display_path(out)}' is {_kind_of(os.stat(out).st_mode)}, not a file to replace")
+    return out
 
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object], what: str = "file") -> None:

@@ -4,8 +4,11 @@
     metrics.jsonl    one JSON object per log line: step, wall (training seconds, precomputation included:
                      FP solve, a prior fitted before training; evaluation excluded), loss, net, time, and
                      the periodic metric
+    .lock            held by the one process writing the run (``RunDir.lock``)
     checkpoints/     net-K.pt per network (weights, EMA, optimiser, RNG, step, wall), prior.pt
     snapshots/       net-K-STEP.pt: EMA weights every --snapshot-every steps (for quality-vs-time curves)
+    posthoc/         net-K-STEP.pt: power EMAs of sigma_rel 0.05 and 0.10 every --posthoc-ema-every steps
+    ema/             net-K-sigmaS.pt: an EMA of relative width S rebuilt from them (``scorefast ema``)
     samples.npy / samples.png / metrics.png / summary.json
 
 :class:`RunDir` owns this format (create, resume, read, write); :class:`Run` is a trained run's model
@@ -20,20 +23,33 @@ with ``sample``, ``nll`` and ``evaluate``, which the CLI's commands are thin lay
 from __future__ import annotations
 
 import os
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import __version__
-from .checkpoint import append_jsonl, load_checkpoint, read_json, read_jsonl, remove_stale_temporaries, write_json
+from .checkpoint import (
+    append_jsonl,
+    check_path,
+    error_reason,
+    load_checkpoint,
+    read_json,
+    read_jsonl,
+    remove_stale_temporaries,
+    write_json,
+)
 from .data import Dataset, load_data
 from .errors import UserError
 from .sde import SDE
 from .training.config import Config
 
 RUN_FORMAT = 2
+LOCK = ".lock"  # held (flock) by the one process that writes the run
 
 
 class RunDir:
@@ -51,6 +67,13 @@ class RunDir:
 
     def snapshot(self, index: int | str, step: int) -> Path:
         return self.path / "snapshots" / f"net-{index}-{step:08d}.pt"
+
+    def posthoc_snapshot(self, index: int | str, step: int) -> Path:
+        return self.path / "posthoc" / f"net-{index}-{step:08d}.pt"
+
+    def posthoc_ema(self, index: int | str, sigma_rel: float) -> Path:
+        """Where ``scorefast ema --sigma-rel`` writes the reconstructed EMA weights of one network."""
+        return self.path / "ema" / f"net-{index}-sigma{sigma_rel:g}.pt"
 
     @property
     def prior_path(self) -> Path:
@@ -79,10 +102,11 @@ class RunDir:
 
     def check_new(self) -> None:
         """A fresh run refuses an existing, non-empty directory (nothing is ever overwritten) and a path that
-        cannot become a directory (a file, a path under a file, an unwritable place)."""
+        cannot become a directory (a file, a path under a file, an unwritable place, a name too long)."""
+        check_path(self.path, "--out")
         if self.path.exists() and not self.path.is_dir():
             raise UserError(f"--out '{self.path}' is a file, not a run directory")
-        if self.config_path.exists() or (self.path.is_dir() and any(self.path.iterdir())):
+        if self.config_path.exists() or (self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir())):
             raise UserError(f"run directory '{self.path}' already exists and is not empty; use --resume to continue "
                             "it or choose another --out")
         parent = next((p for p in self.path.parents if p.exists()), None)
@@ -97,6 +121,41 @@ class RunDir:
         except OSError as exc:
             raise UserError(f"cannot create run directory '{self.path}': {exc.strerror or exc}") from None
 
+    @contextmanager
+    def lock(self, new: bool = False) -> Iterator[None]:
+        """Hold the directory for one writer while the block runs: an exclusive ``flock`` on its ``.lock`` file.
+
+        The kernel drops the lock when the process ends, however it ends (SIGKILL included), so it never goes
+        stale; a second writer (a second ``train`` or ``--resume`` on the same directory) gets one line naming
+        the holder, which the file records (pid, host, start) for that line only. A ``new`` run checks again,
+        holding the lock, that nobody started it in the meantime. Without ``fcntl`` (Windows) nothing is held."""
+        try:
+            import fcntl
+        except ImportError:
+            yield
+            return
+        self.mkdir()
+        path = self.path / LOCK
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | os.O_NONBLOCK, 0o644)
+        except OSError as err:
+            raise UserError(f"run directory '{self.path}': cannot open its lock file ({error_reason(err)})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                raise UserError(f"run directory '{self.path}' is in use by another scorefast process ({holder}); "
+                                "wait for it to end, or choose another --out") from None
+            if new:
+                self.check_new()
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
     def resume(self, cfg: Config) -> Config:
         """The saved configuration with the budgets, logging and launch flags that ``cfg`` was given.
 
@@ -109,8 +168,21 @@ class RunDir:
             flag = changed[0]
             raise UserError(f"--resume: --{flag.replace('_', '-')} {cfg.flags().get(flag)} differs from the run's "
                             f"saved {saved.flags().get(flag)}; start a new run with another --out")
+        self.metrics()  # damage inside the log is refused now, before anything is written
         merged = saved.replace(**{k: v for k, v in cfg.flags().items() if k in cfg.given})
         return merged.replace(out=str(self.path))
+
+    def check_weights(self, model: torch.nn.Module) -> None:
+        """Refuse, before a resumed run writes anything, a checkpoint whose weights are not those of ``model``
+        (the run's network, e.g. on the meta device): one copied from a run of another --width or --depth."""
+        want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        for path in sorted(self.checkpoint("*").parent.glob("net-*.pt")):
+            got = {k: tuple(v.shape) for k, v in load_checkpoint(path).get("model", {}).items()}
+            if got != want:
+                key = next(k for k in sorted({*got, *want}) if got.get(k) != want.get(k))
+                raise UserError(f"checkpoint '{path}' does not hold this run's network ({key}: "
+                                f"{got.get(key, 'missing')} where the configuration needs {want.get(key, 'none')}); "
+                                "was it copied from another run?")
 
     # -- metrics and summary --------------------------------------------------------------------------
     def append_metrics(self, row: dict) -> None:
@@ -140,13 +212,20 @@ class RunDir:
         return tuple(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).shape)
 
     # -- weights --------------------------------------------------------------------------------------
-    def load_model(self, cfg: Config, sde: SDE, shape, step: int | None = None) -> torch.nn.Module:
+    def load_model(self, cfg: Config, sde: SDE, shape, step: int | None = None,
+                   sigma_rel: float | None = None) -> torch.nn.Module:
         """The EMA model: one network, or the networks assembled by the run's partition; with ``step``,
-        the EMA weights of the snapshots taken at that step."""
+        the EMA weights of the snapshots taken at that step; with ``sigma_rel``, the post-hoc EMA of that
+        relative width (written by ``scorefast ema``)."""
         edges = cfg.edges(sde)
         nets = []
         for k in range(len(edges) - 1):
             path = self.checkpoint(k) if step is None else self.snapshot(k, step)
+            if sigma_rel is not None:
+                path = self.posthoc_ema(k, sigma_rel)
+                if not path.exists():
+                    raise UserError(f"run directory '{self.path}' has no post-hoc EMA of sigma_rel {sigma_rel:g}: "
+                                    f"make it with scorefast ema --run {self.path} --sigma-rel {sigma_rel:g}")
             net = new_model(cfg, sde, shape, cfg.partition.time_conditioned)
             try:
                 net.load_state_dict(load_checkpoint(path)["ema"])
@@ -275,9 +354,11 @@ class Run:
                 "schedule": ev.schedule, "sample_seconds": seconds}
 
 
-def open_run(path: str | Path, device: str | None = None, step: int | None = None) -> Run:
+def open_run(path: str | Path, device: str | None = None, step: int | None = None,
+             sigma_rel: float | None = None) -> Run:
     """Open a run directory written by ``scorefast.train``; one clear error if it is not one.
-    ``step`` opens the EMA snapshot taken at that step instead of the final weights."""
+    ``step`` opens the EMA snapshot taken at that step instead of the final weights, ``sigma_rel`` the
+    post-hoc EMA of that relative width (``posthoc_ema.reconstruct``)."""
     rd = RunDir(path)
     if not rd.path.is_dir():
         raise UserError(f"run directory '{rd.path}' does not exist")
@@ -285,7 +366,7 @@ def open_run(path: str | Path, device: str | None = None, step: int | None = Non
     dev = resolve_device(device or cfg.launch.device)
     sde = cfg.sde.build()
     shape = rd.shape(cfg)
-    model = rd.load_model(cfg, sde, shape, step=step).to(dev)
+    model = rd.load_model(cfg, sde, shape, step=step, sigma_rel=sigma_rel).to(dev)
     prior = rd.load_prior(cfg, sde, int(torch.Size(shape).numel()), dev)
     return Run(rd.path, cfg, sde, model, prior, shape, dev)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..data import Dataset
 from ..errors import UserError
 from ..evaluate import Evaluator, metric_name, quality, sample_steps
@@ -111,7 +111,8 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     cfg.partition.check_steps(edges, cfg.budget.max_steps)
     cfg.target.check(train.shape)
     with torch.device("meta"):  # the network's options are checked without allocating it
-        new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
+        shapes = new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
+    run.check_weights(shapes)
     if cfg.launch.workers > 1:
         launcher.layout(cfg.launch.workers, len(edges) - 1)
     return RunContext(cfg, run, sde, edges, train, test, resolve_device(cfg.launch.device))
@@ -331,7 +332,6 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
     run = RunDir(cfg.log.out)
     if resume:
         cfg = run.resume(cfg)
-        run.tidy()
     else:
         run.check_new()
     threads = torch.get_num_threads()
@@ -339,24 +339,32 @@ def train(cfg: Config | dict, resume: bool = False, given: set[str] | None = Non
         torch.set_num_threads(cfg.launch.threads)
     try:
         ctx = context(cfg, run)
-        cfg = ctx.cfg
-        run.write_config(cfg)
-        if progress:
-            print(f"scorefast: recipe '{cfg.recipe.name}': {RECIPES[cfg.recipe.name].description}", file=sys.stderr)
-        began = time.perf_counter()
-        with Interrupt() as interrupt:
-            init = warm_start(ctx, progress, interrupt)
-            prior = PriorFit(ctx, progress)
-            prior.start()
-            if cfg.launch.workers > 1:
-                launcher.launch(cfg, run.path)
-            else:
-                for job in jobs(ctx):
-                    train_network(ctx, job, init=init, progress=progress, interrupt=interrupt)
-            prior.finish()
-        return finish(ctx, progress, elapsed=time.perf_counter() - began)
+        with run.lock(new=not resume):
+            return _train(ctx, resume, progress)
     finally:
         torch.set_num_threads(threads)
+
+
+def _train(ctx: RunContext, resume: bool, progress: bool) -> dict:
+    """The steps of :func:`train` that write, once the run is checked and its directory held."""
+    cfg, run = ctx.cfg, ctx.run
+    if resume:
+        run.tidy()
+    run.write_config(cfg)
+    if progress:
+        print(f"scorefast: recipe '{cfg.recipe.name}': {RECIPES[cfg.recipe.name].description}", file=sys.stderr)
+    began = time.perf_counter()
+    with Interrupt() as interrupt:
+        init = warm_start(ctx, progress, interrupt)
+        prior = PriorFit(ctx, progress)
+        prior.start()
+        if cfg.launch.workers > 1:
+            launcher.launch(cfg, run.path)
+        else:
+            for job in jobs(ctx):
+                train_network(ctx, job, init=init, progress=progress, interrupt=interrupt)
+        prior.finish()
+    return finish(ctx, progress, elapsed=time.perf_counter() - began)
 
 
 def prepare(cfg: Config) -> Path:
@@ -364,7 +372,9 @@ def prepare(cfg: Config) -> Path:
     cfg.validate()
     run = RunDir(cfg.log.out)
     run.check_new()
-    run.write_config(context(cfg, run).cfg)
+    ctx = context(cfg, run)
+    with run.lock(new=True):
+        run.write_config(ctx.cfg)
     return run.path
 
 
@@ -390,7 +400,7 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
                "scorefast_version": __version__}
     if run.prior_path.exists():
         summary["prior_fit"] = load_checkpoint(run.prior_path).get("fit")
-    np.save(run.path / "samples.npy", samples.numpy())
+    atomic_write(run.path / "samples.npy", lambda f: np.save(f, samples.numpy()), what="samples")
     plot_samples(samples.numpy(), run.path / "samples.png", title=f"{cfg.data.spec}: {cfg.target.name}, T={cfg.sde.T}",
                  reference=ctx.test.x.numpy() if ctx.train.kind == "points" else None)
     plot_metrics(run.metrics(), run.path / "metrics.png")
