@@ -16,13 +16,14 @@ import torch
 import scorefast.training.recipe as recipe
 from scorefast import Config
 from scorefast.bench import SCENARIOS, Selection, get_preset
-from scorefast.bench.command import make_study
-from scorefast.bench.curves import Protocol, run_wall, spread
+from scorefast.bench.command import command_of, make_study
+from scorefast.bench.curves import TIMING, Protocol, launch_seconds, run_wall, spread
 from scorefast.bench.report import Tables, markdown, spread3, time_ratio, verdict
 from scorefast.bench.scenarios import Setting
 from scorefast.bench.study import Budget, Part, Study, config_hash, error_text, open_folder, run_study
 from scorefast.cli import main
 from scorefast.errors import UserError
+from scorefast.evaluate import time_to
 
 TINY = Protocol(nll_n=50, nll_steps=4, samples=100, sample_steps=4, points=2)
 
@@ -116,29 +117,46 @@ def test_error_text_is_one_line_naming_the_exception():
 # -- the verdict rule ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ratios, failed, expected", [
-    ([0.3, 0.41, 0.5], False, "helps: 0.41x time to target"),
-    ([0.3, None, 0.5], False, "does not help here"),        # a seed that never reached the target
-    ([0.9, 1.2, 1.1], False, "does not help here"),         # median 1.1
-    ([1.0], False, "does not help here"),                   # as fast is not faster
+    ([0.3, 0.41, 0.5], False, "helps: 0.30-0.50x time to target (3 seeds)"),     # the whole interval below 1
+    ([0.3, None, 0.5], False, "does not reach the target on 1 of 3 seeds"),
+    ([1.0, 1.0, 1.0], False, "no measurable difference (1.00x, 3 seeds)"),        # as fast is not faster
+    ([0.72, 1.28, 0.83], False, "no measurable difference (0.72-1.28x, 3 seeds)"),  # a median of 0.83 is noise
+    ([1.2, 1.4, 1.3], False, "slower: 1.20-1.40x time to target (3 seeds)"),
+    ([0.4], False, "no measurable difference: one seed, no margin (0.40x)"),
+    ([(0.11, "<="), (0.13, "<=")], False, "helps: <= 0.13x time to target (2 seeds)"),  # met at the first snapshot
+    ([(0.5, ">="), 0.6], False, "no measurable difference (>= 0.50x, 2 seeds)"),  # the reference's was a bound
+    ([(1.2, ">="), 1.3], False, "slower: >= 1.20x time to target (2 seeds)"),
+    ([(0.5, "?"), 0.4], False, "no measurable difference (unbounded, 2 seeds)"),
     ([0.3, 0.41, 0.5], True, "failed"),
     ([], False, "no verdict (its reference has no result)"),
 ])
-def test_verdict_rule(ratios, failed, expected):
+def test_verdict_rule_needs_the_whole_interval_over_seeds_below_1(ratios, failed, expected):
     assert verdict(ratios, failed) == expected
+
+
+def test_time_to_says_when_its_time_is_only_a_bound():
+    assert time_to([(1.0, 0.9), (3.0, 0.1)], 0.5, bounded=True) == (2.0, True)
+    assert time_to([(1.0, 0.2), (3.0, 0.1)], 0.5, bounded=True) == (1.0, False)   # met at the first snapshot
+    assert time_to([(1.0, math.nan), (3.0, 0.1)], 0.5, bounded=True) == (3.0, False)
+    assert time_to([(1.0, 0.9)], 0.5, bounded=True) == (None, True)
+    assert time_to([(1.0, 0.2), (3.0, 0.9)], 0.5, lower_is_better=False, bounded=True) == \
+        (pytest.approx(1 + 2 * 0.3 / 0.7), True)
 
 
 def curve(*pairs):
     return [{"wall": w, "nll": v, "metric": v, "step": i} for i, (w, v) in enumerate(pairs)]
 
 
-def test_time_ratio_interpolates_and_times_a_reference_that_never_gets_there_at_its_budget():
+def test_time_ratio_interpolates_and_marks_its_bounds():
     plain = curve((1.0, 5.0), (2.0, 4.0), (4.0, 3.0))          # its own final value, at 4 s
     fast = curve((1.0, 4.0), (2.0, 2.0))                        # 3.0 reached half-way between 1 s and 2 s
-    assert time_ratio(fast, plain, 3.0) == pytest.approx(1.5 / 4.0)
-    assert time_ratio(curve((1.0, 3.5)), plain, 3.0) is None     # never reached
+    assert time_ratio(fast, plain, 3.0) == (pytest.approx(1.5 / 4.0), "=")
+    assert time_ratio(curve((1.0, 3.5)), plain, 3.0) == (None, "never")
     stuck = curve((1.0, 9.0), (8.0, 8.0))                       # a control that never reaches 3.0: timed at 8 s
-    assert time_ratio(fast, stuck, 3.0) == pytest.approx(1.5 / 8.0)
-    assert time_ratio(curve((1.0, math.nan), (3.0, 2.0)), plain, 3.0) == pytest.approx(3.0 / 4.0)
+    assert time_ratio(fast, stuck, 3.0) == (pytest.approx(1.5 / 8.0), "<=")
+    assert time_ratio(curve((1.0, math.nan), (3.0, 2.0)), plain, 3.0) == (pytest.approx(3.0 / 4.0), "<=")
+    assert time_ratio(curve((0.5, 2.0)), plain, 3.0) == (pytest.approx(0.5 / 4.0), "<=")  # first snapshot: a bound
+    assert time_ratio(fast, curve((2.0, 2.5)), 3.0) == (pytest.approx(1.5 / 2.0), ">=")  # the reference's was one
 
 
 def hand_row(variant, seed, pairs=(), status="ok"):
@@ -160,16 +178,31 @@ def hand_rows(seeds=(0, 1, 2)):
 def test_tables_state_the_verdict_against_plain_and_each_control():
     table = Tables(hand_rows()).table("d", "targets")
     assert [r["variant"] for r in table["rows"]] == ["plain", "empirical", "batch-2x", "batch-4x"]
-    assert table["rows"][1]["verdict"] == "helps: 0.38x time to target"            # 1.5 s / 4 s on every seed
-    assert table["sentences"] == ["**empirical** against plain: helps: 0.38x time to target; against batch-2x: "
-                                  "helps: 0.75x time to target; against batch-4x: does not help here."]
+    assert table["rows"][1]["verdict"] == "helps: 0.38x time to target (3 seeds)"   # 1.5 s / 4 s on every seed
+    # batch-2x never gets there (timed at its 2 s: a bound); batch-4x is there at its first snapshot (1 s at most)
+    assert table["sentences"] == ["**empirical** against plain: helps: 0.38x time to target (3 seeds); against "
+                                  "batch-2x: helps: <= 0.75x time to target (3 seeds); against batch-4x: slower: "
+                                  ">= 1.50x time to target (3 seeds)."]
+    assert "| 0.38x |" in markdown(table)[3]
+
+
+def test_two_identical_configurations_make_no_measurable_difference():
+    rows = []
+    for s in range(3):
+        noisy = [(1 + 0.1 * s, 5), (2 + 0.2 * s, 4), (4 - 0.3 * s, 3)]
+        rows += [hand_row("plain", s, [(1, 5), (2, 4), (4, 3)]), hand_row("empirical", s, noisy)]
+    table = Tables(rows).table("d", "targets")
+    assert table["rows"][1]["verdict"] == "no measurable difference (0.85-1.00x, 3 seeds)"
+    same = Tables([r for r in rows if r["variant"] == "plain"] + [
+        {**r, "variant": "empirical", "scenario": "empirical", "hash": "other"} for r in rows if r["variant"] == "plain"])
+    assert same.table("d", "targets")["rows"][1]["verdict"] == "no measurable difference (1.00x, 3 seeds)"
 
 
 def test_a_seed_that_failed_makes_the_verdict_failed_and_is_named():
     table = Tables([*hand_rows(), hand_row("empirical", 3, status="failed"),
                     hand_row("plain", 3, [(1, 5), (2, 3)])]).table("d", "targets")
     empirical = table["rows"][1]
-    assert empirical["verdict"] == "failed" and empirical["ratio"][-1] is None
+    assert empirical["verdict"] == "failed" and empirical["ratio"][-1] == (None, "never")
     assert table["sentences"][0] == "empirical, seed 3 failed: boom"
 
 
@@ -182,10 +215,11 @@ def test_a_study_of_images_to_memorise_times_the_sample_metric_not_the_nll():
     tables = Tables(rows)
     assert tables.key("d") == "metric" and Tables(hand_rows()).key("d") == "nll"
     table = tables.table("d", "targets")
-    assert table["target"] == "metric" and table["rows"][1]["verdict"] == "helps: 0.38x time to target"
+    assert table["target"] == "metric" and table["rows"][1]["verdict"] == "helps: 0.38x time to target (3 seeds)"
     head = markdown(table)[0]
     assert "time to plain's final ssim_gap, s | x plain (ssim_gap) | x plain (NLL) |" in head
-    assert table["rows"][1]["ratio_other"] == [1.0, 1.0, 1.0]  # the NLL's ratio beside it: both below at once
+    # the NLL's ratio beside it: both below the target at their first snapshots, so neither time is known
+    assert table["rows"][1]["ratio_other"] == [(1.0, "?")] * 3
 
 
 def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the_plugin():
@@ -202,29 +236,72 @@ def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the
 
 
 def test_spread_and_statistics_text():
-    assert spread([10, 20, 30, 40, 50], 3) == [10, 30, 50] and spread([10, 20], 5) == [10, 20]
+    assert spread([10, 20, 30, 40, 50], 3) == [10, 20, 50] and spread([10, 20], 5) == [10, 20]
+    every = list(range(40, 2001, 40))  # the default: a snapshot every 2 % of 2,000 steps
+    assert spread(every, 10) == [40, 80, 120, 160, 240, 360, 560, 840, 1280, 2000]  # dense early
     assert spread3([1.0, 2.0, 3.0]) == "1.000 / 2.000 / 3.000" and spread3([2.0, 2.0]) == "2.000"
     assert spread3([1.0, None, None]) == "1.000 / never / never"
 
 
 # -- wall-clock and controls --------------------------------------------------------------------------------
 
-def test_wall_of_interval_networks_sums_a_queue_and_takes_the_slowest_worker():
+def test_wall_of_interval_networks_is_the_schedule_that_ran():
+    """Queued networks train one after the other: the model of step s exists once every earlier network of
+    the queue has finished (its final wall) and the last one has reached s; workers side by side wait for the
+    slowest, plus the launch."""
     queued, side_by_side = Config(intervals=2), Config(intervals=2, workers=2)
-    assert run_wall(queued, [3.0, 5.0], extra=1.0) == 9.0
-    assert run_wall(side_by_side, [3.0, 5.0], extra=1.0) == 6.0
+    assert run_wall(queued, [3.0, 5.0], [4.0, 6.0], extra=1.0) == 4.0 + 5.0 + 1.0   # net 0 done, net 1 at s
+    assert run_wall(queued, [4.0, 6.0], extra=1.0) == 11.0                          # the final model
+    assert run_wall(side_by_side, [3.0, 5.0], [4.0, 6.0], extra=1.0, launch=2.5) == 5.0 + 1.0 + 2.5
     assert run_wall(Config(), [3.0]) == 3.0
-    assert run_wall(Config(intervals=4, workers=2), [1.0, 2.0, 3.0, 4.0]) == 6.0  # queues (0, 2) and (1, 3)
+    # queues (0, 2) and (1, 3): 10 + 3 and 20 + 4
+    assert run_wall(Config(intervals=4, workers=2), [1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 40.0]) == 24.0
+    assert launch_seconds(side_by_side, {"elapsed_seconds": 20.0}, [4.0, 6.0], 1.0) == 20.0 - 6.0 - 1.0
+    assert launch_seconds(queued, {"elapsed_seconds": 20.0}, [4.0, 6.0], 1.0) == 0.0  # one process: no launch
+
+
+def test_every_variant_of_a_study_has_the_same_cores():
+    """Beside intervals-2 on 2 workers x 1 thread, the one-network variants train with 2 threads, and the
+    interval control is one network on those cores, not DDP."""
+    study = tiny_study(methods=("plain", "default", "intervals-2", "one-net-allocation"), workers=2, threads=1)
+    flags = {v.name: v.flags for v in study.variants(Part("moons", 300, 2, "points"))}
+    assert (flags["intervals-2"]["workers"], flags["intervals-2"]["threads"]) == (2, 1)
+    for name in ("plain", "default", "one-net-allocation"):
+        assert flags[name].get("workers", 1) == 1 and flags[name]["threads"] == 2
+    cores = os.cpu_count() or 1
+    if cores >= 2:  # --jobs 2 without --threads: the cores shared out, never oversubscribed
+        two = make_study(data="moons", methods="plain", jobs=2)
+        assert two.threads == cores // 2 and "--threads" in command_of(two, "x")
+
+
+def test_controls_are_made_for_the_variant_they_control():
+    """With two end times the SpeeD-style control splits at each truncated variant's own T, and the report
+    pairs them."""
+    study = tiny_study(methods=Selection.parse("trunc-gmm").names, T=(0.2, 0.4))
+    variants = {v.name: v for v in study.variants(Part("moons", 300, 2, "points"))}
+    assert {n for n in variants if "downweighted" in n} == {"t1-downweighted-T0.2", "t1-downweighted-T0.4"}
+    for T in (0.2, 0.4):
+        assert variants[f"t1-downweighted-T{T:g}"].flags["time_edges"] == f"{T:g}"
+        assert variants[f"trunc-gmm-T{T:g}"].flags["T"] == T == variants[f"t1-downweighted-T{T:g}"].T
+    rows = [hand_row("plain", 0, [(1, 5), (4, 3)])]
+    for name, T in (("trunc-gmm", 0.2), ("trunc-gmm", 0.4), ("t1-downweighted", 0.2), ("t1-downweighted", 0.4)):
+        rows.append({**hand_row(name, 0, [(1, 4), (2, 2)]), "variant": f"{name}-T{T:g}", "variant_T": T})
+    rows.append(hand_row("t1-likelihood", 0, [(1, 4), (2, 2)]))
+    tables = Tables(rows)
+    assert tables.controls_of("d", "trunc-gmm-T0.4") == ["t1-downweighted-T0.4", "t1-likelihood"]
+    sentence = next(s for s in tables.table("d", "truncation")["sentences"] if s.startswith("**trunc-gmm-T0.2**"))
+    assert "against t1-downweighted-T0.2: " in sentence and "T0.4" not in sentence
 
 
 def test_interval_control_has_the_intervals_time_allocation_and_samples_per_step():
-    setting = Setting({"data": "moons", "batch_size": 128}, dim=2)
+    setting = Setting({"data": "moons", "batch_size": 128}, dim=2, workers=2)
     control, intervals = (Config(**{**setting.base, **SCENARIOS[name].flags(setting)})
                           for name in ("one-net-allocation", "intervals-2"))
     sde = control.sde.build()
     edge = intervals.edges(sde)[1]
     assert float(control.time_sampler.time_edges) == pytest.approx(edge, rel=1e-5)
     assert control.optim.batch_size == 2 * intervals.optim.batch_size and control.partition.name == "single"
+    assert (intervals.launch.workers, control.launch.workers) == (2, 1)  # the same cores, no DDP
     torch.manual_seed(0)
     t = control.time_sampler.bind(sde, sde.eps, sde.T)(200_000)
     assert float((t < edge).double().mean()) == pytest.approx(0.5, abs=0.005)   # each network's share of draws
@@ -289,7 +366,7 @@ def test_methods_bring_their_controls_and_the_baselines():
 
 
 def test_a_folder_of_another_study_is_refused_and_nothing_in_it_deleted(tmp_path):
-    identity = {"data": ["moons"], "budget": "40steps", "variants": {"moons": {"plain": {"recipe": "plain"}}}}
+    identity = {"data": ["moons"], "budget": "40steps", "timing": TIMING, "variants": {"moons": {"plain": {"recipe": "plain"}}}}
     open_folder(tmp_path, identity, {})
     (tmp_path / "runs" / "abc").mkdir(parents=True)
     (tmp_path / "runs" / "abc" / "summary.json").write_text("{}")
@@ -305,9 +382,9 @@ def test_a_folder_of_another_study_is_refused_and_nothing_in_it_deleted(tmp_path
 
 
 def test_a_study_may_grow_but_not_change_a_variant(tmp_path):
-    first = {"data": ["moons"], "budget": "40steps", "variants": {"moons": {"plain": {"lr": 1e-3}}}}
+    first = {"data": ["moons"], "budget": "40steps", "timing": TIMING, "variants": {"moons": {"plain": {"lr": 1e-3}}}}
     open_folder(tmp_path, first, {})
-    more = {"data": ["digits", "moons"], "budget": "40steps",
+    more = {"data": ["digits", "moons"], "budget": "40steps", "timing": TIMING,
             "variants": {"moons": {"plain": {"lr": 1e-3}, "knn": {"method": "knn"}}, "digits": {"plain": {}}}}
     open_folder(tmp_path, more, {})
     saved = json.loads((tmp_path / "study.json").read_text())
@@ -329,7 +406,7 @@ def test_a_study_may_grow_but_not_change_a_variant(tmp_path):
     (["--preset", "full", "--jobs", "0"], "--jobs must be >= 1"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
-    open_folder(tmp_path, {"data": ["moons"], "budget": "40steps", "variants": {}}, {})
+    open_folder(tmp_path, {"data": ["moons"], "budget": "40steps", "timing": TIMING, "variants": {}}, {})
     before = sorted(p.name for p in tmp_path.iterdir())
     assert main(["bench", *args, "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

@@ -145,26 +145,29 @@ def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: in
     return out
 
 
-def time_to(curve: Sequence[tuple[float, float]], target: float, lower_is_better: bool = True) -> float | None:
+def time_to(curve: Sequence[tuple[float, float]], target: float, lower_is_better: bool = True, *,
+            bounded: bool = False) -> float | None | tuple[float | None, bool]:
     """The wall-clock at which a quality curve first reaches ``target``.
 
     ``curve`` is [(seconds, value), ...] in increasing time (snapshots); lower values are better unless
     ``lower_is_better`` is False (SSIM). Linear interpolation between the last point that misses the target
     and the first point that meets it; the first point's time if it already meets the target (nothing
     earlier is known); None if the curve never reaches it (an explicit "not reached", never inf or NaN).
-    Non-finite values never count as reaching.
+    Non-finite values never count as reaching. With ``bounded`` the answer is ``(seconds, exact)``: ``exact``
+    is False when no earlier finite point misses the target, so that the time is only an upper bound.
     """
     if not lower_is_better:
-        return time_to([(s, -v) for s, v in curve], -target)
+        return time_to([(s, -v) for s, v in curve], -target, bounded=bounded)
     prev = None
     for seconds, value in curve:
         if math.isfinite(value) and value <= target:
             if prev is None or not math.isfinite(prev[1]):
-                return float(seconds)
+                return (float(seconds), False) if bounded else float(seconds)
             (s0, v0), (s1, v1) = prev, (seconds, value)
-            return float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+            found = float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+            return (found, True) if bounded else found
         prev = (seconds, value)
-    return None
+    return (None, True) if bounded else None
 
 
 __all__ = ["Evaluator", "metric_name", "quality", "sample_steps", "test_nll", "time_to"]

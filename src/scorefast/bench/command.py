@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
@@ -13,7 +14,9 @@ from .presets import PRESETS, Preset, get_preset
 from .scenarios import Selection
 from .study import Budget, Study, run_study
 
-RESERVED = {"seed": "--seeds", "out": "--out", "data": "--data", "n_data": "--n-data"}
+RESERVED = {"seed": "--seeds", "out": "--out", "data": "--data", "n_data": "--n-data", "T": "--T",
+            "workers": "--workers", "threads": "--threads", "recipe": "--methods (each variant sets it)",
+            "method": "--methods (each variant sets it)"}
 
 
 def numbers(text: str | None, kind: type, flag: str) -> tuple | None:
@@ -58,7 +61,7 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
     if not spec:
         raise UserError("--data is required (a built-in set or a path; several separated by commas), or a --preset")
     given = {**(base.settings if base else {}), **settings_of(settings or [])}
-    return Study(data=tuple(spec), methods=tuple(Selection.parse(pick(methods, base and base.methods, "all")).names),
+    study = Study(data=tuple(spec), methods=tuple(Selection.parse(pick(methods, base and base.methods, "all")).names),
                  budget=Budget.parse(pick(budget, base and base.budget, "2000steps")),
                  seeds=pick(seeds, base and base.seeds, 3), quick=quick or bool(base and base.quick),
                  n_data=pick(numbers(n_data, int, "--n-data"), base and base.n_data, (None,)),
@@ -67,6 +70,8 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
                  jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
                  evaluation=Protocol(**base.evaluation) if base and base.evaluation else None)
+    study.validate()
+    return replace(study, threads=study.threads_per_worker)  # written into the command: the same cores elsewhere
 
 
 def preset_jobs(base: Preset | None, workers: int | None, threads: int | None) -> int:

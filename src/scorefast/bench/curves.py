@@ -1,7 +1,8 @@
 """Quality against wall-clock for every run of a study, by one evaluator.
 
-Every kept EMA snapshot of a run (at most ``Protocol.points`` of them, evenly spread, plus the final
-weights) is evaluated the same way for every variant and seed:
+Every kept EMA snapshot of a run (at most ``Protocol.points`` of them, geometrically spread so that the
+early ones resolve a fast variant, plus the final weights) is evaluated the same way for every variant
+and seed:
 
 - held-out NLL by ``evaluate.test_nll`` on the run's own held-out split (the same points for every
   variant of a seed and data set): a fixed seed for dequantisation and probes, the exact divergence for
@@ -10,10 +11,11 @@ weights) is evaluated the same way for every variant and seed:
   held-out split: SWD, or the digits Frechet distance for digits - the protocol of the trainer's own final
   metric, so the last point equals the run's summary.
 
-The wall-clock of a point is the training seconds the run had spent when the snapshot was taken,
-precomputation (FP solve, reference set-up, a prior fitted before training) included: the trainer's
-'wall' for one network; for interval networks the sum along each worker's queue, the largest over the
-workers, plus a prior fitted before training and a shared warm-start network.
+The wall-clock of a point is when that model could first have existed on the resources the run had
+(``run_wall``, timing rules ``TIMING``): precomputation (FP solve, reference set-up, a prior fitted before
+training, a shared warm-start network) included; interval networks queued on a worker one after the
+other, each finished before the next starts; workers side by side as the slowest of them plus what the
+torchrun launch cost.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from pathlib import Path
 
 from ..checkpoint import load_checkpoint, read_json, write_json
 from ..run import RunDir
+from .shapes import CURVE, checked
 
 SNAPSHOT = re.compile(r"net-(\d+)-(\d+)\.pt$")
+TIMING = 2  # 1: queued networks timed turn by turn, no launch cost; 2: as they ran (``run_wall``)
 
 
 @dataclass(frozen=True)
@@ -62,24 +66,43 @@ def snapshot_steps(run: Path, networks: int) -> list[int]:
 
 
 def spread(steps: list[int], k: int) -> list[int]:
-    """At most ``k`` of ``steps``, evenly spread and always including the last."""
+    """At most ``k`` of ``steps``, geometrically spread from the first to the last (both kept): dense
+    early, where a fast variant meets its target, coarser late."""
     if len(steps) <= k:
         return steps
     if k <= 1:
         return steps[-1:]
-    picks = {round(i * (len(steps) - 1) / (k - 1)) for i in range(k)}
-    return [steps[i] for i in sorted(picks)]
+    first, last = steps[0], steps[-1]
+    picks: list[int] = []
+    for i in range(k):
+        wanted = first * (last / first) ** (i / (k - 1))
+        j = min(range(len(steps)), key=lambda j: abs(math.log(steps[j] / wanted)))
+        picks.append(min(max(j, picks[-1] + 1 if picks else 0), len(steps) - (k - i)))  # k distinct, in order
+    return [steps[j] for j in picks]
 
 
-def run_wall(cfg, walls: list[float], extra: float = 0.0) -> float:
-    """A run's wall-clock from its networks' own training seconds: one network's 'wall' as it is; interval
-    networks summed along each worker group's queue, the slowest group, plus ``extra`` (what the networks'
-    walls leave out: a prior fitted before training, a warm-start network)."""
+def run_wall(cfg, walls: list[float], finals: list[float] | None = None, extra: float = 0.0,
+             launch: float = 0.0) -> float:
+    """When the model made of networks at ``walls`` seconds of their own training could first exist: one
+    network's 'wall' as it is; interval networks queued on a worker one after the other (each earlier one
+    trained to its end, ``finals``, before the next starts), the slowest worker group, plus ``extra`` (a
+    prior fitted before training, a warm-start network) and ``launch`` (torchrun's start, for workers > 1)."""
     if len(walls) == 1:
-        return float(walls[0])
+        return float(walls[0]) + launch
     from ..training.launcher import assignment, layout
+    finals = walls if finals is None else finals
     groups, _ = layout(cfg.launch.workers, len(walls))
-    return max(sum(walls[k] for k in queue) for queue in assignment(len(walls), groups)) + extra
+    return max(sum(finals[k] for k in queue[:-1]) + walls[queue[-1]]
+               for queue in assignment(len(walls), groups)) + extra + launch
+
+
+def launch_seconds(cfg, summary: dict, finals: list[float], extra: float) -> float:
+    """What a run on several workers spent beyond its slowest worker's queue (torchrun's start, the process
+    group, the workers' hand-over): its training phase's elapsed seconds less the networks' and ``extra``."""
+    elapsed = summary.get("elapsed_seconds")
+    if cfg.launch.workers == 1 or elapsed is None:
+        return 0.0
+    return max(0.0, float(elapsed) - run_wall(cfg, finals, extra=extra))
 
 
 def outside_walls(run: RunDir, cfg) -> float:
@@ -107,6 +130,8 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
     cfg, sde, device = final.config, final.sde, final.device
     networks = len(cfg.edges(sde)) - 1
     extra = outside_walls(rd, cfg)
+    finals = [float(load_checkpoint(rd.checkpoint(k))["wall"]) for k in range(networks)]
+    launch = launch_seconds(cfg, read_json(rd.path / "summary.json", "summary.json"), finals, extra)
     held = final.heldout(cfg.data.spec)
     probe = final.heldout(cfg.data.spec, protocol.nll_n)
     hutchinson = 0 if probe.dim <= 3 else 2
@@ -127,11 +152,12 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
             nll = test_nll(model, sde, probe, final.prior, device, steps=protocol.nll_steps, hutchinson=hutchinson,
                            seed=protocol.seed)[key]
             metric = evaluator(model, sde, held, final.prior, device)
-        points.append({"step": last if step is None else step, "wall": run_wall(cfg, walls, extra),
+        points.append({"step": last if step is None else step, "wall": run_wall(cfg, walls, finals, extra, launch),
                        "nll": finite(nll), "metric": finite(metric["metric"])})
     return {"points": points, "nll_key": key, "metric_name": metric["metric_name"], "networks": networks,
             "divergence": "exact" if hutchinson == 0 else f"hutchinson-{hutchinson}", "nll_n": len(probe),
-            "T": cfg.sde.T}
+            "T": cfg.sde.T, "timing": TIMING, "launch_seconds": launch,
+            "resources": {"workers": cfg.launch.workers, "threads": cfg.launch.threads}}
 
 
 def finite(value: float) -> float | None:
@@ -141,11 +167,11 @@ def finite(value: float) -> float | None:
 
 
 def cached_curve(path: str | Path, protocol: Protocol, cache: Path) -> dict:
-    """``evaluate_run``'s curve, kept in ``cache/<run>-<protocol>.json`` (a finished run never changes, so a
-    study run again re-evaluates nothing)."""
-    file = cache / f"{Path(path).name}-{protocol.key()}.json"
+    """``evaluate_run``'s curve, kept in ``cache/<run>-<protocol>-t<timing rules>.json`` (a finished run never
+    changes, so a study run again re-evaluates nothing; a curve of other timing rules is evaluated anew)."""
+    file = cache / f"{Path(path).name}-{protocol.key()}-t{TIMING}.json"
     if file.exists():
-        return read_json(file, "curve")
+        return checked(read_json(file, "cached curve"), CURVE, file)
     curve = evaluate_run(path, protocol)
     write_json(file, curve)
     return curve
@@ -156,5 +182,5 @@ def as_pairs(points: list[dict], key: str) -> list[tuple[float, float]]:
     return [(p["wall"], math.nan if p[key] is None else p[key]) for p in points]
 
 
-__all__ = ["Protocol", "QUICK_PROTOCOL", "as_pairs", "cached_curve", "evaluate_run", "finite", "outside_walls",
-           "run_wall", "snapshot_steps", "spread"]
+__all__ = ["TIMING", "Protocol", "QUICK_PROTOCOL", "as_pairs", "cached_curve", "evaluate_run", "finite",
+           "launch_seconds", "outside_walls", "run_wall", "snapshot_steps", "spread"]

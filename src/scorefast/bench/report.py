@@ -1,12 +1,13 @@
 """The report of a study: OUT/report.md, OUT/results.json and the pictures beside them.
 
-Per data set and method family, one table: every variant's final held-out NLL and sample metric, its
-training seconds, and its time to the target - plain DSM's final NLL of the same seed (its final sample
-metric for a few images to memorise) - as a ratio to plain's own time (``evaluate.time_to``: linear
-between snapshots; min / median / max over seeds). Under the table one sentence per method says what it
-did, by one rule (``verdict``), against plain and against each of its controls. A reference that never
-reaches the target within its budget is timed at its whole wall-clock, a bound that can only count
-against the method.
+Per data set and method family, one table: every variant's resources, final held-out NLL and sample
+metric, its training seconds, and its time to the target - plain DSM's final NLL of the same seed (its
+final sample metric for a few images to memorise) - as a ratio to plain's own time (``evaluate.time_to``:
+linear between snapshots), paired by seed. Under the table one sentence per method says what it did, by
+one rule with a margin (``verdict``: the interval of the per-seed ratios must lie wholly below 1), against
+plain and against each of its controls (the control made for the same end time where there are several).
+A time met at the first snapshot, or a reference that never reaches the target (timed at its whole
+budget), gives a bound, never a measured ratio.
 """
 
 from __future__ import annotations
@@ -23,34 +24,80 @@ import numpy as np
 
 from ..checkpoint import atomic_write, write_json
 from ..evaluate import time_to
-from .curves import as_pairs
+from .curves import TIMING, as_pairs
 from .scenarios import BASELINE, GROUPS, SCENARIOS
 
 UNITS = {"bpd": "bits/dim", "nll_nats": "nats"}
 
 
-def verdict(ratios: Sequence[float | None], failed: bool = False) -> str:
-    """The one rule: 'helps: 0.41x time to target' when every seed reached the target (no None) and the
-    median ratio of times to it is below 1; 'failed' for a failed variant; 'does not help here' otherwise."""
+Ratio = tuple  # (value or None, bound): bound '=' measured, '<=' an upper bound, '>=' a lower one, '?' neither
+
+
+def as_ratio(r) -> Ratio:
+    """A ratio as (value, bound); a bare number is a measured one, None one that never reached the target."""
+    if isinstance(r, (tuple, list)):
+        return tuple(r)
+    return (None, "never") if r is None else (float(r), "=")
+
+
+def interval(ratios: Sequence) -> tuple[float, float]:
+    """The range the per-seed ratios of time to target span, their bounds included: an upper bound
+    ('<= x', met at the first snapshot) leaves the low end open (0), a lower bound the high end (inf)."""
+    rs = [as_ratio(r) for r in ratios if as_ratio(r)[0] is not None]
+    lo = min(0.0 if b in ("<=", "?") else v for v, b in rs)
+    hi = max(math.inf if b in (">=", "?") else v for v, b in rs)
+    return lo, hi
+
+
+def span(lo: float, hi: float) -> str:
+    """An interval of ratios as text: '0.35-0.48x', '<= 0.11x', '>= 1.20x', '0.50x' when both ends agree."""
+    if lo == 0 and math.isinf(hi):
+        return "unbounded"
+    if lo == 0:
+        return f"<= {hi:.2f}x"
+    if math.isinf(hi):
+        return f">= {lo:.2f}x"
+    return f"{lo:.2f}x" if f"{lo:.2f}" == f"{hi:.2f}" else f"{lo:.2f}-{hi:.2f}x"
+
+
+def verdict(ratios: Sequence, failed: bool = False) -> str:
+    """The one rule, with a margin: 'helps' only when the whole interval of the per-seed ratios (``interval``)
+    lies below 1, 'slower' when it lies above 1, else 'no measurable difference' (so with one seed, which has
+    no margin); 'failed' for a failed variant, and a variant that misses the target on a seed says so."""
     if failed:
         return "failed"
     if not ratios:
         return "no verdict (its reference has no result)"
-    if all(r is not None for r in ratios) and statistics.median(ratios) < 1:
-        return f"helps: {statistics.median(ratios):.2f}x time to target"
-    return "does not help here"
+    rs = [as_ratio(r) for r in ratios]
+    never = sum(v is None for v, _ in rs)
+    if never:
+        return f"does not reach the target on {never} of {len(rs)} seeds"
+    rng = span(*interval(rs))
+    if len(rs) == 1:
+        return f"no measurable difference: one seed, no margin ({rng})"
+    lo, hi = interval(rs)
+    if hi < 1:
+        return f"helps: {rng} time to target ({len(rs)} seeds)"
+    if lo > 1:
+        return f"slower: {rng} time to target ({len(rs)} seeds)"
+    return f"no measurable difference ({rng}, {len(rs)} seeds)"
 
 
-def time_ratio(curve: list[dict], reference: list[dict], target: float, key: str = "nll") -> float | None:
-    """t(curve reaches target) / t(reference reaches it); None if the curve never does. A reference that
-    never does is timed at its last point (its whole budget): a bound against the curve."""
-    mine = time_to(as_pairs(curve, key), target)
+def time_ratio(curve: list[dict], reference: list[dict], target: float, key: str = "nll") -> Ratio:
+    """(t(curve reaches target) / t(reference reaches it), bound); (None, 'never') if the curve never does.
+    A time met at a curve's first snapshot is only an upper bound (``evaluate.time_to``), so the ratio is
+    then '<=' (the variant's) or '>=' (the reference's). A reference that never reaches the target is timed
+    at its last point (its whole budget): the ratio is then '<=', a bound that can only count against the
+    curve."""
+    mine, exact = time_to(as_pairs(curve, key), target, bounded=True)
     if mine is None:
-        return None
-    theirs = time_to(as_pairs(reference, key), target)
+        return None, "never"
+    theirs, their_exact = time_to(as_pairs(reference, key), target, bounded=True)
+    upper, lower = not exact, not their_exact
     if theirs is None:
-        theirs = reference[-1]["wall"]
-    return mine / max(theirs, 1e-12)
+        theirs, upper, lower = reference[-1]["wall"], True, False
+    bound = "?" if upper and lower else "<=" if upper else ">=" if lower else "="
+    return mine / max(theirs, 1e-12), bound
 
 
 def spread3(values: Sequence[float | None], spec: str = ".3f") -> str:
@@ -90,12 +137,27 @@ class Tables:
         return {s: r["curve"]["points"][-1][key] for s, r in self.ok(data, BASELINE).items()
                 if r["curve"]["points"][-1][key] is not None}
 
-    def ratios(self, data: str, variant: str, reference: str, key: str = "nll") -> list[float | None]:
-        """Per seed (where the reference ran and plain set a target): the variant's time ratio to the reference."""
+    def ratios(self, data: str, variant: str, reference: str, key: str = "nll") -> list[Ratio]:
+        """Per seed (where the reference ran and plain set a target): the variant's time ratio to the
+        reference, paired by seed, with its bound (``time_ratio``)."""
         mine, theirs, targets = self.ok(data, variant), self.ok(data, reference), self.targets(data, key)
         seeds = sorted(s for s in theirs if s in targets and any(r["seed"] == s for r in self.of(data, variant)))
         return [time_ratio(mine[s]["curve"]["points"], theirs[s]["curve"]["points"], targets[s], key)
-                if s in mine else None for s in seeds]
+                if s in mine else (None, "never") for s in seeds]
+
+    def scenario(self, data: str, variant: str):
+        return SCENARIOS[self.of(data, variant)[0]["scenario"]]
+
+    def controls_of(self, data: str, variant: str) -> list[str]:
+        """The variants that control ``variant``: each of its scenario's controls, the one made for the same
+        end time where a control runs once per T (the SpeeD-style split at the variant's own T)."""
+        mine = self.of(data, variant)[0].get("variant_T")
+        found = []
+        for control in self.scenario(data, variant).controls:
+            labels = [v for v in self.variants(data) if self.of(data, v)[0]["scenario"] == control]
+            paired = [v for v in labels if self.of(data, v)[0].get("variant_T") in (None, mine)]
+            found += paired[:1] or labels[:1]
+        return found
 
     def failed(self, data: str, variant: str) -> bool:
         return any(r["status"] == "failed" for r in self.of(data, variant))
@@ -103,8 +165,8 @@ class Tables:
     def members(self, data: str, group: str) -> list[str]:
         """plain, the group's variants, then the controls its methods name (from other groups too)."""
         present = self.variants(data)
-        own = [v for v in present if SCENARIOS[self.of(data, v)[0]["scenario"]].group == group]
-        controls = [c for v in own for c in SCENARIOS[self.of(data, v)[0]["scenario"]].controls if c in present]
+        own = [v for v in present if self.scenario(data, v).group == group]
+        controls = [c for v in own for c in self.controls_of(data, v)]
         ordered = [v for v in own if v not in controls] + controls
         return list(dict.fromkeys(([BASELINE] if group != "baselines" else []) + ordered))
 
@@ -114,7 +176,7 @@ class Tables:
         return bool(mine) and variant != BASELINE and all(s in plain and r["hash"] == plain[s]["hash"]
                                                           for s, r in mine.items())
 
-    def row_verdict(self, data: str, name: str, ratios: list[float | None]) -> str:
+    def row_verdict(self, data: str, name: str, ratios: list[Ratio]) -> str:
         if name == BASELINE:
             return "reference"
         if self.same_as_plain(data, name):
@@ -146,7 +208,7 @@ class Tables:
                 "time_to_target": [time_to(as_pairs(r["curve"]["points"], key),
                                            self.targets(data, key).get(s, math.nan)) for s, r in mine.items()],
                 "ratio": ratios, "ratio_other": self.ratios(data, name, BASELINE, other),
-                "verdict": self.row_verdict(data, name, ratios)})
+                "resources": resources(mine.values()), "verdict": self.row_verdict(data, name, ratios)})
             if mine:
                 out["sentences"] += [f"{name}, seed {r['seed']} failed: {r['error']}" for r in failed]
             sc = SCENARIOS[every[0]["scenario"]]
@@ -154,10 +216,9 @@ class Tables:
                 out["sentences"].append(f"**{name}** is the same configuration as plain here (one run serves both).")
             elif name != BASELINE and sc.role != "control" and every[0]["status"] != "n/a":
                 said = [f"**{name}** against plain: {verdict(ratios, self.failed(data, name))}"]
-                for control in sc.controls:
-                    if control in names:
-                        against = verdict(self.ratios(data, name, control, key), self.failed(data, name))
-                        said.append(f"against {control}: {against}")
+                for control in self.controls_of(data, name):
+                    against = verdict(self.ratios(data, name, control, key), self.failed(data, name))
+                    said.append(f"against {control}: {against}")
                 out["sentences"].append("; ".join(said) + ".")
         return out
 
@@ -170,18 +231,42 @@ def markdown(table: dict) -> list[str]:
     """A table as markdown lines."""
     unit, metric = table["unit"], table["metric"]
     target, other = (metric, "NLL") if table.get("target") == "metric" else ("NLL", metric)
-    lines = [f"| variant | role | final NLL [{unit}] | final {metric} | wall-clock s | time to plain's final {target}, "
-             f"s | x plain ({target}) | x plain ({other}) | verdict |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"| variant | role | resources | final NLL [{unit}] | final {metric} | wall-clock s | time to plain's "
+             f"final {target}, s | x plain ({target}) | x plain ({other}) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table["rows"]:
         if r["status"] != "ok" and not r["final_nll"]:
             why = "not applicable" if r["status"] == "n/a" else "failed"
-            lines.append(f"| {r['variant']} | {r['role']} | {why}: {r['error']} | | | | | | {r['verdict']} |")
+            lines.append(f"| {r['variant']} | {r['role']} | | {why}: {r['error']} | | | | | | {r['verdict']} |")
             continue
-        lines.append(f"| {r['variant']} | {r['role']} | {spread3(r['final_nll'])} | "
+        lines.append(f"| {r['variant']} | {r['role']} | {r.get('resources', '?')} | {spread3(r['final_nll'])} | "
                      f"{spread3(r['final_metric'], '.4g')} | {spread3(r['wall'], '.1f')} | "
                      f"{spread3(r['time_to_target'], '.1f')} | "
-                     f"{spread3(r['ratio'], '.2f')} | {spread3(r['ratio_other'], '.2f')} | {r['verdict']} |")
+                     f"{ratio_cell(r['ratio'])} | {ratio_cell(r['ratio_other'])} | {r['verdict']} |")
     return lines
+
+
+def ratio_cell(ratios: Sequence) -> str:
+    """The per-seed ratios of a table cell: their interval (``span``), and how many seeds never got there."""
+    rs = [as_ratio(r) for r in ratios]
+    reached = [r for r in rs if r[0] is not None]
+    parts = ([span(*interval(reached))] if reached else []) + ([f"{len(rs) - len(reached)} never"]
+                                                               if len(reached) < len(rs) else [])
+    return ", ".join(parts) or "-"
+
+
+def resources(rows) -> str:
+    """What a variant's runs trained on: one process with its threads, or workers x threads plus the
+    median seconds torchrun's launch cost them."""
+    rows = list(rows)
+    if not rows or "resources" not in rows[0]:
+        return "?"
+    workers, threads = rows[0]["resources"]["workers"], rows[0]["resources"]["threads"]
+    each = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "default threads"
+    if workers == 1:
+        return f"1 process x {each}"
+    launch = statistics.median(r["curve"].get("launch_seconds", 0.0) for r in rows)
+    return f"{workers} workers x {each}, launch {launch:.1f} s"
 
 
 def machine_info() -> dict:
@@ -274,7 +359,7 @@ def pictures(tables: Tables, every: list[dict], out: Path) -> dict[str, list[str
                 finals = [r["curve"]["points"][-1]["nll"] for r in ok.values()]
                 if any(f is not None for f in finals):
                     quality.setdefault(label, []).append((T, statistics.median(f for f in finals if f is not None)))
-                ratios = [r for r in tables.ratios(data, v, BASELINE) if r is not None]
+                ratios = [value for value, _ in tables.ratios(data, v, BASELINE) if value is not None]
                 if ratios:
                     speed.setdefault(label, []).append((T, statistics.median(ratios)))
             name = f"T_tradeoff_{slug(data)}.png"
@@ -308,7 +393,7 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
     every = tables.all_tables()
     made = pictures(tables, every, out)
     results = json_safe({"command": command, "machine": machine, "study": study, "tables": every, "rows": rows,
-                         "pictures": made})
+                         "pictures": made, "timing": TIMING})
     write_json(out / "results.json", results)
     lines = ["# scorefast bench", "", "Regenerate (finished runs are reused, so this only re-reports):", "",
              f"    {command}", "",
@@ -319,9 +404,13 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
              f"Budget {study.get('budget')} per network, seeds {study.get('seeds')}. Target of a seed = plain DSM's "
              "final held-out NLL (for a few images to memorise, which leave nothing held out: its final "
              "ssim_gap, 1 - the mean best-match SSIM of its samples); 'x plain' = the variant's time to it / "
-             "plain's (evaluate.time_to; a reference "
-             "that never reaches it is timed at its whole budget). Cells are min / median / max over seeds. "
-             "Verdict: 'helps' when every seed reaches the target and the median ratio is below 1.", ""]
+             "plain's, paired by seed (evaluate.time_to). Wall-clock as the run ran (timing rules "
+             f"{TIMING}): precomputation included, interval networks queued on a worker one after the other, "
+             "workers side by side as the slowest plus torchrun's launch; every variant had the same cores "
+             "(the resources column). A target met at a run's first snapshot gives only a bound ('<= x'), as "
+             "does a reference that never reaches it (timed at its whole budget). Ratio cells are the interval "
+             "over seeds; other cells min / median / max. Verdict: 'helps' only when the whole interval lies "
+             "below 1, 'slower' when above, else 'no measurable difference' (always so with one seed).", ""]
     for data in tables.parts:
         lines += [f"## {data}", ""]
         for t in every:

@@ -8,9 +8,10 @@ Each method names its controls - the cheaper explanation of its claimed gain tha
 - score targets (empirical, knn, fp-regress, fp-embed) against DSM at 2x and 4x batch (a lower-variance
   target competes with simply averaging more noise), and fp-embed against itself with the embedding off;
 - truncation (T < 1 with a fitted prior at T) against T = 1 with fewer large-t draws (SpeeD-style bins:
-  0.8 of the draws below T, 0.2 above) and against the likelihood-importance time sampler;
+  0.8 of the draws below the variant's own T, 0.2 above) and against the likelihood-importance time sampler;
 - interval networks against one network with the same time allocation (bins at the interval edge,
-  equal shares) and the same samples per step (the batch doubled) on the same workers;
+  equal shares) and the same samples per step (the batch doubled), on the same cores without DDP (on a
+  small network the all-reduce would cost more than it shares);
 - combined (a target, short T with a fitted prior, intervals) against DSM at 2x batch.
 
 Nothing here imports torch at import time (``scorefast bench --help`` lists the names instantly).
@@ -102,14 +103,16 @@ PLAIN = {"recipe": "plain"}
 
 
 def quick_grid(s: Setting) -> dict:
-    """A coarser Fokker-Planck grid for the --quick study (the grid targets' own defaults otherwise)."""
-    return {"fp_grid": 65, "fp_steps": 24} if s.quick and s.dim <= 3 else {}
+    """A coarser Fokker-Planck grid for the --quick study (the grid targets' own defaults otherwise); what the
+    user gave with --set stays."""
+    coarse = {"fp_grid": 65, "fp_steps": 24} if s.quick and s.dim <= 3 else {}
+    return {k: v for k, v in coarse.items() if k not in s.base}
 
 
 def fitted_prior(name: str, s: Setting) -> dict:
     """A prior at T, fitted before training so that its seconds count in the run's wall-clock."""
     flags = {"prior": name, "prior_fit": "before"}
-    if s.quick and name != "gaussian":
+    if s.quick and name != "gaussian" and "prior_steps" not in s.base:
         flags["prior_steps"] = 200
     return flags
 
@@ -190,7 +193,7 @@ for _prior in PRIORS_AT_T:
 
 
 @scenario("t1-downweighted", "truncation", "control", "T = 1 with large-t steps down-weighted (SpeeD-style: 0.8 of "
-          "the draws below the study's T, 0.2 above; control of truncation)")
+          "the draws below the T of the truncated variant it controls, 0.2 above)", uses_T=True)
 def _downweighted(s: Setting) -> dict:
     return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.T:g}", "time_shares": "0.8,0.2"}
 
@@ -204,16 +207,16 @@ def _likelihood(s: Setting) -> dict:
 # -- interval networks ----------------------------------------------------------------------------------
 
 @scenario("intervals-2", "intervals", "method", "two networks on two log-SNR intervals of [eps, T], each with the "
-          "study's batch, on the study's --workers (queued on one)", ("one-net-allocation",))
+          "study's batch, on the study's --workers (queued on one, one after the other)", ("one-net-allocation",))
 def _intervals(s: Setting) -> dict:
     return {**PLAIN, "intervals": 2, "workers": s.workers}
 
 
 @scenario("one-net-allocation", "intervals", "control", "one network with the time allocation of intervals-2 (bins "
-          "at its edge, equal shares) and its samples per step (twice the batch), on the same workers")
+          "at its edge, equal shares) and its samples per step (twice the batch), on the same cores without DDP")
 def _one_net(s: Setting) -> dict:
     return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.interval_edge():.6g}", "time_shares": "0.5,0.5",
-            "batch_size": 2 * s.batch, "workers": s.workers}
+            "batch_size": 2 * s.batch}
 
 
 # -- everything at once ---------------------------------------------------------------------------------
@@ -235,7 +238,7 @@ class Selection:
 
     @classmethod
     def parse(cls, text: str | None) -> Selection:
-        words = [w.strip() for w in (text or "all").split(",") if w.strip()]
+        words = [w.strip() for w in ("all" if text is None else text).split(",") if w.strip()]
         if not words:
             raise UserError("--methods is empty; name scenarios or groups (or all)")
         chosen = {name for name, sc in SCENARIOS.items() if sc.role == "baseline"}

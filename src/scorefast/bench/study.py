@@ -22,7 +22,9 @@ import json
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -32,8 +34,9 @@ from pathlib import Path
 
 from ..checkpoint import read_json, write_json
 from ..errors import UserError
-from .curves import QUICK_PROTOCOL, Protocol, cached_curve
+from .curves import QUICK_PROTOCOL, TIMING, Protocol, cached_curve
 from .scenarios import SCENARIOS, Scenario, Setting
+from .shapes import CURVE, STUDY, checked
 
 BUDGET = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(steps|s)\s*$", re.IGNORECASE)
 
@@ -71,8 +74,9 @@ class Budget:
                 "snapshot_every": snapshot_every}
 
     def default_snapshot_every(self) -> int:
-        """Snapshots every tenth of a step budget; every 200 steps under a time budget."""
-        return max(1, int(self.value) // 10) if self.unit == "steps" else 200
+        """Snapshots every 2 % of a step budget (the first lands well before any variant can reach a target;
+        the evaluated ones are spread geometrically); every 200 steps under a time budget."""
+        return max(1, int(self.value) // 50) if self.unit == "steps" else 200
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Variant:
     scenario: Scenario
     flags: dict
     skipped: str | None = None
+    T: float | None = None  # the end time this variant was made for (a truncated variant or its T-control)
 
 
 def data_defaults(part: Part, quick: bool) -> dict:
@@ -133,6 +138,17 @@ class Study:
     jobs: int = 1
 
     @property
+    def threads_per_worker(self) -> int:
+        """Torch threads of each worker: --threads, else the cores shared out over the jobs and the workers."""
+        return self.threads or max(1, (os.cpu_count() or 1) // (self.jobs * self.workers))
+
+    @property
+    def cores_per_run(self) -> int:
+        """The cores every run of the study has (equal resources): an interval variant's workers x their
+        threads, a one-process variant as many threads."""
+        return self.workers * self.threads_per_worker
+
+    @property
     def protocol(self) -> Protocol:
         """The evaluation of every curve point: ``evaluation`` if given, else the quick or the full one."""
         return self.evaluation or (QUICK_PROTOCOL if self.quick else Protocol())
@@ -153,12 +169,19 @@ class Study:
             raise UserError(f"--jobs must be >= 1, got {self.jobs}")
         if self.jobs > 1:
             cores = os.cpu_count() or 1
-            used = self.jobs * self.workers * (self.threads or 1)
+            used = self.jobs * self.cores_per_run
             if used > cores:
-                raise UserError(f"--jobs {self.jobs} x --workers {self.workers} x --threads {self.threads or 1} = "
-                                f"{used} threads on {cores} cores would oversubscribe the CPU; lower --jobs")
+                raise UserError(f"--jobs {self.jobs} x --workers {self.workers} x --threads {self.threads_per_worker} "
+                                f"= {used} threads on {cores} cores would oversubscribe the CPU; lower --jobs")
         if self.snapshot_every is not None and self.snapshot_every < 1:
             raise UserError(f"--snapshot-every must be >= 1, got {self.snapshot_every}")
+        if self.budget.unit == "steps":
+            every, steps = self.snapshot_every or self.budget.default_snapshot_every(), int(self.budget.value)
+            if every > steps:
+                raise UserError(f"--snapshot-every {every} is larger than the budget ({steps} steps)")
+            if 2 * every > steps:
+                raise UserError(f"--budget {steps}steps holds fewer than two snapshots {every} steps apart; a curve "
+                                "needs two (raise --budget or lower --snapshot-every)")
         if any(n is not None and n < 1 for n in self.n_data):
             raise UserError(f"--n-data must be >= 1, got {','.join(str(n) for n in self.n_data)}")
         if not self.T or any(not 0 < t < 1 for t in self.T):
@@ -174,6 +197,8 @@ class Study:
         for spec in self.data:
             for n in self.n_data:
                 ds = load_data(spec, n=n, seed=0)
+                if n is not None and len(ds) < n:
+                    raise UserError(f"--n-data {n}: '{spec}' holds only {len(ds)} examples")
                 parts.append(Part(spec, n, ds.dim, ds.kind))
         return parts
 
@@ -184,8 +209,7 @@ class Study:
         flags = {**data_defaults(part, self.quick), "data": part.spec,
                  **({"n_data": part.n} if part.n is not None else {}),
                  **self.budget.flags(snapshot_every), "eval_samples": protocol.samples,
-                 "eval_steps": protocol.sample_steps, **({"threads": self.threads} if self.threads else {}),
-                 **self.settings}
+                 "eval_steps": protocol.sample_steps, **self.settings}
         from ..training.config import Config
         Config(**self.applicable(flags, part)).validate()  # a bad --set is one error, not a failed row per variant
         return flags
@@ -198,6 +222,9 @@ class Study:
         return {k: v for k, v in flags.items() if k not in self.settings or applies(k, chosen)}
 
     def variants(self, part: Part) -> list[Variant]:
+        """Every selected scenario's flags on ``part`` (one variant per end time for those that use T), each
+        run on the study's cores; a --set value that a variant would refuse is a UserError here, before
+        anything trains."""
         base = self.base(part)
         out = []
         for name in self.methods:
@@ -207,13 +234,34 @@ class Study:
                 label = name if len(Ts) == 1 else f"{name}-T{T:g}"
                 skipped = sc.applies(part.dim)
                 setting = Setting(base, part.dim, T, self.workers, self.quick)
-                flags = {} if skipped else self.applicable({**base, **sc.flags(setting)}, part)
-                out.append(Variant(label, sc, flags, skipped))
+                flags = {} if skipped else self.on_cores(self.applicable({**base, **sc.flags(setting)}, part))
+                if not skipped:
+                    self.check_settings(flags, label, part)
+                out.append(Variant(label, sc, flags, skipped, T if sc.uses_T else None))
         return out
+
+    def on_cores(self, flags: dict) -> dict:
+        """``flags`` with the threads that give the run the study's cores: its workers x threads = the cores
+        of every run (a one-network variant beside a 2-worker one trains with twice the threads)."""
+        workers = int(flags.get("workers", 1))
+        return {**flags, "threads": max(1, self.cores_per_run // workers)}
+
+    def check_settings(self, flags: dict, label: str, part: Part) -> None:
+        """A UserError when the study's settings make this variant's configuration invalid (a bad plug-in
+        value in --set reaches only its plug-in's variants, so the study-wide check cannot see it)."""
+        from ..training.config import Config
+        try:
+            Config(**flags).for_data(part.kind).validate()
+        except UserError as exc:
+            try:
+                Config(**{k: v for k, v in flags.items() if k not in self.settings}).for_data(part.kind).validate()
+            except UserError:
+                return  # wrong without the settings too: the run fails and its row says why
+            raise UserError(f"--set on {label} ({part.label}): {exc}") from None
 
     def identity(self, parts: list[Part], variants: dict[str, list[Variant]]) -> dict:
         """What defines the study (a folder holds one): its data, its variants' flags and its budget."""
-        return {"data": [p.label for p in parts], "budget": str(self.budget),
+        return {"data": [p.label for p in parts], "budget": str(self.budget), "timing": TIMING,
                 "variants": {p.label: {v.name: v.flags for v in variants[p.label]} for p in parts}}
 
 
@@ -242,13 +290,21 @@ def grown(saved: dict, identity: dict, out: Path) -> dict:
 
 
 def open_folder(out: Path, identity: dict, extra: dict) -> None:
-    """Claim ``out`` for this study: refuse a file, a folder of another study, or a non-empty folder that
-    holds no study; then write study.json (what it holds so far, this study's included, + ``extra``)."""
+    """Claim ``out`` for this study: refuse a file, a folder of another study (or of the earlier timing
+    rules), a damaged study.json or cached curve, or a non-empty folder that holds no study; then write
+    study.json (what it holds so far, this study's included, + ``extra``)."""
     study = out / "study.json"
     if out.exists() and not out.is_dir():
         raise UserError(f"--out '{out}' is a file, not a study folder")
     if study.exists():
-        identity = grown(read_json(study, "study.json"), json.loads(json.dumps(identity)), out)
+        saved = checked(read_json(study, "study.json"), STUDY, study, "restore it, or choose another --out")
+        if saved.get("timing", 1) != TIMING:
+            raise UserError(f"--out '{out}' holds a study timed by the bench's earlier rules (study.json: timing "
+                            f"{saved.get('timing', 1)}, now {TIMING}: queued networks one after the other, "
+                            "equal cores); its rows would not compare with new ones: choose another --out")
+        identity = grown(saved, json.loads(json.dumps(identity)), out)
+        for file in sorted((out / "curves").glob("*.json")):
+            checked(read_json(file, "cached curve"), CURVE, file)
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out '{out}' is not empty and holds no study.json; choose another --out")
     try:
@@ -292,7 +348,8 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     from ..training.recipe import train
     row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
            "scenario": variant.scenario.name, "group": variant.scenario.group, "role": variant.scenario.role,
-           "seed": seed, "status": "ok", "reused": False, "warnings": []}
+           "seed": seed, "status": "ok", "reused": False, "warnings": [], "variant_T": variant.T,
+           "resources": {"workers": int(variant.flags.get("workers", 1)), "threads": variant.flags.get("threads")}}
     if variant.skipped:
         return {**row, "status": "n/a", "error": variant.skipped}
     with warnings.catch_warnings(record=True) as caught:
@@ -344,20 +401,50 @@ def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def timed_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol, threads: int | None):
+BUSY = threading.Event()  # set while a --jobs process trains or evaluates a run
+ORPHAN_GRACE = 30.0  # seconds a job whose bench is gone may take to save its run before it exits
+
+
+def watch_bench(bench: int, stop) -> None:
+    """In a --jobs process: when the bench process is gone (killed, SIGKILL included) or asks the jobs to stop
+    (``stop`` set: the bench got a SIGTERM of its own), stop as a SIGTERM does - the run being trained saves its
+    step - and, the bench gone, exit once that is done: no job outlives its bench."""
+    def watch() -> None:
+        while os.getppid() == bench and not stop.wait(0.5):
+            pass
+        time.sleep(1.0)  # a signal that reached the bench's whole process group has reached this job too
+        if BUSY.is_set() or os.getppid() != bench:
+            os.kill(os.getpid(), signal.SIGTERM)  # idle: the default action ends the process at once
+        if os.getppid() != bench:
+            deadline = time.monotonic() + ORPHAN_GRACE
+            while BUSY.is_set() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            os._exit(128 + signal.SIGTERM)
+    threading.Thread(target=watch, daemon=True, name="scorefast-bench-watch").start()
+
+
+def timed_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol, threads: int):
     """``run_job`` in a process of its own (``--jobs``): its torch threads set, its seconds measured."""
     import torch
-    if threads:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    return run_job(part, variant, seed, out, protocol), time.perf_counter() - t0
+    torch.set_num_threads(threads)
+    BUSY.set()
+    try:
+        t0 = time.perf_counter()
+        return run_job(part, variant, seed, out, protocol), time.perf_counter() - t0
+    finally:
+        BUSY.clear()
+
+
+def terminate(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, progress: Callable,
                  say: Callable[[str], None]) -> None:
     """Run ``jobs`` in ``study.jobs`` processes at a time, in their order; a run whose configuration is already
     being trained waits until that one has finished (then it is reused). A Ctrl-C reaches every process:
-    each stops its run as a single run does, and nothing else starts."""
+    each stops its run as a single run does, and nothing else starts; a SIGTERM to the bench is passed on to
+    the jobs; a job whose bench died (even by SIGKILL) saves its run and exits (``watch_bench``)."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -370,34 +457,43 @@ def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, pro
     keys = [digest(job) for job in jobs]
     waiting, running = list(range(len(jobs))), {}  # job indices; future -> job index
     context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    with ProcessPoolExecutor(study.jobs, mp_context=context) as pool:
-        try:
-            while waiting or running:
-                for i in list(waiting):
-                    busy = {keys[k] for k in running.values()}
-                    if len(running) == study.jobs:
-                        break
-                    if keys[i] is not None and keys[i] in busy:
-                        continue
-                    waiting.remove(i)
-                    progress(i, *jobs[i], " start:")
-                    if jobs[i][1].skipped:
-                        done(i, run_job(*jobs[i], out, study.protocol), 0.0)
-                    else:
-                        running[pool.submit(timed_job, *jobs[i], out, study.protocol, study.threads)] = i
-                if running:
-                    finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in finished_now:
-                        done(running.pop(future), *future.result())
-        except BaseException:
-            for future in running:
-                future.cancel()
-            pool.shutdown(wait=True)  # each job stops its run as a single run does (the signal reached it too)
-            for future, i in running.items():
-                if future.done() and not future.cancelled() and future.exception() is not None:
-                    part, variant, seed = jobs[i]
-                    say(f"bench: {part.label}: {variant.name}, seed {seed}: {future.exception()}")
-            raise
+    stop = context.Event()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
+    pool = ProcessPoolExecutor(study.jobs, mp_context=context, initializer=watch_bench, initargs=(os.getpid(), stop))
+    try:
+        while waiting or running:
+            for i in list(waiting):
+                busy = {keys[k] for k in running.values()}
+                if len(running) == study.jobs:
+                    break
+                if keys[i] is not None and keys[i] in busy:
+                    continue
+                waiting.remove(i)
+                progress(i, *jobs[i], " start:")
+                if jobs[i][1].skipped:
+                    done(i, run_job(*jobs[i], out, study.protocol), 0.0)
+                else:
+                    running[pool.submit(timed_job, *jobs[i], out, study.protocol, study.cores_per_run)] = i
+            if running:
+                finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished_now:
+                    done(running.pop(future), *future.result())
+    except BaseException as exc:
+        if isinstance(exc, SystemExit):
+            stop.set()  # the SIGTERM reached the bench alone: each job stops its run
+        for future in running:
+            future.cancel()
+        pool.shutdown(wait=True)  # each job stops its run as a single run does
+        for future, i in running.items():
+            if future.done() and not future.cancelled() and future.exception() is not None:
+                part, variant, seed = jobs[i]
+                say(f"bench: {part.label}: {variant.name}, seed {seed}: {future.exception()}")
+        raise
+    finally:
+        pool.shutdown(wait=True)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line, command: str = "") -> list[dict]:
@@ -411,8 +507,7 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
     open_folder(out, study.identity(parts, variants), {"seeds": study.seeds, "command": command})
     jobs = interleaved(parts, variants, study.seeds)
     threads = torch.get_num_threads()
-    if study.threads:
-        torch.set_num_threads(study.threads)
+    torch.set_num_threads(study.cores_per_run)  # the evaluation's too
     began, spent, trained, rows = time.perf_counter(), 0.0, 0, {}
 
     def done(i: int, row: dict, seconds: float) -> None:
