@@ -224,7 +224,9 @@ def _bench_parser(sub, text: str) -> None:
     b.add_argument("--T", default=None, help="end time(s) of the truncated variants (default: 0.4)")
     b.add_argument("--workers", type=int, default=None, help="workers of the interval variants and their control "
                    "(default: 1, the networks queued)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads of every run (default: all cores)")
+    b.add_argument("--threads", type=int, default=None, help="torch CPU threads of each worker (default: the cores "
+                   "shared out over jobs x workers); every variant gets the same cores: one that trains one network "
+                   "in one process gets workers x threads threads")
     b.add_argument("--jobs", type=int, default=None, help="runs trained side by side, each in its own process "
                    "(default: 1); jobs x workers x threads may not exceed the cores")
     b.add_argument("--snapshot-every", type=int, default=None, help="steps between evaluated snapshots (default: "
