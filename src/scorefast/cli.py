@@ -228,9 +228,9 @@ def _bench_parser(sub, text: str) -> None:
                    "shared out over jobs x workers); every variant gets the same cores: one that trains one network "
                    "in one process gets workers x threads threads")
     b.add_argument("--jobs", type=int, default=None, help="runs trained side by side, each in its own process "
-                   "(default: 1); jobs x workers x threads may not exceed the cores")
-    b.add_argument("--snapshot-every", type=int, default=None, help="steps between evaluated snapshots (default: "
-                   "a tenth of a step budget, 200 under a time budget)")
+                   "(default: 1); jobs x workers x threads beyond the cores is refused")
+    b.add_argument("--snapshot-every", type=int, default=None, help="steps between kept snapshots (default: 2%% "
+                   "of a step budget, 200 under a time budget); the evaluated ones are spread geometrically")
     b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
     b.set_defaults(func=cmd_bench)
