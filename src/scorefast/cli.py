@@ -112,7 +112,7 @@ def _open(args):
         if args.threads < 1:
             raise UserError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    return open_run(args.run, device=args.device)
+    return open_run(args.run, device=args.device, sigma_rel=args.sigma_rel)
 
 
 def cmd_sample(args) -> int:
@@ -150,6 +150,14 @@ def cmd_evaluate(args) -> int:
     run = _open(args)
     _print_result(run.evaluate(args.data, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
                                progress=not (args.quiet or args.json), schedule=args.schedule), args.json)
+    return 0
+
+
+def cmd_ema(args) -> int:
+    from .posthoc_ema import reconstruct
+    for path in reconstruct(args.run, args.sigma_rel, overwrite=args.overwrite):
+        print(f"wrote {path}")
+    print(f"use it with: scorefast sample|nll|evaluate --run {args.run} --sigma-rel {args.sigma_rel:g}")
     return 0
 
 
@@ -242,6 +250,8 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: the run's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--sigma-rel", type=float, default=None, help="use the post-hoc EMA of this relative width "
+                   "(written by scorefast ema) instead of the run's own EMA")
 
 
 def _train_parser(sub) -> None:
@@ -270,6 +280,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
              "evaluate": "sample-quality metrics against held-out data",
              "fp": "solve the log-density Fokker-Planck equation on a grid (score embedding)",
              "sweep-T": "train one model per end time T and choose T by the validation ELBO",
+             "ema": "rebuild an EMA of any length from a run's post-hoc EMA snapshots (EDM2)",
              "bench": "measure every method against its baselines and controls; writes a report"}
     for name, text in helps.items():
         if name != command:
@@ -336,6 +347,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         w.set_defaults(func=cmd_sweep_T)
     elif command == "bench":
         _bench_parser(sub, helps["bench"])
+    elif command == "ema":
+        m = sub.add_parser("ema", help=helps["ema"], description="EDM2's post-hoc EMA: from the power EMAs a run kept "
+                           "with --posthoc-ema-every (sigma_rel 0.05 and 0.10), solve for the average of relative "
+                           "width --sigma-rel at the last snapshot and write it to RUN/ema/net-K-sigmaS.pt; sample, "
+                           "nll and evaluate use it with --sigma-rel S.")
+        m.add_argument("--run", required=True, help="run directory (trained with --posthoc-ema-every N)")
+        m.add_argument("--sigma-rel", type=float, required=True, help="relative standard deviation of the averaging "
+                       "profile, as a fraction of the run (EDM2 finds 0.05-0.15 best)")
+        m.add_argument("--overwrite", action="store_true", help="replace an EMA of this width written before")
+        m.set_defaults(func=cmd_ema)
     return p
 
 

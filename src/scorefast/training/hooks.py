@@ -60,6 +60,30 @@ class Snapshots(Hook):
                                                         "wall": state.wall, "time": time.time()})
 
 
+class PostHocEMA(Hook):
+    """Tracks ``emas`` (power EMAs: ``optim.posthoc_emas``) of the trained weights and keeps them all every
+    ``every`` steps and after the last at ``path_for(step)``, from which ``posthoc_ema`` reconstructs an
+    average of any other length. Their state is checkpointed, so a resumed run continues them exactly."""
+
+    def __init__(self, emas: list, path_for: Callable[[int], Path], every: int, writer: bool = True):
+        self.emas, self.path_for, self.every, self.writer = emas, path_for, every, writer
+
+    def step(self, state, row):
+        for ema in self.emas:
+            ema.update(state.model, state.step)
+        if self.writer and _due(state, self.every):
+            save_checkpoint(self.path_for(state.step), {"stds": [e.profile.ema_std for e in self.emas],
+                                                        "emas": [e.state_dict() for e in self.emas],
+                                                        "step": state.step})
+
+    def state_dict(self):
+        return {"emas": [e.state_dict() for e in self.emas]}
+
+    def load_state_dict(self, state):
+        for ema, saved in zip(self.emas, state.get("emas", ())):
+            ema.load_state_dict(saved)
+
+
 class AdaptTimes(Hook):
     """Every ``every`` steps, measures the held-out bound per bin (``measure()``) and moves an adaptive time
     sampler's shares; under DDP ``total`` sums the draw counts over the group, so that every rank moves the
@@ -251,4 +275,5 @@ class Progress(Hook):
         self.bar.close()
 
 
-__all__ = ["AdaptTimes", "Checkpointer", "MetricsLog", "PeriodicMetric", "Progress", "Snapshots", "TensorBoard"]
+__all__ = ["AdaptTimes", "Checkpointer", "MetricsLog", "PeriodicMetric", "PostHocEMA", "Progress", "Snapshots",
+           "TensorBoard"]

@@ -13,18 +13,20 @@ import copy
 import torch
 from torch import nn
 
-from .schedules import Constant, EMAProfile, FixedEMA, LRSchedule, learning_rate
+from .schedules import Constant, EMAProfile, FixedEMA, LRSchedule, PowerEMA, learning_rate
+
+POSTHOC_STDS = (0.05, 0.10)  # the power EMAs a run keeps for post-hoc reconstruction (EDM2's pair)
 
 
 class Optimiser:
-    """Adam with a linear learning-rate warm-up over ``warmup`` steps, then ``schedule`` (a
-    ``schedules.LRSchedule``; constant by default, ``total`` steps for the cosine), and gradient-norm
-    clipping (``grad_clip`` 0: none)."""
+    """Adam (betas 0.9 and ``beta2``) with a linear learning-rate warm-up over ``warmup`` steps, then
+    ``schedule`` (a ``schedules.LRSchedule``; constant by default, ``total`` steps for the cosine), and
+    gradient-norm clipping (``grad_clip`` 0: none)."""
 
     def __init__(self, params, lr: float, warmup: int = 0, grad_clip: float = 0.0, schedule: LRSchedule | None = None,
-                 total: int | None = None):
+                 total: int | None = None, beta2: float = 0.999):
         self.params = list(params)
-        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.opt = torch.optim.Adam(self.params, lr=lr, betas=(0.9, beta2))
         self.rate = learning_rate(float(lr), int(warmup), schedule or Constant(), total)
         self.grad_clip = float(grad_clip)
         self.steps = 0
@@ -73,4 +75,9 @@ class EMA:
         self.model.load_state_dict(state)
 
 
-__all__ = ["EMA", "Optimiser"]
+def posthoc_emas(model: nn.Module, stds: tuple[float, ...] = POSTHOC_STDS) -> list[EMA]:
+    """The power EMAs (relative widths ``stds``) whose snapshots ``posthoc_ema`` recombines into any other width."""
+    return [EMA(model, PowerEMA(ema_std=s)) for s in stds]
+
+
+__all__ = ["EMA", "Optimiser", "POSTHOC_STDS", "posthoc_emas"]

@@ -31,10 +31,10 @@ from ..sde import SDE
 from ..time_sampling import FixedTime
 from . import launcher
 from .config import Config
-from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots, TensorBoard
+from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, PostHocEMA, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit, rng_state, set_rng_state
-from .optim import EMA, Optimiser
+from .optim import EMA, Optimiser, posthoc_emas
 from .recipes import RECIPES
 from .systems import training_step
 
@@ -162,7 +162,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         model.load_state_dict(init)
     state = TrainState(model, EMA(model, cfg.ema_profile), wall=precompute)
     optimiser = Optimiser(model.parameters(), cfg.optim.lr, cfg.optim.warmup, cfg.optim.grad_clip, cfg.lr_schedule,
-                          steps or cfg.budget.max_steps)
+                          steps or cfg.budget.max_steps, beta2=cfg.optim.adam_beta2)
     path = run.checkpoint(job.index)
     if path.exists():
         saved = load_checkpoint(path)
@@ -215,6 +215,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         with interrupt.deferred():
             fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,
                 hooks)
+             *([PostHocEMA(posthoc_emas(model), lambda s: run.posthoc_snapshot(job.index, s), cfg.log.posthoc_ema_every,
+                           writer)] if cfg.log.posthoc_ema_every else []),
     except Diverged as exc:
         kept = "no checkpoint was written yet" if checkpointer.saved_step is None else \
             f"the last good checkpoint (step {checkpointer.saved_step}) is kept in {path.parent}"

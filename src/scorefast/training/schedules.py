@@ -11,6 +11,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -44,16 +45,27 @@ class FixedEMA(EMAProfile):
         return min(self.ema, (1 + n) / (10 + n))
 
 
+def power_std(gamma: float) -> float:
+    """The relative standard deviation of EDM2's power-function profile p(tau) = (gamma + 1) tau^gamma / t^(gamma + 1)
+    on [0, t]: sqrt((gamma + 1) / ((gamma + 2)^2 (gamma + 3)))."""
+    return math.sqrt((gamma + 1) / ((gamma + 2) ** 2 * (gamma + 3)))
+
+
+@functools.lru_cache(maxsize=64)
 def power_gamma(std: float) -> float:
-    """The exponent gamma of EDM2's power-function average with relative standard deviation ``std``:
-    std^2 = (gamma + 1) / ((gamma + 2)^2 (gamma + 3)), solved by bisection (std in (0, 0.2887))."""
-    def rel_std(g: float) -> float:
-        return math.sqrt((g + 1) / ((g + 2) ** 2 * (g + 3)))
-    lo, hi = -1 + 1e-12, 1e6  # rel_std decreases from sqrt(1/12) = 0.2887 towards 0
+    """The exponent gamma of EDM2's power-function average with relative standard deviation ``std`` (in (0, 0.2887)):
+    the largest real root of (gamma + 2)^2 (gamma + 3) = (gamma + 1) / std^2, i.e. of the cubic
+    gamma^3 + 7 gamma^2 + (16 - s) gamma + (12 - s) with s = std^-2 (EDM2's std_to_exp), by Newton's method from
+    above (the cubic is convex there, so the iterates fall monotonically onto the root)."""
+    s = std**-2.0
+    gamma = s  # above the largest root: the cubic and its slope are positive there
     for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if rel_std(mid) > std else (lo, mid)
-    return 0.5 * (lo + hi)
+        value = ((gamma + 7) * gamma + 16 - s) * gamma + 12 - s
+        step = value / ((3 * gamma + 14) * gamma + 16 - s)
+        gamma -= step
+        if abs(step) <= 1e-14 * max(1.0, abs(gamma)):
+            break
+    return gamma
 
 
 @EMA_PROFILES.register("power")
@@ -154,4 +166,4 @@ def learning_rate(lr: float, warmup: int, schedule: LRSchedule, total: int | Non
     return rate
 
 
-__all__ = ["EMA_PROFILES", "EMAProfile", "LR_SCHEDULES", "LRSchedule", "learning_rate", "power_gamma"]
+__all__ = ["EMA_PROFILES", "EMAProfile", "LR_SCHEDULES", "LRSchedule", "learning_rate", "power_gamma", "power_std"]

@@ -134,6 +134,8 @@ class BudgetSection:
     @property
     def max_steps(self) -> int | None:
         """The step cap: --steps, else 2000 unless a time budget is given (then no cap)."""
+    adam_beta2: float = option(0.999, "Adam's second-moment decay beta2 (EDM: 0.999, EDM2: 0.99; lower adapts the "
+                               "step size faster)", locked=False)
         if self.steps is not None:
             return self.steps
         return None if self.time_budget is not None else self.DEFAULT_STEPS
@@ -142,6 +144,8 @@ class BudgetSection:
 @dataclass
 class LogSection:
     out: str = option("runs/run", "run directory to create (refused if it exists, unless --resume)", locked=False)
+        if not 0 <= self.adam_beta2 < 1:
+            raise UserError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
     eval_budget: float = option(0.0, "largest fraction of the run's time the periodic evaluations may take (0: no "
                                 "limit); a due evaluation is skipped while it would take more", locked=False)
     eval_every: int = option(500, "steps between evaluations of the periodic metric (SWD, or the digits Frechet "
@@ -187,6 +191,9 @@ class LaunchSection:
     max_restarts: int = option(0, "with --workers: let torchrun restart failed workers this many times (they "
                                "resume)", locked=False)
     threads: int | None = option(None, "torch CPU threads in this process (default: all cores; 1 per worker when "
+    posthoc_ema_every: int = option(0, "keep power EMAs of sigma_rel 0.05 and 0.10 every N steps in posthoc/ (0: "
+                                    "never), so that `scorefast ema --sigma-rel S` can rebuild an EMA of any length "
+                                    "after training (EDM2's post-hoc EMA)")
                                  "distributed)", locked=False)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", locked=False)
     worker_timeout: float = option(300.0, "with --workers: seconds a worker may send no heartbeat (hung, stopped) "
@@ -203,6 +210,7 @@ class LaunchSection:
             raise UserError(f"--worker-timeout must be > 0 seconds, got {self.worker_timeout}")
         choice(self, "precision", ("fp32", "bf16"))
         if self.compile:
+        at_least(self, "posthoc_ema_every", 0)
             from ..training.systems import check_compile
             check_compile()
 
