@@ -203,6 +203,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     hooks = [*adapt, PeriodicMetric(cfg.log.eval_every, periodic if (single and evaluate and writer) else lambda: None,
                                     cfg.log.eval_budget),
              Snapshots(lambda s: run.snapshot(job.index, s), cfg.log.snapshot_every, writer),
+             *([PostHocEMA(posthoc_emas(model), lambda s: run.posthoc_snapshot(job.index, s), cfg.log.posthoc_ema_every,
+                           writer)] if cfg.log.posthoc_ema_every else []),
              checkpointer,
              MetricsLog(run.append_metrics, cfg.log.eval_every, job.index, writer),
              *([TensorBoard(run.path / "tensorboard", cfg.log.eval_every, job.index, writer)]
@@ -215,8 +217,6 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         with interrupt.deferred():
             fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,
                 hooks)
-             *([PostHocEMA(posthoc_emas(model), lambda s: run.posthoc_snapshot(job.index, s), cfg.log.posthoc_ema_every,
-                           writer)] if cfg.log.posthoc_ema_every else []),
     except Diverged as exc:
         kept = "no checkpoint was written yet" if checkpointer.saved_step is None else \
             f"the last good checkpoint (step {checkpointer.saved_step}) is kept in {path.parent}"

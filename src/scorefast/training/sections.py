@@ -105,6 +105,8 @@ class OptimSection:
                              "network)", locked=False)
     lr: float = option(1e-3, "Adam learning rate", locked=False)
     warmup: int = option(0, "linear learning-rate warm-up steps (0: none)", locked=False)
+    adam_beta2: float = option(0.999, "Adam's second-moment decay beta2 (EDM: 0.999, EDM2: 0.99; lower adapts the "
+                               "step size faster)", locked=False)
     grad_clip: float = option(1.0, "clip the gradient norm to this value (0: no clipping)", locked=False)
     seed: int = option(0, "random seed (runs are deterministic on CPU for a given seed)", locked=False)
 
@@ -113,6 +115,8 @@ class OptimSection:
         if not self.lr > 0:
             raise UserError(f"--lr must be > 0, got {self.lr}")
         at_least(self, "warmup", 0)
+        if not 0 <= self.adam_beta2 < 1:
+            raise UserError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
         if not self.grad_clip >= 0:
             raise UserError(f"--grad-clip must be >= 0 (0: no clipping), got {self.grad_clip}")
 
@@ -134,8 +138,6 @@ class BudgetSection:
     @property
     def max_steps(self) -> int | None:
         """The step cap: --steps, else 2000 unless a time budget is given (then no cap)."""
-    adam_beta2: float = option(0.999, "Adam's second-moment decay beta2 (EDM: 0.999, EDM2: 0.99; lower adapts the "
-                               "step size faster)", locked=False)
         if self.steps is not None:
             return self.steps
         return None if self.time_budget is not None else self.DEFAULT_STEPS
@@ -144,8 +146,6 @@ class BudgetSection:
 @dataclass
 class LogSection:
     out: str = option("runs/run", "run directory to create (refused if it exists, unless --resume)", locked=False)
-        if not 0 <= self.adam_beta2 < 1:
-            raise UserError(f"--adam-beta2 must be in [0, 1), got {self.adam_beta2}")
     eval_budget: float = option(0.0, "largest fraction of the run's time the periodic evaluations may take (0: no "
                                 "limit); a due evaluation is skipped while it would take more", locked=False)
     eval_every: int = option(500, "steps between evaluations of the periodic metric (SWD, or the digits Frechet "
@@ -162,6 +162,9 @@ class LogSection:
     ckpt_every: int = option(500, "steps between checkpoints (a killed run loses at most this many)", locked=False)
     snapshot_every: int = option(0, "keep the EMA weights every N steps in snapshots/ (0: never), for "
                                  "quality-vs-time curves", locked=False)
+    posthoc_ema_every: int = option(0, "keep power EMAs of sigma_rel 0.05 and 0.10 every N steps in posthoc/ (0: "
+                                    "never), so that `scorefast ema --sigma-rel S` can rebuild an EMA of any length "
+                                    "after training (EDM2's post-hoc EMA)")
     tensorboard: bool = option(False, "also write the metrics log as TensorBoard event files in RUN/tensorboard "
                                "(needs the extra: pip install scorefast[tensorboard])", locked=False)
 
@@ -178,6 +181,7 @@ class LogSection:
         for name in ("eval_every", "eval_samples", "eval_steps", "ckpt_every"):
             at_least(self, name, 1)
         at_least(self, "snapshot_every", 0)
+        at_least(self, "posthoc_ema_every", 0)
         choice(self, "sampler", SAMPLERS)
         if self.schedule is not None:
             from ..ksampling import SCHEDULES
@@ -191,9 +195,6 @@ class LaunchSection:
     max_restarts: int = option(0, "with --workers: let torchrun restart failed workers this many times (they "
                                "resume)", locked=False)
     threads: int | None = option(None, "torch CPU threads in this process (default: all cores; 1 per worker when "
-    posthoc_ema_every: int = option(0, "keep power EMAs of sigma_rel 0.05 and 0.10 every N steps in posthoc/ (0: "
-                                    "never), so that `scorefast ema --sigma-rel S` can rebuild an EMA of any length "
-                                    "after training (EDM2's post-hoc EMA)")
                                  "distributed)", locked=False)
     device: str = option("auto", "auto (CUDA when present), cpu, cuda, cuda:N", locked=False)
     worker_timeout: float = option(300.0, "with --workers: seconds a worker may send no heartbeat (hung, stopped) "
@@ -210,7 +211,6 @@ class LaunchSection:
             raise UserError(f"--worker-timeout must be > 0 seconds, got {self.worker_timeout}")
         choice(self, "precision", ("fp32", "bf16"))
         if self.compile:
-        at_least(self, "posthoc_ema_every", 0)
             from ..training.systems import check_compile
             check_compile()
 
