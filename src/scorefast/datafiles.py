@@ -1,4 +1,5 @@
-"""User data files read into model space: .npy/.npz arrays, image folders, MNIST idx, CIFAR-10 batches.
+"""User data files read into model space (8-bit images as uint8 levels): .npy/.npz arrays, image folders, MNIST
+idx, CIFAR-10 batches.
 
 Files are assumed hostile. Only regular files are opened (a FIFO or device could block forever);
 every size a header declares is checked against the file and this machine's memory before anything
@@ -16,6 +17,7 @@ import os
 import pickle
 import pickletools
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +39,8 @@ far inside float32's 3.4e38, while |x| ~ 1e19 already overflows x^2. No real dat
 _IDX_NAME = re.compile(r"-idx\d-ubyte(\.gz)?$")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _NPY_MAGIC = b"\x93NUMPY"
+MMAP_FRACTION = 0.25
+"""A uint8 .npy larger than this fraction of physical memory is memory-mapped rather than read into memory."""
 
 
 def read_data_path(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None]:
@@ -111,12 +115,19 @@ def _load_dir(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None]:
     )
 
 
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where sysconf cannot tell, as on Windows)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 def _check_memory(nbytes: int, label: str) -> None:
     """Refuse a declared size larger than this machine's physical memory, before allocating it."""
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return  # no sysconf (Windows): the allocation itself will fail cleanly
+    memory = physical_memory()
+    if memory is None:
+        return  # the allocation itself will fail cleanly
     if nbytes > memory:
         raise UserError(f"{label}: would need {nbytes / 2**30:.3g} GiB to load, more than this machine's "
                         f"{memory / 2**30:.3g} GiB of memory (a header that lies about its size?)")
@@ -135,8 +146,12 @@ def _read_exactly(f: BinaryIO, n: int) -> bytearray:
     return buf
 
 
-def _read_npy(f: BinaryIO, size: int, label: str) -> np.ndarray:
-    """One .npy array from ``f`` (``size`` bytes long), parsed without pickle and size-checked first."""
+def _read_npy(f: BinaryIO, size: int, label: str, path: Path | None = None) -> np.ndarray:
+    """One .npy array from ``f`` (``size`` bytes long), parsed without pickle and size-checked first.
+
+    A uint8 array in C order larger than ``MMAP_FRACTION`` of this machine's memory is memory-mapped from
+    ``path`` (read-only) instead of read: pages are read when a batch touches them.
+    """
     head = f.read(8)
     if len(head) < 8 or head[:6] != _NPY_MAGIC:
         raise UserError(f"{label}: cannot be read as a .npy file (bad header), corrupt?")
@@ -149,8 +164,14 @@ def _read_npy(f: BinaryIO, size: int, label: str) -> np.ndarray:
         raise UserError(f"{label}: holds Python objects (object dtype), not numbers; they are not unpickled")
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
-    _check_memory(nbytes + 4 * count, label)
     available = size - f.tell()
+    memory = physical_memory()
+    if path is not None and dtype == np.uint8 and not fortran_order and memory and nbytes > MMAP_FRACTION * memory:
+        if nbytes > available:
+            raise UserError(f"{label}: truncated, its header declares {shape} {dtype} ({nbytes} bytes) "
+                            f"but {max(available, 0)} bytes follow")
+        return np.memmap(path, dtype=np.uint8, mode="r", offset=f.tell(), shape=shape)
+    _check_memory(nbytes + 4 * count, label)
     data = _read_exactly(f, nbytes) if nbytes <= available else b""
     if len(data) < nbytes:
         raise UserError(f"{label}: truncated, its header declares {shape} {dtype} ({nbytes} bytes) "
@@ -164,7 +185,7 @@ def _load_numpy(path: Path, label: str) -> np.ndarray:
         size = os.fstat(f.fileno()).st_size
         try:
             if not npz:
-                return _read_npy(f, size, label)
+                return _read_npy(f, size, label, path)
             if f.read(2) != b"PK":
                 raise UserError(f"{label}: cannot be read as a .npz file (bad header), corrupt?")
             with zipfile.ZipFile(f) as archive:
@@ -415,8 +436,11 @@ def _to_model_space(
     if a.dtype.kind in "biu":
         if lo < 0 or hi > 255:
             raise UserError(f"{label}: integer image values span [{lo:g}, {hi:g}], expected 0..255")
-        x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)) / 127.5 - 1
-        return x, "image", 256
+        if a.dtype != np.uint8:
+            a = a.astype(np.uint8)
+        with warnings.catch_warnings():  # a memory-mapped file is read-only; nothing here writes to it
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+            return torch.from_numpy(a), "image", 256  # kept as levels, 4x smaller than float32
     x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
     if lo >= 0 and hi <= 1:
         return x * 2 - 1, "image", None

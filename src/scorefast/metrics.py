@@ -158,7 +158,8 @@ class DigitsClassifier(nn.Module):
         return self.fc2(F.relu(self.features(x)))
 
 
-def _default_cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """Where computed helpers are cached: $SCOREFAST_CACHE, else ~/.cache/scorefast."""
     return Path(os.environ.get("SCOREFAST_CACHE") or Path.home() / ".cache" / "scorefast")
 
 
@@ -217,7 +218,7 @@ def digits_classifier(cache_dir: str | os.PathLike | None = None) -> tuple[Digit
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open, save_file
 
-    directory = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    directory = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = directory / CLASSIFIER_FILE
     model = DigitsClassifier()
     if path.is_file():
