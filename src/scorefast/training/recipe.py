@@ -22,7 +22,7 @@ import torch
 
 from .. import __version__
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from ..data import Dataset
+from ..data import Dataset, ToModel, to_model
 from ..errors import UserError
 from ..evaluate import Evaluator, metric_name, quality, sample_steps
 from ..methods.partitions import Job
@@ -51,6 +51,11 @@ class RunContext:
     train: Dataset
     test: Dataset
     device: torch.device
+
+    @property
+    def to_model(self) -> ToModel:
+        """The conversion of every stored training batch to model space (dequantisation, flips)."""
+        return ToModel(self.train.levels, bool(self.cfg.data.dequantise), bool(self.cfg.data.xflip))
 
     @property
     def sigma_data(self) -> float:
@@ -103,6 +108,7 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     train, test = split_data(cfg)
     cfg = cfg.for_data(train.kind)
     cfg.validate()
+    cfg = data_options(cfg, train)
     if cfg.optim.batch_size > len(train) and len(train) >= 10:
         raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "
                         f"'{cfg.data.spec}'")
@@ -116,6 +122,20 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     if cfg.launch.workers > 1:
         launcher.layout(cfg.launch.workers, len(edges) - 1)
     return RunContext(cfg, run, sde, edges, train, test, resolve_device(cfg.launch.device))
+
+
+def data_options(cfg: Config, train: Dataset) -> Config:
+    """The configuration with --xflip and --dequantise resolved for the data (so config.json records what ran);
+    one line for an option the data cannot take."""
+    data = cfg.data
+    if data.xflip and train.kind == "points":
+        raise UserError(f"--xflip flips images; '{cfg.data.spec}' holds points")
+    if data.dequantise and not train.levels:
+        raise UserError(f"--dequantise needs discrete images (digits, mnist, 8-bit files); '{cfg.data.spec}' "
+                        "has no intensity levels")
+    resolved = {"xflip": train.flips if data.xflip is None else data.xflip,
+                "dequantise": bool(train.levels) if data.dequantise is None else data.dequantise}
+    return cfg.replace(**resolved) if resolved != {"xflip": data.xflip, "dequantise": data.dequantise} else cfg
 
 
 class LossModule(torch.nn.Module):
@@ -143,15 +163,17 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     rank, size = (group.rank, group.size) if group else (0, 1)
     writer = rank == 0
     torch.manual_seed(cfg.optim.seed * 1000 + (job.index if isinstance(job.index, int) else 997) * 17 + rank)
-    x_train = ctx.train.x.to(ctx.device)
+    data = ctx.train.data.to(ctx.device)  # as stored (uint8 images stay uint8): converted one batch at a time
     began = time.perf_counter()
     times = FixedTime(job.fixed_t) if job.fixed_t is not None else \
         cfg.time_sampler.bind(sde, job.t_min, job.t_max).spread(rank, size)
     probe = None
     if hasattr(times, "update"):  # a sampler that learns from a held-out bound: keep its probe set out of training
-        x_train, probe = probe_split(x_train, cfg.time_sampler.adapt_probe, cfg.optim.seed)
-    loss, info = cfg.target.build(sde, x_train, times, weighting=cfg.weighting.bind(ctx.sigma_data),
-                                  seed=cfg.optim.seed, progress=progress and writer)
+        data, probe = probe_split(data, cfg.time_sampler.adapt_probe, cfg.optim.seed)
+        probe = to_model(probe, ctx.train.levels)
+    loss, info = cfg.target.build(sde, to_model(data, ctx.train.levels), times,
+                                  weighting=cfg.weighting.bind(ctx.sigma_data), seed=cfg.optim.seed,
+                                  progress=progress and writer)
     precompute = time.perf_counter() - began
     single = not cfg.partition.piecewise and steps is None
     if single and cfg.prior.fit == "before" and run.prior_path.exists():
@@ -213,10 +235,10 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                       progress and writer, budget.seconds, cfg.log.eval_budget)]
     for hook in hooks:
         hook.load_state_dict(saved.get("hooks", {}).get(type(hook).__name__, {}) if path.exists() else {})
+    batches = map(ctx.to_model, RandomBatches(data, max(1, cfg.optim.batch_size // size)))
     try:
         with interrupt.deferred():
-            fit(state, objective, RandomBatches(x_train, max(1, cfg.optim.batch_size // size)), optimiser, budget,
-                hooks)
+            fit(state, objective, batches, optimiser, budget, hooks)
     except Diverged as exc:
         kept = "no checkpoint was written yet" if checkpointer.saved_step is None else \
             f"the last good checkpoint (step {checkpointer.saved_step}) is kept in {path.parent}"
@@ -410,4 +432,5 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     return summary
 
 
-__all__ = ["Group", "LossModule", "RunContext", "context", "finish", "jobs", "prepare", "train", "train_network"]
+__all__ = ["Group", "LossModule", "RunContext", "context", "data_options", "finish", "jobs", "prepare", "train",
+           "train_network"]

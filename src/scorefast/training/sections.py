@@ -31,12 +31,18 @@ def choice(section: Any, name: str, choices) -> None:
 @dataclass
 class DataSection:
     spec: str = option("moons", "built-in data set (moons, 8gaussians, checkerboard, swissroll, pinwheel, rings, "
-                       "offcentre, gaussian2d, digits, digits32, photos32) or a path (.npy/.npz, image folder, MNIST "
-                       "idx, CIFAR-10 batch)", flag="data")
+                       "offcentre, gaussian2d, digits, digits32, photos32, mnist) or a path (.npy/.npz, image "
+                       "folder, MNIST idx, CIFAR-10 batch)", flag="data")
     n: int | None = option(None, "use only the first N examples of the data set (generated sets: how many to draw)",
                            flag="n_data")
     sigma_data: float | None = option(None, "standard deviation of the data for EDM's preconditioning and weighting "
                                       "(default: measured on the training data)")
+    xflip: bool | None = option(None, "random horizontal flips of the training images, as EDM and k-diffusion do "
+                                "for natural images (default: on for photos32 and user image files, off for digits "
+                                "and mnist; refused for points)")
+    dequantise: bool | None = option(None, "train on uniformly dequantised pixels x = 2(q+u)/K - 1, u ~ U[0,1), the "
+                                     "law the bits/dim is scored on, so that it is a proper bound (default: on for "
+                                     "discrete images: digits, mnist, 8-bit files)")
 
     def validate(self) -> None:
         if not self.spec:
