@@ -92,17 +92,28 @@ class AdaptTimes(Hook):
 
     def __init__(self, sampler, measure: Callable[[], object], every: int, total: Callable | None = None):
         self.sampler, self.measure, self.every, self.total = sampler, measure, every, total
+        self.measured: int | None = None  # the step of the last measurement
 
     def adapt(self, state: TrainState) -> None:
         began = time.perf_counter()
         if self.total is not None:
             self.sampler.counts = self.total(self.sampler.counts)
         self.sampler.update(self.measure())
+        self.measured = state.step
         state.wall += time.perf_counter() - began
 
     def start(self, state):
-        if self.sampler.previous is None:
+        """The first measurement; on resume, the one a run that stopped at a measurement step skipped (no step
+        followed it there), so that the resumed run draws what an uninterrupted one would."""
+        skipped = self.measured is not None and self.measured != state.step and state.step % self.every == 0
+        if self.sampler.previous is None or skipped:
             self.adapt(state)
+
+    def state_dict(self):
+        return {"measured": self.measured}
+
+    def load_state_dict(self, state):
+        self.measured = state.get("measured")
 
     def step(self, state, row):
         if state.step % self.every == 0 and not state.final:

@@ -1,0 +1,72 @@
+"""A run stopped at any step and resumed ends bitwise equal to one that never stopped: for every recipe and every
+time sampler, stopped at a step where the adaptive sampler measures, just before it, just after it, and at
+random steps. Tiny networks and few steps, so that every combination runs in the default suite."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from scorefast.checkpoint import load_checkpoint
+from scorefast.run import RunDir
+from scorefast.time_sampling import TIME_SAMPLERS
+from scorefast.training.config import Config
+from scorefast.training.recipe import context, jobs, train_network
+from scorefast.training.recipes import RECIPES
+
+STEPS, EVERY = 16, 4  # the adaptive sampler measures at steps 4, 8 and 12
+TINY = {"data": "moons", "n_data": 200, "batch_size": 16, "width": 16, "eval_every": 1000, "eval_samples": 16,
+        "eval_steps": 2, "ckpt_every": 1000}
+COMBINATIONS = [(recipe, sampler) for recipe in RECIPES for sampler in [None, *TIME_SAMPLERS.names()]]
+REFERENCE: dict = {}
+
+
+def config(recipe: str, sampler: str | None) -> Config:
+    cfg = Config(recipe=recipe, **TINY, **({} if sampler is None else {"time_sampler": sampler}))
+    cfg = cfg.for_data("points")
+    if cfg.time_sampler.name == "adaptive":
+        cfg = cfg.replace(adapt_every=EVERY, adapt_probe=16)
+    return cfg
+
+
+def train_to(cfg: Config, out: Path, steps: int) -> dict:
+    """Train (or resume) the run in ``out`` until ``steps``; its checkpoint."""
+    ctx = context(cfg.replace(out=str(out), steps=steps), RunDir(out))
+    ctx.run.mkdir()
+    for job in jobs(ctx):
+        train_network(ctx, job, progress=False)
+    return load_checkpoint(ctx.run.checkpoint(0))
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    for part in ("model", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    for k, v in a["optimizer"]["adam"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(v[name], b["optimizer"]["adam"]["state"][k][name]), (k, name)
+    assert a["times"].keys() == b["times"].keys()
+    for k, v in a["times"].items():
+        assert v is None and b["times"][k] is None or torch.equal(v, b["times"][k]), k
+
+
+@pytest.mark.cpu_only
+@pytest.mark.parametrize("recipe, sampler", COMBINATIONS)
+@settings(max_examples=2, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stop=st.integers(1, STEPS - 1))
+@example(stop=EVERY * 2 - 1)
+@example(stop=EVERY * 2)
+@example(stop=EVERY * 2 + 1)
+def test_a_run_stopped_at_any_step_and_resumed_ends_bitwise_equal(recipe, sampler, stop):
+    cfg = config(recipe, sampler)
+    with tempfile.TemporaryDirectory() as tmp:
+        if (recipe, sampler) not in REFERENCE:
+            REFERENCE[recipe, sampler] = train_to(cfg, Path(tmp) / "straight", STEPS)
+        assert int(train_to(cfg, Path(tmp) / "stopped", stop)["step"]) == stop
+        assert_bitwise_equal(train_to(cfg, Path(tmp) / "stopped", STEPS), REFERENCE[recipe, sampler])
