@@ -4,10 +4,8 @@ the wall-clock of interval runs, the controls' flags, bad input, and one --quick
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import replace
 
 import pytest
@@ -193,8 +191,8 @@ def test_two_identical_configurations_make_no_measurable_difference():
         rows += [hand_row("plain", s, [(1, 5), (2, 4), (4, 3)]), hand_row("empirical", s, noisy)]
     table = Tables(rows).table("d", "targets")
     assert table["rows"][1]["verdict"] == "no measurable difference (0.85-1.00x, 3 seeds)"
-    same = Tables([r for r in rows if r["variant"] == "plain"] + [
-        {**r, "variant": "empirical", "scenario": "empirical", "hash": "other"} for r in rows if r["variant"] == "plain"])
+    plain = [r for r in rows if r["variant"] == "plain"]
+    same = Tables(plain + [{**r, "variant": "empirical", "scenario": "empirical", "hash": "other"} for r in plain])
     assert same.table("d", "targets")["rows"][1]["verdict"] == "no measurable difference (1.00x, 3 seeds)"
 
 
@@ -366,7 +364,8 @@ def test_methods_bring_their_controls_and_the_baselines():
 
 
 def test_a_folder_of_another_study_is_refused_and_nothing_in_it_deleted(tmp_path):
-    identity = {"data": ["moons"], "budget": "40steps", "timing": TIMING, "variants": {"moons": {"plain": {"recipe": "plain"}}}}
+    identity = {"data": ["moons"], "budget": "40steps", "timing": TIMING,
+                "variants": {"moons": {"plain": {"recipe": "plain"}}}}
     open_folder(tmp_path, identity, {})
     (tmp_path / "runs" / "abc").mkdir(parents=True)
     (tmp_path / "runs" / "abc" / "summary.json").write_text("{}")
@@ -394,24 +393,6 @@ def test_a_study_may_grow_but_not_change_a_variant(tmp_path):
     changed = {**first, "variants": {"moons": {"plain": {"lr": 4e-3}}}}
     with pytest.raises(UserError, match="holds another study \\(its flags of plain on moons differ"):
         open_folder(tmp_path, changed, {})
-
-
-@pytest.mark.parametrize("args, needle", [
-    (["--data", "moons", "--methods", "plain,nope"], "unknown --methods entry 'nope'"),
-    (["--preset", "nope"], "unknown --preset 'nope'"),
-    (["--data", "moons", "--budget", "0steps"], "--budget must be > 0"),
-    (["--data", "missing/points.npy"], "does not exist"),
-    (["--data", "moons", "--budget", "80steps"], "holds another study"),
-    (["--data", "moons", "--set", "seed=3"], "--set seed: give it as the bench's --seeds"),
-    (["--preset", "full", "--jobs", "0"], "--jobs must be >= 1"),
-])
-def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, needle):
-    open_folder(tmp_path, {"data": ["moons"], "budget": "40steps", "timing": TIMING, "variants": {}}, {})
-    before = sorted(p.name for p in tmp_path.iterdir())
-    assert main(["bench", *args, "--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert needle in err and len(err.splitlines()) == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_bench_help_lists_the_choices_without_importing_torch():
@@ -450,28 +431,3 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
     interval = next(r for r in results["rows"] if r["variant"] == "intervals-2")
     assert interval["curve"]["networks"] == 2
-
-
-@pytest.mark.slow
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two jobs side by side need two cores")
-def test_ctrl_c_stops_the_jobs_side_by_side_each_with_its_run_saved(tmp_path):
-    """Ctrl-C reaches the whole process group: each job saves the step it is at, the bench exits 130."""
-    from scorefast.checkpoint import load_checkpoint
-    out = tmp_path / "study"
-    p = subprocess.Popen([sys.executable, "-m", "scorefast.cli", "bench", "--data", "moons", "--methods",
-                          "plain,default", "--budget", "1000000steps", "--seeds", "1", "--jobs", "2", "--threads", "1",
-                          "--snapshot-every", "1000000", "--set", "width=16", "--set", "ckpt_every=50", "--out",
-                          str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
-    deadline = time.time() + 180
-    while len(list(out.glob("runs/*/checkpoints/net-0.pt"))) < 2:
-        assert time.time() < deadline and p.poll() is None, "the two jobs did not both start"
-        time.sleep(0.2)
-    time.sleep(1.0)
-    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    checkpoints = list(out.glob("runs/*/checkpoints/net-0.pt"))
-    assert len(checkpoints) == 2 and not list(out.glob("runs/*/checkpoints/*.tmp"))
-    assert all(int(load_checkpoint(c)["step"]) >= 50 for c in checkpoints)
-    assert sum("stopped by SIGINT" in line for line in err.splitlines()) == 2  # each job says where it stopped

@@ -50,17 +50,18 @@ preset(Preset("quick", "every method and control once, tiny sizes and budgets, o
 
 preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-D sets and 8x8 digits (the "
               "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"),
-              methods="baselines", budget="4000steps", seeds=3, threads=1, snapshot_every=500))
+              methods="baselines", budget="4000steps", seeds=3, threads=1))
 
 preset(Preset("readme-truncation", "shorter diffusion times with each prior against T = 1 with fewer large-t draws "
               "and with the likelihood time sampler (the README's truncation tables)",
               data=("offcentre", "digits"), methods="truncation", budget="2000steps", seeds=3, T=(0.2, 0.4),
-              threads=1, snapshot_every=250))
+              threads=1))
 
 preset(Preset("readme-parallel", "two interval networks side by side on 2 workers against one network with their "
-              "time allocation and samples per step on the same workers (the README's parallel table)",
+              "time allocation and samples per step on the same 2 cores (2 threads, no DDP), and the one-network "
+              "baselines on 2 threads (the README's parallel table)",
               data=("checkerboard", "8gaussians", "digits"), methods="intervals", budget="2000steps", seeds=3,
-              workers=2, threads=1, snapshot_every=250, settings={"sde": "vp-psm"}))
+              workers=2, threads=1, settings={"sde": "vp-psm"}))
 
 preset(Preset("data-efficiency", "the score targets and plain DSM at 80, 320, 2,000 and 5,120 examples of a 2-D "
               "set, 80 % of them for training (the data-efficiency curve; batch 64, so that the smaller sets hold a "
@@ -83,11 +84,17 @@ preset(Preset("readme-memorise", "the score-embedding paper's memorisation proto
               "weighting for every variant; samples start from the exact x_T law (a Gaussian prior fitted at T) "
               "and are scored by their best-match SSIM",
               data=("photos32", "digits32"), n_data=(1,), methods="fp-embed,-batch-2x,-batch-4x",
-              budget="1200steps", seeds=3, threads=1, jobs=2, snapshot_every=150,
+              budget="1200steps", seeds=3, threads=1, jobs=2,
               settings={"arch": "unet", "width": 16, "batch_size": 16, "lr": 1e-3, "warmup": 0, "ema": 0.999,
                         "sde": "ve-power", "weighting": "inv_g2", "prior": "gaussian", "prior_fit": "before",
                         "fp_variant": "paper"},
               evaluation={"nll_n": 1, "nll_steps": 20, "samples": 8, "sample_steps": 50, "points": 9}))
+
+
+preset(Preset("readme-images", "plain DSM, the default recipe and every other registered recipe (EDM's) training a "
+              "U-Net on 8x8 digits, scored by the digits Frechet distance (the README's image table)",
+              data=("digits",), methods="baselines,recipes", budget="2000steps", seeds=3, threads=1,
+              settings={"arch": "unet", "batch_size": 128}))
 
 
 def get_preset(name: str) -> Preset:

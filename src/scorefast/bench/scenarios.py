@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError
 
 ROLES = ("baseline", "method", "control")
-GROUPS = ("baselines", "targets", "truncation", "intervals", "combined")
+GROUPS = ("baselines", "recipes", "targets", "truncation", "intervals", "combined")
 PRIORS_AT_T = ("gaussian", "gmm", "flow")
 BASELINE = "plain"
 
@@ -129,6 +129,25 @@ def _plain(s: Setting) -> dict:
           "by default")
 def _default(s: Setting) -> dict:
     return {}
+
+
+# -- the other training recipes --------------------------------------------------------------------------
+
+def _recipe(name: str) -> Callable[[Setting], dict]:
+    def flags(s: Setting) -> dict:
+        return {"recipe": name}
+    return flags
+
+
+def _register_recipes() -> None:
+    """One scenario per registered recipe besides plain and the default (which the baselines are)."""
+    from ..training.recipes import DEFAULT_RECIPE, RECIPES
+    for name, recipe in RECIPES.items():
+        if name not in (PLAIN["recipe"], DEFAULT_RECIPE):
+            scenario(f"recipe-{name}", "recipes", "method", f"the {name} recipe: {recipe.description}")(_recipe(name))
+
+
+_register_recipes()
 
 
 # -- score targets --------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ CURVE = {"points": [{"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric":
          "nll_key": str, "metric_name": str, "networks": int, "T": NUMBER}
 RESULTS = {"command": str, "tables": [{"data": str, "group": str, "rows": [{"variant": str}]}], "rows": [dict]}
 
-NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "a list",
+NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "an array",
          type(None): "null", object: "anything"}
 
 
@@ -30,7 +30,7 @@ def problem(value, shape, where: str = "") -> str | None:
     """The first place where ``value`` differs from ``shape``, in words; None when it has the shape."""
     if isinstance(shape, list):
         if not isinstance(value, list):
-            return f"{where or 'the file'} is {kind(value)}, expected a list"
+            return f"{where or 'the file'} is {kind(value)}, expected an array"
         return next((p for i, v in enumerate(value) if (p := problem(v, shape[0], f"{where}[{i}]"))), None)
     if isinstance(shape, dict):
         if not isinstance(value, dict):
