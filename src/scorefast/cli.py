@@ -149,7 +149,8 @@ def cmd_nll(args) -> int:
 def cmd_evaluate(args) -> int:
     run = _open(args)
     _print_result(run.evaluate(args.data, n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed,
-                               progress=not (args.quiet or args.json), schedule=args.schedule), args.json)
+                               progress=not (args.quiet or args.json), schedule=args.schedule,
+                               metrics=args.metric), args.json)
     return 0
 
 
@@ -316,6 +317,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                            "run's)")
             e.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
             e.add_argument("--steps", type=int, default=None, help="sampler steps")
+            from .evaluate import METRICS
+            e.add_argument("--metric", action="append", default=None, choices=list(METRICS), metavar="NAME",
+                           help="a metric to compute, repeatable (default: swd, mmd and the data's own): "
+                           + "; ".join(f"{k}: {v}" for k, v in METRICS.items()))
             e.set_defaults(func=cmd_evaluate)
     elif command == "fp":
         f = sub.add_parser("fp", help=helps["fp"], description="Writes axes, t, alpha, sigma, bandwidth, logp and "

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -329,7 +329,7 @@ class Run:
         if n is not None:
             if n < 1:
                 raise UserError(f"--n must be >= 1, got {n}")
-            ds = Dataset(ds.x[:n], ds.name, ds.kind, ds.levels)
+            ds = ds.subset(slice(0, n))
         return ds
 
     def nll(self, spec: str, n: int | None = 1000, steps: int = 100, hutchinson: int | None = None,
@@ -343,14 +343,18 @@ class Run:
         return {**out, "prior": self.config.prior.name}
 
     def evaluate(self, spec: str, n: int = 2000, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                 progress: bool = True, schedule: str | None = None) -> dict:
-        """Sample quality against held-out data: SWD and MMD (plus the digits Frechet distance)."""
+                 progress: bool = True, schedule: str | None = None, metrics: Sequence[str] | None = None) -> dict:
+        """Sample quality of ``n`` samples against held-out data: ``metrics`` (names of ``evaluate.METRICS``;
+        default SWD and MMD, plus the digits Frechet distance for digits), checked before sampling."""
+        from .evaluate import check_metric
         ds = self.heldout(spec)
+        for name in metrics or ():
+            check_metric(name, ds)
         ev = self.evaluator(n, sampler, steps, seed, schedule)
         t0 = time.perf_counter()
         x = ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
         seconds = time.perf_counter() - t0
-        return {**ev.scores(x, ds, seed=seed), "n": n, "n_reference": len(ds), "sampler": ev.sampler,
+        return {**ev.scores(x, ds, seed=seed, names=metrics), "n": n, "n_reference": len(ds), "sampler": ev.sampler,
                 "schedule": ev.schedule, "sample_seconds": seconds}
 
 
