@@ -21,6 +21,7 @@ from scorefast.nets import DataParam, EDMParam, EpsilonParam, ScoreParam, make_m
 from scorefast.sde import make_sde
 from scorefast.time_sampling import TIME_SAMPLERS, AdaptiveTimes, log_snr
 from scorefast.training.config import Config
+from scorefast.training.recipes import DEFAULT_RECIPE, RECIPES
 from scorefast.training.schedules import EMA_PROFILES, LR_SCHEDULES, learning_rate, power_gamma
 from scorefast.weightings import WEIGHTINGS, snr
 
@@ -280,6 +281,7 @@ def test_a_resumed_run_continues_the_adaptive_sampler_exactly(tmp_path):
     (["--snr-gamma", "3", "--steps", "5"], "--snr-gamma is an option of weighting min-snr, soft-min-snr"),
     (["--recipe", "fastest", "--steps", "5"], "unknown --recipe 'fastest'"),
     (["--precision", "fp8", "--steps", "5"], "--precision"),
+    (["--adam-beta2", "1", "--steps", "5"], "--adam-beta2 must be in [0, 1)"),
 ])
 def test_recipe_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, needle):
     out = tmp_path / "never"
@@ -306,3 +308,36 @@ def test_the_recipe_is_recorded_and_plain_is_scorefast_0_1(tmp_path):
         ("uniform", "epsilon", "fixed", "constant")
     assert cfg.ema_profile.ema == 0.999 and not cfg.time_sampler.stratified
     assert json.loads(json.dumps(cfg.to_dict()))["recipe"] == {"name": "plain"}
+
+
+# -- the recipes on images --------------------------------------------------------------------------
+
+def test_edm_recipe_resolves_to_edms_published_settings():
+    """EDM (Karras et al. 2022, CIFAR-10): preconditioning with sigma_data 0.5, ln sigma ~ N(-1.2, 1.2^2), the EDM
+    weighting, Adam lr 1e-3 with betas (0.9, 0.999) and no clipping, dropout 0.13, Heun's sampler in 35 network
+    evaluations, and an EMA whose half-life is 5 % of the images seen: decay 0.5^(1 / (0.05 n)) at step n, which
+    is the power EMA with gamma + 1 = 20 ln 2."""
+    image = Config(recipe="edm").for_data("image")
+    flags = image.flags()
+    assert (flags["param"], flags["time_sampler"], flags["weighting"], flags["ema_profile"], flags["sampler"]) == \
+        ("edm", "lognormal", "edm", "power", "heun")
+    assert (flags["p_mean"], flags["p_std"], flags["sigma_data"], flags["dropout"]) == (-1.2, 1.2, 0.5, 0.13)
+    assert (flags["lr"], flags["warmup"], flags["adam_beta2"], flags["grad_clip"], flags["lr_schedule"]) == \
+        (1e-3, 100, 0.999, 0.0, "constant")
+    assert 2 * flags["eval_steps"] + 1 == 35  # heun: two evaluations a step and one for the last
+    assert power_gamma(flags["ema_std"]) + 1 == pytest.approx(20 * math.log(2), rel=0.005)
+    for n in (100, 2000):
+        assert 1 - image.ema_profile.decay(n) == pytest.approx(1 - 0.5 ** (1 / (0.05 * n)), rel=0.01)
+    points = Config(recipe="edm").for_data("points")
+    assert points.net.dropout is None and points.data.sigma_data is None  # EDM's 0.5 is for pixels in [-1, 1]
+    assert Config(recipe="edm", lr=2e-3).for_data("image").optim.lr == 2e-3  # a flag given wins
+
+
+@pytest.mark.slow
+def test_digits_trains_with_the_default_recipe(tmp_path):
+    out = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--out", str(out), "--steps", "12", "--width", "8", "--n-data", "300",
+                 "--batch-size", "64", "--eval-samples", "16", "--eval-steps", "4", "--quiet", "--threads", "1"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["recipe"] == {"name": DEFAULT_RECIPE}
+    assert load_checkpoint(out / "checkpoints" / "net-0.pt")["step"] == 12

@@ -224,7 +224,8 @@ class LaunchSection:
 @dataclass
 class RecipeSection:
     name: str = option(DEFAULT_RECIPE, "training recipe: the defaults of the flags below, each overridden by a flag "
-                       "given; plain is scorefast 0.1's (uniform t, epsilon weighting, fixed EMA, constant rate)",
+                       "given: one of " + ", ".join(RECIPES) + "; plain is scorefast 0.1's (uniform t, epsilon "
+                       "weighting, fixed EMA, constant rate), edm is EDM's published training (Karras et al. 2022)",
                        flag="recipe")
 
     def validate(self) -> None:
