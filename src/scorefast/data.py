@@ -55,7 +55,7 @@ def to_model(data: torch.Tensor, levels: int | None) -> torch.Tensor:
 class Dataset:
     """Examples as stored, plus what a model and the metrics need to know about them.
 
-    `data` is (N, *shape): uint8 levels 0..K-1 for discrete images (4x smaller than float32), else float32 in
+    `data` is ``(N, *shape)``: uint8 levels 0..K-1 for discrete images (4x smaller than float32), else float32 in
     model space (points as they are, images in [-1, 1], N x C x H x W); `x` is always model-space float32.
     `levels` is the number K of discrete intensity levels of the source images (17 for the scikit-learn
     digits, 256 for 8-bit files), used for dequantisation and bits/dim; None when continuous. `labels` are

@@ -24,7 +24,7 @@ Tensor = torch.Tensor
 
 def divergence(fn: Callable[[Tensor], Tensor], x: Tensor, probes: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(fn(x), div fn(x)) per example; exact if ``probes`` is None, else the Hutchinson mean over
-    probes (shape (P, *x.shape))."""
+    probes (shape ``(P, *x.shape)``)."""
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
         out = fn(x)

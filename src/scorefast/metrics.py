@@ -43,10 +43,10 @@ def sliced_wasserstein(
     np.random.RandomState(seed), the same as POT's `ot.sliced.get_random_projections(d, n, seed)`, so the
     same `seed` gives the same directions and values from different checkpoints are comparable (POT
     itself is not imported: it costs 1.5 s, more than a periodic evaluation).
-    Each 1-D W_p^p is the integral over u in (0, 1) of |F^-1(u) - G^-1(u)|^p, exact for the two empirical
+    Each 1-D W_p^p is the integral over u in (0, 1) of ``|F^-1(u) - G^-1(u)|^p``, exact for the two empirical
     quantile functions, which are constant between the breakpoints i/n and j/m (the same value as
     `ot.sliced_wasserstein_distance`, 5-10x faster: one sort per side and one gather for all directions).
-    For N(0, I) vs N(m, I) in d dims and p = 2 the population value is |m| / sqrt(d).
+    For N(0, I) vs N(m, I) in d dims and p = 2 the population value is ``|m| / sqrt(d)``.
     """
     xs, ys = _flat(x).numpy(), _flat(y).numpy()
     if xs.shape[1] != ys.shape[1]:
@@ -63,7 +63,7 @@ def sliced_wasserstein(
 
 
 def mmd(x: ArrayLike, y: ArrayLike, bandwidths: tuple[float, ...] = (0.1, 0.5, 1, 2, 5)) -> float:
-    """Unbiased MMD^2 with the kernel k(a, b) = sum_s exp(-|a - b|^2 / (2 s^2)) over `bandwidths` s.
+    """Unbiased MMD^2 with the kernel ``k(a, b) = sum_s exp(-|a - b|^2 / (2 s^2))`` over `bandwidths` s.
 
     Bandwidths are absolute (not rescaled to the data), so they suit data of roughly unit scale per
     coordinate such as the 2-D toys; for high-dimensional images pass bandwidths near sqrt(d). The
@@ -98,7 +98,7 @@ def mmd(x: ArrayLike, y: ArrayLike, bandwidths: tuple[float, ...] = (0.1, 0.5, 1
 
 
 def frechet_distance(mu1: ArrayLike, cov1: ArrayLike, mu2: ArrayLike, cov2: ArrayLike) -> float:
-    """Fréchet distance of two Gaussians: |mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)).
+    """Fréchet distance of two Gaussians: ``|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2))``.
 
     The matrix square root is scipy's `sqrtm`; tiny imaginary parts from round-off are dropped. If
     it fails (non-finite, a large imaginary part, or a square that misses C1 C2, as happens with

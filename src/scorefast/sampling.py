@@ -115,7 +115,7 @@ def sample_em(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None,
               generator: torch.Generator | None = None, corrector_steps: int = 0, snr: float = 0.16) -> Tensor:
     """Euler-Maruyama on the reverse SDE dx = [f - g^2 s] dt + g dW; with ``corrector_steps`` > 0,
     each step is preceded by Langevin corrector steps (predictor-corrector). The corrector's step size
-    2 (snr |z| / |s|)^2 uses batch-mean norms, as score_sde does: a per-example step would be huge where
+    ``2 (snr |z| / |s|)^2`` uses batch-mean norms, as score_sde does: a per-example step would be huge where
     the score is small and would not leave p_t invariant. The last step adds no noise (it returns the mean)."""
     segs = pieces(model, ts)
     n = sum(len(s) - 1 for _, s in segs)
