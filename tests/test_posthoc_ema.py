@@ -137,3 +137,16 @@ def test_scorefast_ema_writes_a_new_file_that_sample_uses_and_refuses_bad_input(
     capsys.readouterr()
     refused(["ema", "--run", str(plain), "--sigma-rel", "0.08"], "has no post-hoc EMA snapshots")
     assert not (plain / "ema").exists()
+
+
+@pytest.mark.cpu_only
+@pytest.mark.slow
+def test_a_resumed_run_continues_the_tracked_averages_exactly(tmp_path):
+    args = ["--posthoc-ema-every", "20", "--ckpt-every", "50", *TINY]
+    assert main(["train", "--out", str(tmp_path / "a"), "--steps", "120", *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--steps", "70", *args]) == 0
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", "--steps", "120", "--quiet"]) == 0
+    a, b = (load_checkpoint(tmp_path / n / "posthoc" / "net-0-00000120.pt") for n in ("a", "b"))
+    for mine, theirs in zip(a["emas"], b["emas"]):
+        for k in mine:
+            assert torch.equal(mine[k], theirs[k]), k
