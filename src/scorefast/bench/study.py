@@ -334,12 +334,19 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{at}"
 
 
-def finished(run: Path, digest: str) -> bool:
-    """Whether ``run`` holds a finished run of the configuration with hash ``digest``."""
+def finished(run: Path, cfg) -> bool:
+    """Whether ``run`` holds a finished run of ``cfg``: its stored configuration is ``cfg`` with the options
+    ``cfg`` leaves unset (None) as the trainer resolved them for the data (--xflip, --dequantise, ...)."""
     from ..run import RunDir
     if not (run / "summary.json").is_file():
         return False
-    return config_hash(RunDir(run).read_config()) == digest
+    stored = RunDir(run).read_config()
+    saved, wanted = stored.to_dict(), cfg.to_dict()
+    for section, fields in wanted.items():
+        for key, value in fields.items():
+            if value is None:
+                fields[key] = saved.get(section, {}).get(key)
+    return config_hash(stored) == config_hash(type(stored).from_dict(wanted))
 
 
 def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol) -> dict:
@@ -359,7 +366,7 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
             digest = config_hash(cfg)
             run = out / "runs" / digest
             row.update(hash=digest, run=str(run))
-            if finished(run, digest):
+            if finished(run, cfg):
                 row["reused"] = True
             else:
                 summary = train(cfg.replace(out=str(run)), resume=(run / "config.json").exists(), progress=False)
