@@ -17,6 +17,7 @@ import os
 import platform
 import re
 import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -393,7 +394,7 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
     every = tables.all_tables()
     made = pictures(tables, every, out)
     results = json_safe({"command": command, "machine": machine, "study": study, "tables": every, "rows": rows,
-                         "pictures": made, "timing": TIMING})
+                         "pictures": made, "timing": TIMING, "date": time.strftime("%Y-%m-%d", time.gmtime())})
     write_json(out / "results.json", results)
     lines = ["# scorefast bench", "", "Regenerate (finished runs are reused, so this only re-reports):", "",
              f"    {command}", "",

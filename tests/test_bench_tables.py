@@ -1,0 +1,87 @@
+"""The tables of README.md and docs/ are made from their results files: the generator rewrites a marked table
+from results.json, the check fails when a table differs from its file, and the repository's own tables agree."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from scorefast.bench.curves import TIMING
+from scorefast.bench.report import Tables
+from scorefast.bench.tables import documents, main, run
+from scorefast.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def results_folder(root: Path, timing: int = TIMING) -> Path:
+    """A tiny study's results.json: plain and empirical on one data set, three seeds."""
+    rows = []
+    for seed in range(3):
+        for name, pairs in (("plain", [(1, 5.0), (2, 4.0), (4, 3.0)]), ("empirical", [(1, 4.0), (2, 2.0)])):
+            rows.append({"data": "moons", "spec": "moons", "n_data": None, "variant": name, "scenario": name,
+                         "role": "baseline" if name == "plain" else "method", "seed": seed, "status": "ok",
+                         "hash": f"{name}{seed}", "resources": {"workers": 1, "threads": 2},
+                         "curve": {"points": [{"wall": w, "nll": v, "metric": v / 10, "step": i}
+                                              for i, (w, v) in enumerate(pairs)],
+                                   "nll_key": "nll_nats", "metric_name": "swd", "T": 1.0}})
+    folder = root / "benchmarks" / "results" / "tiny"
+    folder.mkdir(parents=True)
+    results = {"command": "scorefast bench --data moons --methods empirical", "machine": {"cpus": 2, "torch": "2.x",
+               "threads": 2}, "date": "2026-12-07", "timing": timing, "tables": Tables(rows).all_tables(),
+               "rows": rows}
+    (folder / "results.json").write_text(json.dumps(results, default=list))
+    return folder
+
+
+def page(root: Path, body: str = "stale\n", args: str = "benchmarks/results/tiny table=targets") -> Path:
+    doc = root / "docs" / "results.md"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text(f"# Results\n\nprose stays\n\n<!-- results: {args} -->\n{body}<!-- /results -->\n\nafter\n")
+    return doc
+
+
+def test_a_marked_table_is_made_from_its_results_and_checked_against_them(tmp_path):
+    results_folder(tmp_path)
+    doc = page(tmp_path)
+    assert run(tmp_path, check=True) == ["docs/results.md: benchmarks/results/tiny table=targets"]
+    assert "stale" in doc.read_text()  # --check rewrites nothing
+    assert run(tmp_path) and run(tmp_path, check=True) == []
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nprose stays\n\n<!-- results:")
+    assert text.endswith("<!-- /results -->\n\nafter\n")
+    assert "`scorefast bench --data moons --methods empirical` (2 CPUs, torch 2.x, 2 threads, 2026-12-07)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| moons | empirical |"))
+    assert "| 1 process x 2 threads |" in row and "| 0.38x |" in row and "helps: 0.38x time to target (3 seeds)" in row
+    doc.write_text(text.replace("| 0.38x |", "| 0.35x |"))  # a figure edited by hand
+    assert run(tmp_path, check=True) == ["docs/results.md: benchmarks/results/tiny table=targets"]
+    assert main(["--root", str(tmp_path), "--check"]) == 1 and main(["--root", str(tmp_path)]) == 0
+    assert main(["--root", str(tmp_path), "--check"]) == 0
+
+
+def test_results_of_the_earlier_timing_rules_say_so(tmp_path):
+    results_folder(tmp_path, timing=1)
+    doc = page(tmp_path)
+    run(tmp_path)
+    assert "Timed under the bench's earlier rules (1: queued interval networks timed turn by turn" in doc.read_text()
+
+
+@pytest.mark.parametrize("args, needle", [
+    ("benchmarks/results/tiny table=nope", "unknown table 'nope'; choose one of all, baselines"),
+    ("benchmarks/results/tiny", "unknown table 'None'"),
+    ("benchmarks/results/tiny table=all colour=red", "a results marker reads"),
+    ("benchmarks/results/missing table=all", "results/missing/results.json': cannot be read (no such file"),
+    ("benchmarks/results/tiny table=all data=digits", "no 'all' table for digits in its results"),
+])
+def test_a_bad_marker_is_one_line(tmp_path, args, needle):
+    results_folder(tmp_path)
+    page(tmp_path, args=args)
+    with pytest.raises(UserError, match=re.escape(needle)):
+        run(tmp_path, check=True)
+
+
+def test_the_repository_tables_equal_their_results_files():
+    marked = [p for p in documents(ROOT) if "<!-- results: " in p.read_text(encoding="utf-8")]
+    assert marked, "no table in README.md or docs/ is marked with its results file"
+    assert run(ROOT, check=True) == []
