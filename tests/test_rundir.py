@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
-from scorefast.checkpoint import load_checkpoint
+from scorefast.checkpoint import load_checkpoint, save_checkpoint
 from scorefast.cli import main
 
 TINY = ["--data", "moons", "--steps", "30", "--eval-every", "10", "--eval-samples", "50", "--eval-steps", "5",
@@ -107,6 +109,12 @@ def test_garbage_inside_the_log_is_one_line_naming_it(trained, tmp_path, capsys)
     (["sample", "--n", "10", "--threads", "0", "--out", "OUT/s.npy"], "--threads must be >= 1"),
     (["evaluate", "--data", "moons", "--n", "0"], "--n must be >= 1"),
     (["evaluate", "--data", "digits"], "do not match the run's"),
+    (["nll", "--data", "moons", "--hutchinson", "1000000000"], "--hutchinson 1000000000 is more than the limit"),
+    (["nll", "--data", "moons", "--steps", "1000000000"], "--steps 1000000000 is more than the limit"),
+    (["sample", "--n", "10", "--steps", "1000000000", "--out", "OUT/s.npy"], "--steps 1000000000 is more than"),
+    (["sample", "--n", "100000000000000", "--out", "OUT/s.npy"], "GiB, more than this machine's"),
+    (["sample", "--n", "10", "--sampler", "", "--out", "OUT/s.npy"], "--sampler is empty"),
+    (["evaluate", "--data", "moons", "--schedule", " "], "--schedule is empty"),
 ])
 def test_bad_values_of_the_reading_commands(trained, tmp_path, capsys, args, needle):
     args = [a.replace("OUT", str(tmp_path)) for a in args]
@@ -139,3 +147,70 @@ def test_a_second_writer_on_a_run_is_one_line_and_the_lock_dies_with_its_holder(
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert main(["train", "--out", str(out), "--resume", "--steps", "1", "--quiet"]) == 0
+
+
+# -- written files: nothing replaced without --overwrite, never an input ---------------------------------------
+
+OVERWRITE = [  # (command, files in OUT before it runs, what the one line says); RUN is a copy of a trained run
+    ("sample --run RUN --n 5 --out OUT/s.npy", ["s.npy"], "OUT/s.npy' already exists; pass --overwrite"),
+    ("sample --run RUN --n 5 --out OUT/s.npy", ["s.png"], "OUT/s.png' already exists; pass --overwrite"),
+    ("sample --run RUN --n 5 --out RUN/samples.npy", [], "RUN/samples.npy' already exists"),
+    ("sample --run RUN --n 5 --out RUN/checkpoints/s.npy --overwrite", [], "would write over an input"),
+    ("sample --run RUN --n 5 --out OUT/dir --overwrite", ["dir.npy/"], "expected a .npy file name"),
+    ("fp --data OUT/d.npy --out OUT/f.npz --grid 11 --steps 2", ["f.npz"], "OUT/f.npz' already exists"),
+    ("fp --data OUT/d.npz --out OUT/d.npz --overwrite", [], "would write over an input of this command"),
+    ("sweep-T --data moons --out OUT --steps 5 --T 0.5", ["sweep.json"], "OUT/sweep.json' already exists"),
+    ("sweep-T --data moons --out OUT --steps 5 --T 0.5 --config OUT/sweep.json --overwrite", ["sweep.json"],
+     "would write over an input"),
+]
+
+
+@pytest.mark.parametrize("command, existing, needle", OVERWRITE)
+def test_every_writing_command_keeps_existing_files_and_its_inputs(trained, tmp_path, capsys, command, existing,
+                                                                   needle):
+    run, out = copy_of(trained, tmp_path), tmp_path / "out"
+    out.mkdir()
+    np.save(out / "d.npy", np.random.default_rng(0).normal(size=(50, 2)))
+    np.savez(out / "d.npz", x=np.random.default_rng(0).normal(size=(50, 2)))
+    for name in existing:
+        (out / name).mkdir() if name.endswith("/") else (out / name).write_text("{}")
+    before = {**snapshot(run), **snapshot(out)}
+    assert main(command.replace("RUN", str(run)).replace("OUT", str(out)).split()) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle.replace("RUN", str(run)).replace("OUT", str(out)) in err and len(err.splitlines()) == 1, err
+    assert {**snapshot(run), **snapshot(out)} == before
+
+
+def test_overwrite_replaces_an_existing_output(trained, tmp_path):
+    (tmp_path / "s.npy").write_text("old")
+    (tmp_path / "s.png").write_text("old")
+    assert main(["sample", "--run", str(trained), "--n", "5", "--out", str(tmp_path / "s.npy"), "--overwrite",
+                 "--quiet"]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (5, 2) and (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_model_with_non_finite_weights_is_refused_before_anything_is_written(trained, tmp_path, capsys):
+    run = copy_of(trained, tmp_path)
+    path = run / "checkpoints" / "net-0.pt"
+    state = load_checkpoint(path)
+    key = next(iter(state["ema"]))
+    state["ema"][key] = torch.full_like(state["ema"][key], float("nan"))
+    save_checkpoint(path, state)
+    for args in (["sample", "--n", "5", "--out", str(tmp_path / "s.npy")], ["evaluate", "--data", "moons"]):
+        assert main([args[0], "--run", str(run), *args[1:]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"({key}); the model cannot be used" in err and len(err.splitlines()) == 1, err
+    assert not list(tmp_path.glob("s.*"))
+
+
+def test_a_resume_with_a_checkpoint_of_another_network_is_refused_before_config_json_is_rewritten(trained, tmp_path,
+                                                                                                 capsys):
+    wider = tmp_path / "wider"
+    assert main(["train", "--out", str(wider), *TINY, "--width", "24", "--steps", "2"]) == 0
+    run = copy_of(trained, tmp_path)
+    shutil.copy(wider / "checkpoints" / "net-0.pt", run / "checkpoints" / "net-0.pt")
+    before = snapshot(run)
+    assert main(["train", "--out", str(run), "--resume", "--steps", "40", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not hold this run's network" in err and "copied from another run" in err, err
+    assert snapshot(run) == before

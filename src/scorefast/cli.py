@@ -90,14 +90,12 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _check_new_file(path: str, suffix: str) -> Path:
-    out = Path(path)
-    if out.suffix != suffix:
-        raise UserError(f"--out '{out}': expected a {suffix} file name")
-    if not out.parent.is_dir():
-        raise UserError(f"--out '{out}': directory '{out.parent}' does not exist")
-    if out.is_dir():
-        raise UserError(f"--out '{out}' is a directory")
+def _outputs(args, suffix: str, inputs=()) -> Path:
+    """--out and the picture written beside it, checked by the one rule for every written file (nothing replaced
+    without --overwrite, never an input of the command) before any work."""
+    from .checkpoint import check_output
+    out = check_output(args.out, suffix=suffix, overwrite=args.overwrite, inputs=inputs)
+    check_output(out.with_suffix(".png"), "--out (its picture)", overwrite=args.overwrite, inputs=inputs)
     return out
 
 
@@ -120,7 +118,8 @@ def cmd_sample(args) -> int:
 
     from .checkpoint import atomic_write
     from .plots import plot_samples
-    out = _check_new_file(args.out, ".npy")
+    from .run import RunDir
+    out = _outputs(args, ".npy", RunDir(args.run).inputs())
     run = _open(args)
     x = run.sample(args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, progress=not args.quiet,
                    schedule=args.schedule)
@@ -169,7 +168,8 @@ def cmd_sweep_T(args) -> int:
     if "out" not in flags:
         raise UserError("--out DIR is required (one run per T is written under it)")
     Ts = parse_Ts(args.Ts)
-    result = sweep_T(Config(**flags), Ts, flags["out"], n_eval=args.n_eval, progress=not (args.quiet or args.json))
+    result = sweep_T(Config(**flags), Ts, flags["out"], n_eval=args.n_eval, progress=not (args.quiet or args.json),
+                     overwrite=args.overwrite, inputs=[args.config] if args.config else [])
     if args.json:
         print(json.dumps(result))
     else:
@@ -183,7 +183,7 @@ def cmd_fp(args) -> int:
     from .methods.fokker_planck import solve_fp
     from .plots import plot_fp
     from .sde import make_sde
-    out = _check_new_file(args.out, ".npz")
+    out = _outputs(args, ".npz", [args.data])
     ds = load_data(args.data, n=args.n_data, seed=args.seed)
     if ds.kind != "points":
         raise UserError(f"data '{args.data}': the grid solver takes points in 1-3 dimensions; for images use "
@@ -255,6 +255,11 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
                    "(written by scorefast ema) instead of the run's own EMA")
 
 
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (never an input of "
+                   "the command); without it an existing file is an error")
+
+
 def _train_parser(sub) -> None:
     t = sub.add_parser("train", help="train a model and write a run directory",
                        description="Train a score model. Budgets: --steps and/or --time-budget. Every flag can also "
@@ -296,6 +301,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         s.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the run's)")
         s.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
         s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's, scaled by T)")
+        _overwrite_flag(s)
         s.set_defaults(func=cmd_sample)
     elif command in ("nll", "evaluate"):
         e = sub.add_parser(command, help=helps[command])
@@ -337,6 +343,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         f.add_argument("--n-data", type=int, default=None, help="data points for the KDE (default: all)")
         f.add_argument("--seed", type=int, default=0, help="seed of generated data")
         f.add_argument("--quiet", action="store_true", help="no progress bar")
+        _overwrite_flag(f)
         f.set_defaults(func=cmd_fp)
     elif command == "sweep-T":
         w = sub.add_parser("sweep-T", help=helps["sweep-T"],
@@ -348,6 +355,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         w.add_argument("--json", action="store_true", help="print one JSON object")
         w.add_argument("--config", metavar="FILE", help="read flags from a TOML/JSON file")
         w.add_argument("--quiet", action="store_true", help="no progress bars")
+        _overwrite_flag(w)
         add_config_flags(w, skip=("T",))
         w.set_defaults(func=cmd_sweep_T)
     elif command == "bench":

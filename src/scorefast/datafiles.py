@@ -29,6 +29,7 @@ from .checkpoint import display_path, error_reason, open_regular
 from .errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+MAX_IMAGE_PIXELS = 4096 * 4096  # per image file, read from its header before decoding (memory stays bounded)
 
 MAX_ABS_VALUE = 1e10
 """Largest magnitude accepted in a data file. Training squares values, sums them over dimensions and
@@ -374,6 +375,9 @@ def _load_images(files: list[Path], spec: str) -> np.ndarray:
         with open_regular(path, label) as f:
             try:
                 with Image.open(f) as im:
+                    if im.size[0] * im.size[1] > MAX_IMAGE_PIXELS:
+                        raise UserError(f"{label}: {im.size[0]}x{im.size[1]} pixels, more than the limit of "
+                                        f"{MAX_IMAGE_PIXELS:,} pixels per image; shrink it first")
                     if size is None:
                         _check_memory(len(files) * im.size[0] * im.size[1] * 3 * 5, label)
                     im.load()

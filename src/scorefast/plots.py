@@ -35,7 +35,8 @@ def image_grid(images: np.ndarray, ncol: int | None = None) -> np.ndarray:
 
 def plot_samples(samples: np.ndarray, path: str | Path, reference: np.ndarray | None = None,
                  title: str = "samples") -> None:
-    """A scatter/density plot for 2-D points (beside the reference data), an image grid for images."""
+    """A density plot for points (2-D: the first two coordinates; 1-D: a histogram) beside the reference data,
+    an image grid for images."""
     samples = np.asarray(samples)
     if samples.ndim == 4:
         grid = image_grid(samples[:64])
@@ -52,11 +53,14 @@ def plot_samples(samples: np.ndarray, path: str | Path, reference: np.ndarray | 
     hi = np.percentile(np.concatenate([p for p, _ in panels]), 99.5, axis=0)
     pad = 0.1 * (hi - lo)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    box = list(zip(lo - pad, hi + pad))
     for ax, (p, name) in zip(axes[0], panels):
-        box = [[lo[0] - pad[0], hi[0] + pad[0]], [lo[1] - pad[1], hi[1] + pad[1]]]
-        ax.hist2d(p[:, 0], p[:, 1], bins=120, range=box, cmap="magma")
+        if p.shape[1] == 1:
+            ax.hist(p[:, 0], bins=120, range=box[0], density=True, color="C1")
+        else:
+            ax.hist2d(p[:, 0], p[:, 1], bins=120, range=box, cmap="magma")
+            ax.set_aspect("equal")
         ax.set_title(f"{name} (n={len(p)})")
-        ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
     _save(fig, path)

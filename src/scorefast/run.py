@@ -49,6 +49,8 @@ from .sde import SDE
 from .training.config import Config
 
 RUN_FORMAT = 2
+MAX_STEPS = 100_000  # sampler and probability-flow ODE steps: far past every measured gain (a few hundred at most)
+MAX_PROBES = 1_000  # Hutchinson probes of the NLL: one backward pass each at every ODE evaluation
 LOCK = ".lock"  # held (flock) by the one process that writes the run
 
 
@@ -78,6 +80,10 @@ class RunDir:
     @property
     def prior_path(self) -> Path:
         return self.path / "checkpoints" / "prior.pt"
+
+    def inputs(self) -> list[Path]:
+        """What the commands that read a trained run read: no command may write over them."""
+        return [self.config_path, self.path / "summary.json", self.prior_path.parent, self.path / "snapshots"]
 
     # -- config ---------------------------------------------------------------------------------------
     def read_config(self) -> Config:
@@ -228,10 +234,15 @@ class RunDir:
                                     f"make it with scorefast ema --run {self.path} --sigma-rel {sigma_rel:g}")
             net = new_model(cfg, sde, shape, cfg.partition.time_conditioned)
             try:
-                net.load_state_dict(load_checkpoint(path)["ema"])
+                ema = load_checkpoint(path)["ema"]
+                net.load_state_dict(ema)
             except (RuntimeError, KeyError) as exc:
                 raise UserError(f"checkpoint '{path}': weights do not fit the run's network "
                                 f"({str(exc).splitlines()[0][:120]})") from None
+            bad = next((k for k, v in ema.items() if v.is_floating_point() and not bool(v.isfinite().all())), None)
+            if bad is not None:
+                raise UserError(f"checkpoint '{path}': its EMA weights hold NaN or infinite values ({bad}); "
+                                "the model cannot be used")
             nets.append(net.eval())
         return cfg.partition.assemble(nets, edges).eval()
 
@@ -295,13 +306,31 @@ class Run:
     def evaluator(self, n: int, sampler: str | None, steps: int | None, seed: int, schedule: str | None):
         """The run's evaluation protocol with the given overrides (None: the run's own)."""
         from .evaluate import Evaluator
+        for flag, value in (("--sampler", sampler), ("--schedule", schedule)):
+            if value is not None and not value.strip():
+                raise UserError(f"{flag} is empty; leave it out for the run's own, or name one")
+        self.check_sizes(n, steps)
         log = self.config.log
         if sampler is not None and schedule is None and sampler != log.sampler:
             schedule = None  # another sampler: its own schedule, not the run's
         elif schedule is None:
             schedule = log.schedule
-        return Evaluator(n=n, sampler=sampler or log.sampler, steps=log.eval_steps if steps is None else steps,
-                         seed=seed, scale_steps=steps is None, schedule=schedule)
+        return Evaluator(n=n, sampler=log.sampler if sampler is None else sampler,
+                         steps=log.eval_steps if steps is None else steps, seed=seed, scale_steps=steps is None,
+                         schedule=schedule)
+
+    def check_sizes(self, n: int, steps: int | None, probes: int | None = None) -> None:
+        """Refuse, before anything is allocated, steps or Hutchinson probes past their stated limits
+        (``MAX_STEPS``, ``MAX_PROBES``) and examples whose working memory (about four copies of them, and one
+        per probe) exceeds this machine's."""
+        from .datafiles import physical_memory
+        for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--hutchinson", probes, MAX_PROBES)):
+            if value is not None and value > limit:
+                raise UserError(f"{flag} {value} is more than the limit of {limit:,}")
+        need, memory = 4 * max(n, 0) * (4 + (probes or 0)) * torch.Size(self.shape).numel(), physical_memory()
+        if memory is not None and need > memory:
+            raise UserError(f"--n {n}: would need about {need / 2**30:.3g} GiB, more than this machine's "
+                            f"{memory / 2**30:.3g} GiB of memory; ask for fewer")
 
     def sample(self, n: int, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                progress: bool = True, schedule: str | None = None) -> torch.Tensor:
@@ -337,6 +366,7 @@ class Run:
         """Test NLL in nats per example (PF-ODE + the prior at T), and bits/dim for discrete images
         (uniformly dequantised). See :func:`scorefast.evaluate.test_nll`."""
         from .evaluate import test_nll
+        self.check_sizes(min(n or batch_size, batch_size), steps, hutchinson)
         out = test_nll(self.model, self.sde, self.heldout(spec, n), self.prior, self.device, steps=steps,
                        hutchinson=hutchinson, batch_size=batch_size, seed=seed, progress=progress,
                        with_elbo=self.prior is not None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .checkpoint import write_json
+from .checkpoint import check_output, check_path, write_json
 from .errors import UserError
 from .training.config import Config
 
@@ -27,20 +27,43 @@ def parse_Ts(text: str) -> list[float]:
         raise UserError(f"--T '{text}': expected comma-separated numbers or 'auto'") from None
     if not Ts:
         raise UserError("--T: no end times given")
+    for a, b in zip(Ts[:-1], Ts[1:]):
+        if folder(a) == folder(b):
+            raise UserError(f"--T {a!r} and {b!r} would share the run folder '{folder(a)}'; give end times that "
+                            "differ in their first six digits")
     return Ts
 
 
+def folder(T: float) -> str:
+    """The name of the run folder of end time T."""
+    return f"T={T:g}"
+
+
 def sweep_T(base: Config, Ts: list[float], out: str | Path, n_eval: int = 1000, nll_steps: int = 100,
-            progress: bool = True) -> dict:
-    """Train one model per T (resuming finished ones), evaluate each the same way, choose T."""
+            progress: bool = True, overwrite: bool = False, inputs: list[str | Path] = ()) -> dict:
+    """Train one model per T (resuming finished ones), evaluate each the same way, choose T.
+
+    OUT/sweep.json and OUT/sweep.png are written only where nothing is, unless ``overwrite``, and never over
+    one of ``inputs`` (a config file); one sweep at a time holds OUT."""
+    from .run import RunDir
+    out = check_path(Path(out) / "sweep.json", "--out").parent
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out '{out}' is a file, not a sweep folder")
+    for name in ("sweep.json", "sweep.png") if out.is_dir() else ():
+        check_output(out / name, "--out", overwrite=overwrite, inputs=inputs)
+    configs = [base.replace(T=T, out=str(out / folder(T))) for T in Ts]
+    for cfg in configs:
+        cfg.validate()
+    with RunDir(out).lock():
+        return _sweep(base, Ts, configs, out, n_eval, nll_steps, progress)
+
+
+def _sweep(base: Config, Ts: list[float], configs: list[Config], out: Path, n_eval: int, nll_steps: int,
+           progress: bool) -> dict:
     from .methods.elbo import choose_T, elbo
     from .plots import plot_sweep
     from .run import open_run, split_data
     from .training.recipe import train
-    out = Path(out)
-    configs = [base.replace(T=T, out=str(out / f"T={T:g}")) for T in Ts]
-    for cfg in configs:
-        cfg.validate()
     rows = []
     for T, cfg in zip(Ts, configs):
         resume = (Path(cfg.log.out) / "config.json").exists()

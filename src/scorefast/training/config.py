@@ -267,6 +267,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
             except ModuleNotFoundError:  # Python 3.10
                 import tomli as tomllib
             data = tomllib.loads(text)
+    except RecursionError:
+        raise UserError(f"config file '{path}': is nested too deeply (it holds [section] tables of flags)") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"config file '{path}': cannot be read ({str(exc).splitlines()[0][:120]})") from None
     if not isinstance(data, dict):
@@ -286,6 +288,9 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             raise UserError(f"config file '{path}': unknown key {key!r}")
     for key, value in flags.items():
+        if isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, (list, dict)) for v in value)):
+            raise UserError(f"config file '{path}': --{key} expects a value or a list of values, got nested "
+                            f"{'tables' if isinstance(value, dict) else 'lists'}")
         if key in FLAGS:
             cls, f = FLAGS[key].owners[0]
             flags[key] = coerce(cls, f, value, f"config file '{path}'")

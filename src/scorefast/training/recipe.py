@@ -115,6 +115,9 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     sde = cfg.sde.build()
     edges = cfg.edges(sde)
     cfg.partition.check_steps(edges, cfg.budget.max_steps)
+    if len(train) < 2 and hasattr(cfg.time_sampler.bind(sde, edges[0], edges[-1]), "update"):
+        raise UserError(f"data '{cfg.data.spec}': one example, but --time-sampler {cfg.time_sampler.name} keeps a "
+                        "probe set out of training, which would leave none; use more data or --time-sampler uniform")
     cfg.target.check(train.shape)
     with torch.device("meta"):  # the network's options are checked without allocating it
         shapes = new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
