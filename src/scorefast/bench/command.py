@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
-from .curves import Protocol
+from .curves import QUICK_PROTOCOL, Protocol
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import Selection
 from .study import Budget, Study, run_study
@@ -49,7 +49,8 @@ def settings_of(items: list[str]) -> dict:
 def make_study(data: str | None = None, methods: str | None = None, budget: str | None = None,
                seeds: int | None = None, quick: bool = False, preset: str | None = None, n_data: str | None = None,
                T: str | None = None, workers: int | None = None, threads: int | None = None,
-               snapshot_every: int | None = None, settings: list[str] | None = None, jobs: int | None = None) -> Study:
+               snapshot_every: int | None = None, settings: list[str] | None = None, jobs: int | None = None,
+               metric: str | None = None) -> Study:
     """The study the bench flags describe: the preset's (``--quick`` alone is the quick preset), each flag
     given replacing the preset's value."""
     base: Preset | None = get_preset(preset) if preset else (PRESETS["quick"] if quick else None)
@@ -61,6 +62,10 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
     if not spec:
         raise UserError("--data is required (a built-in set or a path; several separated by commas), or a --preset")
     given = {**(base.settings if base else {}), **settings_of(settings or [])}
+    evaluation = Protocol(**base.evaluation) if base and base.evaluation else None
+    if metric is not None:
+        evaluation = replace(evaluation or (QUICK_PROTOCOL if quick or (base and base.quick) else Protocol()),
+                             metric=metric)
     study = Study(data=tuple(spec), methods=tuple(Selection.parse(pick(methods, base and base.methods, "all")).names),
                  budget=Budget.parse(pick(budget, base and base.budget, "2000steps")),
                  seeds=pick(seeds, base and base.seeds, 3), quick=quick or bool(base and base.quick),
@@ -69,7 +74,7 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
                  snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
                  jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
-                 evaluation=Protocol(**base.evaluation) if base and base.evaluation else None)
+                 evaluation=evaluation)
     study.validate()
     return replace(study, threads=study.threads_per_worker)  # written into the command: the same cores elsewhere
 
@@ -97,6 +102,8 @@ def command_of(study: Study, out: Path) -> str:
         words += ["--jobs", str(study.jobs)]
     if study.snapshot_every:
         words += ["--snapshot-every", str(study.snapshot_every)]
+    if study.protocol.metric:
+        words += ["--metric", study.protocol.metric]
     for key, value in study.settings.items():
         words += ["--set", f"{key}={value}"]
     return shlex.join(words)

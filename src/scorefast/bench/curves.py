@@ -38,8 +38,9 @@ TIMING = 2  # 1: queued networks timed turn by turn, no launch cost; 2: as they 
 @dataclass(frozen=True)
 class Protocol:
     """The evaluation of every curve point: held-out NLL (``nll_n`` points, ``nll_steps`` RK4 steps at
-    T = 1) and the sample metric (``samples`` ODE samples, ``sample_steps`` steps); ``points`` snapshots
-    at most per curve, besides the final weights."""
+    T = 1) and the sample metric (``samples`` ODE samples, ``sample_steps`` steps; ``metric`` one of
+    ``evaluate.METRICS``, None for the data's own); ``points`` snapshots at most per curve, besides the
+    final weights."""
 
     nll_n: int = 1000
     nll_steps: int = 100
@@ -47,6 +48,7 @@ class Protocol:
     sample_steps: int = 100
     points: int = 10
     seed: int = 7
+    metric: str | None = None
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
@@ -123,7 +125,7 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
     """The curve of a finished run: {'points': [{step, wall, nll, metric}], 'nll_key', 'metric_name', ...}."""
     import torch
 
-    from ..evaluate import Evaluator, test_nll
+    from ..evaluate import Evaluator, quality, test_nll
     from ..run import open_run
     rd = RunDir(path)
     final = open_run(rd.path)
@@ -151,7 +153,12 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
             torch.manual_seed(protocol.seed)  # the probes' generator off the CPU (test_nll seeds its own on CPU)
             nll = test_nll(model, sde, probe, final.prior, device, steps=protocol.nll_steps, hutchinson=hutchinson,
                            seed=protocol.seed)[key]
-            metric = evaluator(model, sde, held, final.prior, device)
+            if protocol.metric:
+                x = evaluator.samples(model, sde, held.shape, final.prior, device)
+                metric = {"metric": quality(protocol.metric, x, held.x, seed=protocol.seed),
+                          "metric_name": protocol.metric}
+            else:
+                metric = evaluator(model, sde, held, final.prior, device)
         points.append({"step": last if step is None else step, "wall": run_wall(cfg, walls, finals, extra, launch),
                        "nll": finite(nll), "metric": finite(metric["metric"])})
     return {"points": points, "nll_key": key, "metric_name": metric["metric_name"], "networks": networks,

@@ -193,12 +193,15 @@ class Study:
     def parts(self) -> list[Part]:
         """The data sets, each read once here (an unreadable one is a UserError before anything runs)."""
         from ..data import load_data
+        from ..evaluate import check_metric
         parts = []
         for spec in self.data:
             for n in self.n_data:
                 ds = load_data(spec, n=n, seed=0)
                 if n is not None and len(ds) < n:
                     raise UserError(f"--n-data {n}: '{spec}' holds only {len(ds)} examples")
+                if self.protocol.metric:
+                    check_metric(self.protocol.metric, ds)
                 parts.append(Part(spec, n, ds.dim, ds.kind))
         return parts
 
