@@ -206,7 +206,7 @@ def cmd_bench(args) -> int:
     results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
                         quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
                         threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set,
-                        jobs=args.jobs)
+                        jobs=args.jobs, metric=args.metric)
     for table in results["tables"]:
         for sentence in table["sentences"]:
             print(f"{table['data']}: {sentence.replace('**', '')}")
@@ -241,6 +241,8 @@ def _bench_parser(sub, text: str) -> None:
     b.add_argument("--snapshot-every", type=int, default=None, help="steps between kept snapshots (default: 2%% "
                    "of a step budget, 200 under a time budget); the evaluated ones are spread geometrically")
     b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
+    b.add_argument("--metric", default=None, help="the sample metric of every curve point, one of `scorefast "
+                   "evaluate --metric`'s (default: the data's own periodic metric)")
                    help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
     b.set_defaults(func=cmd_bench)
 
