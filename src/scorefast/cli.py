@@ -240,9 +240,9 @@ def _bench_parser(sub, text: str) -> None:
                    "(default: 1); jobs x workers x threads beyond the cores is refused")
     b.add_argument("--snapshot-every", type=int, default=None, help="steps between kept snapshots (default: 2%% "
                    "of a step budget, 200 under a time budget); the evaluated ones are spread geometrically")
-    b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
     b.add_argument("--metric", default=None, help="the sample metric of every curve point, one of `scorefast "
                    "evaluate --metric`'s (default: the data's own periodic metric)")
+    b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
     b.set_defaults(func=cmd_bench)
 
