@@ -4,6 +4,9 @@ random steps. Tiny networks and few steps, so that every combination runs in the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,3 +73,25 @@ def test_a_run_stopped_at_any_step_and_resumed_ends_bitwise_equal(recipe, sample
             REFERENCE[recipe, sampler] = train_to(cfg, Path(tmp) / "straight", STEPS)
         assert int(train_to(cfg, Path(tmp) / "stopped", stop)["step"]) == stop
         assert_bitwise_equal(train_to(cfg, Path(tmp) / "stopped", STEPS), REFERENCE[recipe, sampler])
+
+
+@pytest.mark.cpu_only
+@pytest.mark.slow
+def test_a_ddp_group_stopped_at_a_measurement_step_and_resumed_ends_bitwise_equal(tmp_path):
+    """Two DDP ranks train one network with the adaptive sampler, stopped at a step where it measures: the resumed
+    group measures once on resume, every rank the same way, and ends with the weights of an uninterrupted one."""
+    args = ["--workers", "2", "--data", "moons", "--n-data", "400", "--batch-size", "32", "--width", "16",
+            "--time-sampler", "adaptive", "--adapt-every", "10", "--adapt-probe", "16", "--eval-every", "1000",
+            "--eval-samples", "16", "--eval-steps", "2", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def train(*extra: str) -> None:
+        done = subprocess.run([sys.executable, "-m", "scorefast.cli", "train", *extra], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    train("--out", str(tmp_path / "straight"), "--steps", "30", *args)
+    train("--out", str(tmp_path / "stopped"), "--steps", "20", *args)
+    train("--out", str(tmp_path / "stopped"), "--resume", "--steps", "30", "--quiet")
+    a, b = (load_checkpoint(tmp_path / name / "checkpoints" / "net-0.pt") for name in ("straight", "stopped"))
+    assert_bitwise_equal(a, b)
