@@ -4,7 +4,7 @@
 
 1. Training-step overhead: the real training loop, ``training.loop.fit`` with the hooks of a run
    (checkpoints, snapshots, periodic metric, metrics log and progress bar, due outside the timed steps),
-   a DSMLoss objective, RandomBatches, the Optimiser (Adam + clipping) and the EMA, against a bare loop
+   a DSM objective.Objective, RandomBatches, the Optimiser (Adam + clipping) and the EMA, against a bare loop
    doing the same math by hand (same network class and initial weights, same batch draws, t and z, same
    VP formulas, clipping and EMA), for the 2-D MLP (batch 512) and the 8x8 U-Net (batch 128). The two
    variants alternate in chunks of steps; a repeat reports each one's median step time. Target: library /
@@ -35,13 +35,12 @@ from scipy.integrate import solve_ivp
 from threadpoolctl import threadpool_limits
 
 from scorefast.likelihood import log_likelihood
-from scorefast.losses import DSMLoss
 from scorefast.nets import TimeMLP, UNet, make_model
+from scorefast.objective import Objective
 from scorefast.sde import VPSDE, make_sde
 from scorefast.training.hooks import Checkpointer, MetricsLog, PeriodicMetric, Progress, Snapshots
 from scorefast.training.loop import Budget, RandomBatches, TrainState, fit
 from scorefast.training.optim import EMA, Optimiser
-from scorefast.training.recipe import LossModule
 
 Tensor = torch.Tensor
 
@@ -67,7 +66,7 @@ def library_loop(sde: VPSDE, shape: tuple[int, ...], data: Tensor, batch: int, o
     model = make_model(sde, shape)
     state = TrainState(model, EMA(model, 0.999))
     optimiser = Optimiser(model.parameters(), lr=1e-4, grad_clip=1.0)
-    objective = LossModule(model, DSMLoss(sde))
+    objective = Objective(model, sde)
     batches = RandomBatches(data, batch)
     rows: list[dict] = []
     hooks = [PeriodicMetric(10**9, lambda: None), Snapshots(lambda s: out / f"snap-{s}.pt", 0, writer=False),
@@ -151,10 +150,10 @@ def trained_model(sde: VPSDE, steps: int) -> torch.nn.Module:
     g = torch.Generator().manual_seed(0)
     model = make_model(sde, (2,), width=64, depth=2)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = DSMLoss(sde)
+    objective = Objective(model, sde)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss_fn(model, toy_data(512, g)).mean().backward()
+        objective(toy_data(512, g)).mean().backward()
         opt.step()
     return model.eval().requires_grad_(False)
 

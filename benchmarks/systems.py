@@ -19,11 +19,10 @@ import time
 
 import torch
 
-from scorefast.losses import DSMLoss
 from scorefast.nets import make_model
+from scorefast.objective import Objective
 from scorefast.sde import make_sde
 from scorefast.training.optim import EMA, Optimiser
-from scorefast.training.recipe import LossModule
 from scorefast.training.systems import check_compile, training_step
 
 MODELS = {  # name -> (data shape, batch, make_model keywords)
@@ -41,7 +40,7 @@ def stepper(shape, batch: int, kwargs: dict, precision: str, compiled: bool, dev
     model = make_model(sde, shape, **kwargs).to(device)
     ema = EMA(model, 0.999)
     opt = Optimiser(model.parameters(), lr=1e-4, grad_clip=1.0)
-    objective = training_step(LossModule(model, DSMLoss(sde)), device, precision, compiled)
+    objective = training_step(Objective(model, sde), device, precision, compiled)
     x = torch.randn(batch, *shape, device=device)
     count = [0]
 

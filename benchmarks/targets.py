@@ -7,12 +7,12 @@ Two set-ups (VP SDE, Adam, float32, batch drawn with replacement, t ~ U[eps, 1] 
   2-D      checkerboard, 10,000 points, TimeMLP 3x128, batch 512, reference 1,024
   digits   8x8 digits (the 80 % training split, 1,437 images, flattened to d = 64), TimeMLP 3x256,
            batch 256, reference 1,024
-Variants: DSM (losses.DSMLoss), STF (estimators.ReferenceBatchTarget, what --method empirical uses; the
+Variants: DSM (objective.Goal), STF (estimators.ReferenceBatchTarget, what --method empirical uses; the
 'empirical' row of results/targets.txt is the mixture it replaced), the exact target over all N points, the
 nearest-neighbour target
 (estimators.NearestNeighbourTarget, k and tail draws as listed), STF and k-NN also inside a sigma band
 (DSM's target outside), and k-NN below a sigma with STF above it (``outside``).
-Every non-DSM variant is trained through methods.embedding.TargetRegressionLoss (the regression w(t) || sigma (s_theta -
+Every non-DSM variant is trained through objective.ScoreGoal (the regression w(t) || sigma (s_theta -
 s*) ||^2 on the estimator's for_batch). Two numbers per variant: the target evaluation alone (no
 grad, on the step's x0, x_t, t) and a whole optimiser step (batch draw, loss, backward, Adam).
 Each repeat alternates single calls of all variants ``--inner`` times and keeps each variant's median
@@ -32,9 +32,10 @@ from collections.abc import Callable
 import torch
 
 from scorefast.data import load_data
-from scorefast.losses import DSMLoss
 from scorefast.nets import EpsilonParam, TimeMLP
+from scorefast.objective import Goal, Objective, ScoreGoal
 from scorefast.sde import make_sde
+from scorefast.time_sampling import UniformTimes
 
 
 def summary(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -91,8 +92,6 @@ def timed_calls(fns: dict[str, Callable[[], object]], repeats: int, inner: int) 
 
 
 def bench(name: str, cfg: dict, args, say) -> None:
-    from scorefast.methods.embedding import TargetRegressionLoss
-
     torch.manual_seed(0)
     sde, data, batch = make_sde("vp"), cfg["data"], cfg["batch"]
     band = (float(sde.sigma(torch.tensor(args.band[0]))), float(sde.sigma(torch.tensor(args.band[1]))))
@@ -100,7 +99,7 @@ def bench(name: str, cfg: dict, args, say) -> None:
     model = EpsilonParam(TimeMLP(data.shape[1], cfg["hidden"], 3), sde)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     x0 = data[torch.randint(0, len(data), (batch,))]
-    t = DSMLoss(sde).sample_t(batch)
+    t = UniformTimes(sde.eps, sde.T)(batch)
     xt = sde.perturb(x0, t, torch.randn_like(x0))
 
     def target_call(est) -> Callable[[], object]:
@@ -109,14 +108,14 @@ def bench(name: str, cfg: dict, args, say) -> None:
                 return est.for_batch(x0)(xt, t)
         return call
 
-    def step_call(loss) -> Callable[[], object]:
+    def step_call(objective) -> Callable[[], object]:
         def call():
             opt.zero_grad(set_to_none=True)
-            loss(model, data[torch.randint(0, len(data), (batch,))]).mean().backward()
+            objective(data[torch.randint(0, len(data), (batch,))]).mean().backward()
             opt.step()
         return call
 
-    losses = {k: DSMLoss(sde) if e is None else TargetRegressionLoss(sde, e) for k, e in ests.items()}
+    losses = {k: Objective(model, sde, Goal() if e is None else ScoreGoal(e)) for k, e in ests.items()}
     steps = timed_calls({k: step_call(v) for k, v in losses.items()}, args.repeats, args.inner)
     targets = timed_calls({k: target_call(e) for k, e in ests.items() if e is not None}, args.repeats, args.inner)
     inside = ((sde.sigma(t) >= band[0]) & (sde.sigma(t) <= band[1])).float().mean()

@@ -9,10 +9,9 @@ import torch
 from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import save_checkpoint
 from scorefast.evaluate import Evaluator
-from scorefast.losses import DSMLoss
 from scorefast.methods.densities import GaussianPrior
 from scorefast.run import RunDir
-from scorefast.sde import make_sde
+from scorefast.time_sampling import TimeSampler, UniformTimes
 from scorefast.training.config import Config
 from scorefast.training.loop import RandomBatches, TrainState
 from scorefast.training.optim import EMA
@@ -21,10 +20,10 @@ MEAN = torch.tensor([1.0, -0.5], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=torch.float64)
 
 
-def draws(x: torch.Tensor, loss: DSMLoss) -> list[torch.Tensor]:
+def draws(x: torch.Tensor, times: TimeSampler) -> list[torch.Tensor]:
     """What one training step draws on x's device: a batch, its times and its noise."""
     batch = next(RandomBatches(x, 8))
-    return [batch, loss.sample_t(8, x.device), torch.randn_like(batch)]
+    return [batch, times(8, x.device), torch.randn_like(batch)]
 
 
 def test_a_checkpoint_restores_the_generators_a_step_draws_from(device):
@@ -32,14 +31,14 @@ def test_a_checkpoint_restores_the_generators_a_step_draws_from(device):
     with the CPU one, so a resumed run (which seeds afresh, then loads) continues the draws, not repeats them."""
     model = torch.nn.Linear(2, 2).to(device)
     state = TrainState(model, EMA(model, 0.9))
-    x, loss = torch.arange(200.0, device=device).reshape(100, 2), DSMLoss(make_sde("vp"))
+    x, times = torch.arange(200.0, device=device).reshape(100, 2), UniformTimes(1e-3, 1.0)
     torch.manual_seed(0)
-    before = draws(x, loss)  # the steps before the checkpoint
+    before = draws(x, times)  # the steps before the checkpoint
     saved = state.state_dict()
-    want = draws(x, loss)
+    want = draws(x, times)
     torch.manual_seed(0)  # a resumed process seeds afresh, then loads the checkpoint
     state.load_state_dict(saved)
-    got = draws(x, loss)
+    got = draws(x, times)
     assert all(torch.equal(a, b) for a, b in zip(got, want))
     assert not any(torch.equal(a, b) for a, b in zip(before, want))  # what a seed without the restore would draw
 

@@ -24,9 +24,8 @@ from scorefast.ksampling import (
     schedule_times,
     sigma_schedule,
     sigma_to_t,
-    t_to_sigma,
 )
-from scorefast.methods.piecewise import PiecewiseModel, log_snr
+from scorefast.methods.piecewise import PiecewiseModel
 from scorefast.sde import VPSDE, make_sde
 from scorefast.time_grids import pieces
 
@@ -37,7 +36,7 @@ FAMILIES = ["vp", "subvp", "ve", "vp-psm", "ve-power"]
 
 
 def level(sde, t: float) -> float:
-    return float(t_to_sigma(sde, torch.tensor(t, dtype=F64)))
+    return float(sde.noise_level(torch.tensor(t, dtype=F64)))
 
 
 def with_moments(mean: torch.Tensor, cov: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
@@ -93,13 +92,13 @@ class BisectedVP(VPSDE):
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_sigma_to_t_inverts_t_to_sigma(name, device):
+def test_sigma_to_t_inverts_the_noise_level(name, device):
     sde = make_sde(name)
     t = torch.cat([torch.linspace(sde.eps, sde.T, 50, dtype=F64, device=device),
                    torch.tensor([1.5 * sde.T], dtype=F64, device=device)])
-    torch.testing.assert_close(sigma_to_t(sde, t_to_sigma(sde, t)), t, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sigma_to_t(sde, sde.noise_level(t)), t, rtol=1e-12, atol=0)
     t32 = t.float()
-    torch.testing.assert_close(sigma_to_t(sde, t_to_sigma(sde, t32)), t32, rtol=2e-5, atol=0)
+    torch.testing.assert_close(sigma_to_t(sde, sde.noise_level(t32)), t32, rtol=2e-5, atol=0)
 
 
 def test_bisection_matches_closed_form(device):
@@ -142,8 +141,8 @@ def test_schedule_times_map_to_the_noise_schedule(name, device):
         ts = schedule_times(sde, 15, kind=kind, device=device, dtype=F64)
         assert ts.device == device and ts[0] == sde.T and ts[-1] == sde.eps and len(ts) == 16
         want = sigma_schedule(level(sde, sde.eps), level(sde, sde.T), 15, kind)[:-1]  # a CPU float64 schedule
-        torch.testing.assert_close(t_to_sigma(sde, ts).cpu(), want, rtol=1e-12, atol=0)
-    lam = log_snr(sde, schedule_times(sde, 15, kind="logsnr", device=device, dtype=F64)).diff()
+        torch.testing.assert_close(sde.noise_level(ts).cpu(), want, rtol=1e-12, atol=0)
+    lam = sde.log_snr(schedule_times(sde, 15, kind="logsnr", device=device, dtype=F64)).diff()
     torch.testing.assert_close(lam, lam.mean().expand(15), rtol=1e-9, atol=0)
 
 

@@ -4,6 +4,7 @@ The equivalence tests split an exact score (Gaussian data) into identical pieces
 the unsplit model is then the integrator's doing, not the networks'.
 """
 
+import copy
 import math
 
 import pytest
@@ -13,22 +14,18 @@ from torch import nn
 from scorefast.analytic import GaussianScore
 from scorefast.errors import UserError
 from scorefast.likelihood import log_likelihood
-from scorefast.losses import DSMLoss
 from scorefast.methods.piecewise import (
     FrozenTime,
     PiecewiseModel,
     assemble,
     check_partition,
-    interval_loss,
-    log_snr,
     parse_edges,
     partition,
-    split,
 )
 from scorefast.nets import make_model
+from scorefast.objective import Objective
 from scorefast.sampling import sample
 from scorefast.sde import make_sde
-from scorefast.time_sampling import FixedTime
 
 MEAN = [0.6, -0.4]
 COV = [[1.0, 0.3], [0.3, 0.5]]
@@ -109,7 +106,7 @@ def test_logsnr_edges_are_equally_spaced_in_the_closed_form_log_snr(sde):
 def test_logsnr_partition_for_every_family(name, device):
     s = make_sde(name)
     edges = partition("logsnr", 5, s.eps, s.T, s)
-    lam = log_snr(s, torch.tensor(edges, dtype=torch.float64, device=device))
+    lam = s.log_snr(torch.tensor(edges, dtype=torch.float64, device=device))
     gaps = -lam.diff()
     assert (gaps > 0).all()
     assert torch.allclose(gaps, gaps.mean().expand(5), rtol=1e-9)
@@ -160,7 +157,7 @@ def test_check_partition_needs_a_step_per_interval(sde):
 def gaussian_pieces(sde, K, device, kind="logsnr"):
     score = GaussianScore(sde, torch.tensor(MEAN), torch.tensor(COV)).to(device)
     edges = partition(kind, K, sde.eps, sde.T, sde)
-    return score, PiecewiseModel(split(score, K), edges)
+    return score, PiecewiseModel([copy.deepcopy(score) for _ in range(K)], edges)
 
 
 @pytest.mark.parametrize("method,steps,tol", [("rk4", 60, 1e-5), ("dopri5", 1, 1e-5)])
@@ -238,7 +235,7 @@ def test_piecewise_dsm_trains_each_net_on_its_own_examples(sde, device):
     nets = [make_model(sde, (2,), width=16, depth=1).to(device) for _ in range(3)]
     pw = PiecewiseModel(nets, [sde.eps, 0.2, 0.6, sde.T])
     t = torch.tensor([0.1, 0.15, 0.3, 0.4], device=device)
-    DSMLoss(sde)(pw, torch.randn(4, 2, device=device), t=t).sum().backward()
+    Objective(pw, sde)(torch.randn(4, 2, device=device), t=t).sum().backward()
     grads = [sum(p.grad.abs().sum() for p in n.parameters() if p.grad is not None) for n in nets]
     assert grads[0] > 0 and grads[1] > 0 and grads[2] == 0
 
@@ -248,54 +245,6 @@ def test_piecewise_model_rejects_mismatched_models():
         PiecewiseModel([Constant(0)], [0.001, 0.1, 0.5, 1.0])
     with pytest.raises(UserError, match="strictly increasing"):
         PiecewiseModel([Constant(0), Constant(1)], [0.001, 0.5, 0.1])
-
-
-def test_split_gives_independent_copies(sde, device):
-    torch.manual_seed(0)
-    shared = make_model(sde, (2,), width=16, depth=2).to(device)
-    copies = split(shared, 3)
-    assert len(copies) == 3 and all(c is not shared for c in copies)
-    ref = [p.detach().clone() for p in shared.parameters()]
-    for c in copies:
-        assert all(torch.equal(p, r) for p, r in zip(c.parameters(), ref))
-    with torch.no_grad():
-        for p in copies[0].parameters():
-            p.add_(1.0)
-    for m in (shared, copies[1], copies[2]):
-        assert all(torch.equal(p, r) for p, r in zip(m.parameters(), ref))
-    with pytest.raises(UserError):
-        split(shared, 0)
-
-
-# -- losses ---------------------------------------------------------------------------------------
-
-def test_interval_loss_draws_t_only_inside_its_interval(sde, device):
-    edges = partition("logsnr", 4, sde.eps, sde.T, sde)
-    model = Recording(make_model(sde, (2,), width=8, depth=1)).to(device)
-    for k in range(4):
-        loss = interval_loss(sde, edges, k, "likelihood", stratified=True)
-        assert isinstance(loss, DSMLoss) and loss.weighting.name == "likelihood"
-        model.times.clear()
-        for _ in range(20):
-            loss(model, torch.randn(256, 2, device=device))
-        t = model.recorded()
-        assert t.min() >= edges[k] * (1 - 1e-6) and t.max() <= edges[k + 1] * (1 + 1e-6)
-        width = edges[k + 1] - edges[k]
-        assert t.min() < edges[k] + 0.01 * width and t.max() > edges[k + 1] - 0.01 * width
-
-
-def test_fixed_time_loss_for_a_per_time_point_net(sde, device):
-    edges = partition("equal", 4, sde.eps, sde.T)
-    loss = interval_loss(sde, edges, 2, fixed_t=edges[3])
-    assert isinstance(loss.times, FixedTime)
-    model = Recording(make_model(sde, (2,), width=8, depth=1, time_conditioned=False)).to(device)
-    out = loss(model, torch.randn(32, 2, device=device))
-    assert out.shape == (32,)
-    assert torch.equal(model.recorded(), torch.full((32,), edges[3], dtype=torch.float32, device=device).double())
-    with pytest.raises(UserError, match="outside interval"):
-        interval_loss(sde, edges, 0, fixed_t=edges[3])
-    with pytest.raises(UserError, match="does not exist"):
-        interval_loss(sde, edges, 4)
 
 
 # -- per-time-point (DPSM) --------------------------------------------------------------------------
@@ -324,7 +273,8 @@ def test_per_time_point_likelihood_converges_to_the_exact_one(sde, float64, devi
     exact = score.log_prob(x, sde.eps)
     errs = []
     for N in (10, 40):
-        pw = assemble(split(score, N), partition("equal", N, sde.eps, sde.T), per_time_point=True)
+        pw = assemble([copy.deepcopy(score) for _ in range(N)], partition("equal", N, sde.eps, sde.T),
+                      per_time_point=True)
         ll = log_likelihood(pw, sde, x, steps=2 * N, prior_logp=exact_logp(score, sde.T))
         errs.append(float((ll - exact).abs().max()))
     assert errs[1] < errs[0] / 2

@@ -16,14 +16,14 @@ from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
 from scorefast.errors import UserError
-from scorefast.losses import DSMLoss
 from scorefast.nets import DataParam, EDMParam, EpsilonParam, ScoreParam, make_model
+from scorefast.objective import Objective
 from scorefast.sde import make_sde
-from scorefast.time_sampling import TIME_SAMPLERS, AdaptiveTimes, log_snr
+from scorefast.time_sampling import TIME_SAMPLERS, AdaptiveTimes
 from scorefast.training.config import Config
 from scorefast.training.recipes import DEFAULT_RECIPE, RECIPES
 from scorefast.training.schedules import EMA_PROFILES, LR_SCHEDULES, learning_rate, power_gamma
-from scorefast.weightings import WEIGHTINGS, snr
+from scorefast.weightings import WEIGHTINGS
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
 COV = torch.tensor([[0.6, 0.2], [0.2, 0.3]], dtype=torch.float64)
@@ -55,8 +55,8 @@ def test_likelihood_sampler_is_uniform_in_log_snr_for_vp():
     """d log-SNR / dt = -g^2 / sigma^2 for VP: the importance density is uniform in log-SNR."""
     sde = make_sde("vp")
     torch.manual_seed(1)
-    lam = log_snr(sde, TIME_SAMPLERS.create("likelihood").bind(sde, sde.eps, sde.T)(100_000, dtype=torch.float64))
-    lo, hi = (float(v) for v in log_snr(sde, torch.tensor([1.0, sde.eps], dtype=torch.float64)))
+    lam = sde.log_snr(TIME_SAMPLERS.create("likelihood").bind(sde, sde.eps, sde.T)(100_000, dtype=torch.float64))
+    lo, hi = (float(v) for v in sde.log_snr(torch.tensor([1.0, sde.eps], dtype=torch.float64)))
     hist = torch.histogram(lam, torch.linspace(lo, hi, 11, dtype=torch.float64)).hist / len(lam)
     assert (hist - 0.1).abs().max() < 0.005
 
@@ -65,8 +65,8 @@ def test_lognormal_sampler_draws_ln_sigma_from_the_truncated_normal():
     sde = make_sde("vp")
     sampler = TIME_SAMPLERS.create("lognormal", p_mean=-1.2, p_std=1.2).bind(sde, sde.eps, sde.T)
     torch.manual_seed(2)
-    ln_s = -0.5 * log_snr(sde, sampler(200_000, dtype=torch.float64))
-    lo, hi = (-0.5 * float(v) for v in log_snr(sde, torch.tensor([sde.eps, 1.0], dtype=torch.float64)))
+    ln_s = -0.5 * sde.log_snr(sampler(200_000, dtype=torch.float64))
+    lo, hi = (-0.5 * float(v) for v in sde.log_snr(torch.tensor([sde.eps, 1.0], dtype=torch.float64)))
     normal = torch.distributions.Normal(-1.2, 1.2)
     for q in (-2.0, -1.2, 0.0, 1.0):
         expected = (normal.cdf(torch.tensor(q)) - normal.cdf(torch.tensor(lo))) / \
@@ -130,11 +130,12 @@ def test_both_likelihood_pairs_estimate_the_bound_without_bias():
     x0 = torch.distributions.MultivariateNormal(MEAN, COV).sample((400_000,))
     del g
     torch.manual_seed(6)
-    uniform = DSMLoss(sde, "likelihood", times=TIME_SAMPLERS.create("uniform", stratified=True).bind(sde, sde.eps, 1.0))
-    a = (1 - sde.eps) * uniform(model, x0)
-    importance = DSMLoss(sde, "epsilon", times=TIME_SAMPLERS.create("likelihood", stratified=True).bind(sde, sde.eps,
-                                                                                                       1.0))
-    b = norm * importance(model, x0)
+    uniform = Objective(model, sde, times=TIME_SAMPLERS.create("uniform", stratified=True).bind(sde, sde.eps, 1.0),
+                        weighting="likelihood")
+    a = (1 - sde.eps) * uniform(x0)
+    importance = Objective(model, sde, times=TIME_SAMPLERS.create("likelihood", stratified=True).bind(sde, sde.eps,
+                                                                                                      1.0))
+    b = norm * importance(x0)
     for est in (a, b):
         assert float(est.mean()) == pytest.approx(exact, abs=4 * float(est.std()) / math.sqrt(len(est)) + 1e-3 * exact)
     assert float(b.std()) < float(a.std())  # the importance density removes most of the weight's variance
@@ -149,12 +150,12 @@ def test_min_snr_and_soft_min_snr_match_their_formula_in_every_parameterisation(
     t = torch.rand(256, dtype=torch.float64) * 0.99 + 0.01
     z = torch.randn_like(x0)
     xt = sde.perturb(x0, t, z)
-    r = snr(sde, t)
+    r = sde.snr(t)
     a, s = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
     for name, x0_weight in (("min-snr", r.clamp(max=5.0)), ("soft-min-snr", r * 5 / (r + 5))):
         for param in (EpsilonParam, DataParam, ScoreParam):
             model = param(make_model(sde, (2,), width=16).net.double(), sde)
-            ours = DSMLoss(sde, name)(model, x0, t, z)
+            ours = Objective(model, sde, weighting=name)(x0, t, z)
             out = model.net(xt, t)
             if param is EpsilonParam:
                 native = (out - z).pow(2).mean(1) * x0_weight / r
@@ -240,7 +241,7 @@ def test_adaptive_sampler_converges_to_the_bins_where_the_bound_falls():
         sampler.update(bound)
     expected = 0.8 * rate / rate.sum() + 0.2 / 8
     assert torch.allclose(sampler.weights, expected, atol=1e-3)
-    lam = log_snr(sde, sampler.edges)
+    lam = sde.log_snr(sampler.edges)
     assert torch.allclose(lam[1:] - lam[:-1], (lam[1] - lam[0]).expand(8), rtol=1e-3)  # bins equal in log-SNR
 
 

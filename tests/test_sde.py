@@ -165,3 +165,32 @@ def test_make_sde_rejects_unknown_name():
 def test_invalid_parameters_raise(build):
     with pytest.raises(ValueError):
         build()
+
+
+def test_snr_in_closed_form(device):
+    """VP: alpha^2 = e^-B, sigma^2 = 1 - e^-B (B = int beta), so SNR = 1 / (e^B - 1), log-SNR = -log(e^B - 1),
+    and the noise level sigma / alpha = sqrt(e^B - 1); geometric VE: alpha = 1, so SNR = 1 / sigma^2."""
+    t = torch.linspace(0.01, 1.0, 9, dtype=torch.float64, device=device)
+    vp = make_sde("vp")
+    em1 = torch.expm1(0.1 * t + 9.95 * t**2)
+    torch.testing.assert_close(vp.snr(t), 1 / em1)
+    torch.testing.assert_close(vp.log_snr(t), -torch.log(em1))
+    torch.testing.assert_close(vp.noise_level(t), em1.sqrt())
+    ve = make_sde("ve")
+    var = 0.01**2 * (5000 ** (2 * t) - 1)
+    torch.testing.assert_close(ve.snr(t), 1 / var)
+    torch.testing.assert_close(ve.noise_level(t), var.sqrt())
+
+
+def test_log_snr_decreases_and_agrees_with_snr(sde, device):
+    t = _times(sde, device)
+    lam = sde.log_snr(t)
+    assert (lam.diff() < 0).all()
+    torch.testing.assert_close(lam, sde.snr(t).log())
+    torch.testing.assert_close(sde.noise_level(t), (-lam / 2).exp())
+
+
+@pytest.mark.parametrize("T, holds", [(1.0, True), (0.999, False), (0.4, False)])
+def test_reference_prior_holds_at_T_only_for_the_full_diffusion(T, holds):
+    for name in ("vp", "ve", "subvp"):
+        assert make_sde(name, T=T).prior_holds_at_T is holds

@@ -231,14 +231,13 @@ def test_bad_input_is_one_line(build, match, device):
 def test_targets_plug_into_the_regression_loss_as_providers(device):
     """for_batch(x0) is today's provider protocol: the regression loss on the full-data target equals the
     regression on the closed-form mixture, example by example."""
-    from scorefast.losses import ScoreRegressionLoss
-    from scorefast.methods.embedding import TargetRegressionLoss
     from scorefast.nets import make_model
+    from scorefast.objective import FixedField, Objective, ScoreGoal
 
     sde, data = make_sde("vp"), toy(device, n=50, d=2).float()
     model = make_model(sde, (2,), width=16, depth=2).to(device)
     t = torch.linspace(0.01, 1.0, 50, device=device)
     noise = torch.randn(50, 2, generator=torch.Generator(device=device).manual_seed(0), device=device)
-    exact = ScoreRegressionLoss(sde, MixtureScore(sde, data, 0.0))(model, data, t, noise)
+    exact = Objective(model, sde, ScoreGoal(FixedField(MixtureScore(sde, data, 0.0))))(data, t, noise)
     for est in (ReferenceBatchTarget(sde, data, 50), NearestNeighbourTarget(sde, data, k=50)):
-        assert torch.allclose(TargetRegressionLoss(sde, est)(model, data, t, noise), exact, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(Objective(model, sde, ScoreGoal(est))(data, t, noise), exact, rtol=1e-4, atol=1e-6)

@@ -20,6 +20,7 @@ from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
 from scorefast.errors import UserError
 from scorefast.methods.targets import DSM, TARGETS
+from scorefast.objective import Goal
 from scorefast.run import RUN_FORMAT
 
 TINY = ["--steps", "40", "--eval-every", "20", "--eval-samples", "200", "--eval-steps", "10", "--batch-size", "64",
@@ -121,19 +122,22 @@ def test_sigkill_and_resume(tmp_path):
     assert rows[0]["step"] == saved + 5  # the first row logged after the resume
 
 
+class ExplodingGoal(Goal):
+    """DSM's goal, NaN from its 26th evaluation on."""
+
+    calls = 0
+
+    def __call__(self, sde, x0, xt, t, noise):
+        self.calls += 1
+        return noise * float("nan") if self.calls > 25 else noise
+
+
 @TARGETS.register("test-exploding")
 class Exploding(DSM):
     """DSM whose loss turns NaN from its 26th evaluation on: a target handed to the trainer like any other."""
 
-    def build(self, sde, x, times, **kwargs):
-        loss, info = super().build(sde, x, times, **kwargs)
-        calls = {"n": 0}
-
-        def exploding(model, x0):
-            calls["n"] += 1
-            out = loss(model, x0)
-            return out * float("nan") if calls["n"] > 25 else out
-        return exploding, info
+    def precompute(self, sde, x, *, progress):
+        return ExplodingGoal(), {}
 
 
 def test_divergence_guard_keeps_last_good_checkpoint(tmp_path):

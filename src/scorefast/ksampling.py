@@ -7,7 +7,7 @@ s, and a score model is a denoiser (Tweedie)
     D(y, s) = E[x0 | y] = y + s^2 grad_y log p(y) = y + s^2 alpha_t score(alpha_t y, t),  at t = t(s).
 
 - :class:`Denoiser` is exactly a k-diffusion denoiser ``D(x, sigma)``, so k-diffusion code samples a
-  scorefast model unchanged; :func:`sigma_to_t` / :func:`t_to_sigma` are the map between s and t.
+  scorefast model unchanged; :func:`sigma_to_t` inverts the SDE's ``noise_level``, s(t).
 - :func:`sigma_schedule` (Karras rho = 7, log-SNR uniform) and :func:`schedule_times` are schedules as
   data; ``SCHEDULES`` holds them as ``schedule(sde, steps, edges=None) -> ts``.
 - :func:`sample_dpmpp_2m`, :func:`sample_heun`, :func:`sample_euler_ancestral` follow k-diffusion's
@@ -37,11 +37,6 @@ NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 
 # -- the map between noise level s = sigma_t / alpha_t and time t -----------------------------------
 
-def t_to_sigma(sde: SDE, t: Tensor) -> Tensor:
-    """Noise level of the VE variable x_t / alpha_t: s(t) = sigma_t / alpha_t (increasing in t)."""
-    return sde.sigma(t) / sde.alpha(t)
-
-
 def _vp_time(sde: VPSDE, B: Tensor) -> Tensor:
     """The t >= 0 with int_0^t beta = b0 t + (b1 - b0) t^2 / 2 = B, in a form without cancellation."""
     root = (sde.b0**2 + 2 * (sde.b1 - sde.b0) * B).sqrt()
@@ -67,7 +62,7 @@ def _bisect_time(sde: SDE, s: Tensor, iters: int = 64) -> Tensor:
     target = s.double()
     lo, hi = torch.zeros_like(target), torch.full_like(target, sde.T)
     for _ in range(64):
-        short = t_to_sigma(sde, hi) < target
+        short = sde.noise_level(hi) < target
         if not bool(short.any()):
             break
         hi = torch.where(short, 2 * hi, hi)
@@ -75,7 +70,7 @@ def _bisect_time(sde: SDE, s: Tensor, iters: int = 64) -> Tensor:
         raise UserError(f"noise level {float(target.max()):g} is beyond every time of {sde}")
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        below = t_to_sigma(sde, mid) < target
+        below = sde.noise_level(mid) < target
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
     return (0.5 * (lo + hi)).to(s.dtype)
 
@@ -104,7 +99,7 @@ class Denoiser(nn.Module):
         self.model, self.sde, self.t_range = model, sde, t_range
 
     def _level(self, t: float) -> float:
-        return float(t_to_sigma(self.sde, torch.tensor(t, dtype=torch.float64)))
+        return float(self.sde.noise_level(torch.tensor(t, dtype=torch.float64)))
 
     @property
     def sigma_min(self) -> float:
@@ -118,7 +113,7 @@ class Denoiser(nn.Module):
         return sigma_to_t(self.sde, sigma)
 
     def t_to_sigma(self, t: Tensor) -> Tensor:
-        return t_to_sigma(self.sde, t)
+        return self.sde.noise_level(t)
 
     def forward(self, x: Tensor, sigma: Tensor | float, **extra) -> Tensor:
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).expand(x.shape[0])
@@ -178,7 +173,7 @@ def schedule_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, k
     s(T), with every edge in (eps, T) a grid point exactly; built in float64, cast to ``dtype``."""
     f64 = partial(torch.tensor, dtype=torch.float64)
     inner = [float(e) for e in edges or () if sde.eps < e < sde.T]
-    levels = [float(t_to_sigma(sde, f64(t))) for t in (sde.eps, sde.T, *inner)]
+    levels = [float(sde.noise_level(f64(t))) for t in (sde.eps, sde.T, *inner)]
     sigmas = sigma_schedule(levels[0], levels[1], steps, kind, rho, levels[2:])[:-1]
     ts = _snap(sigma_to_t(sde, sigmas), [sde.T, sde.eps, *inner])
     return ts.to(device=device, dtype=dtype or torch.get_default_dtype())
@@ -338,7 +333,7 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool, default_sc
         for k, (piece, sub) in enumerate(segs):
             final = denoise and k == len(segs) - 1
             times = torch.cat([sub, sub.new_zeros(1)]) if final else sub
-            sigmas = t_to_sigma(sde, sub)
+            sigmas = sde.noise_level(sub)
             sigmas = torch.cat([sigmas, sigmas.new_zeros(1)]) if final else sigmas
 
             def report(info: dict, times: Tensor = times, done: int = done) -> None:
@@ -347,8 +342,8 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool, default_sc
                 callback({"i": done + info["i"] + 1, "t": t, "x": x_next, "denoised": info["denoised"]})
 
             den = Denoiser(piece, sde, (float(sub.min()), float(sub.max())) if piecewise else None)
-            y = ksampler(den, y, sigmas, callback=None if callback is None else report, disable=not progress,
-                         **options)
+            y = ksampler(den, y, sigmas, callback=None if callback is None else report,
+                         disable=None if progress else True, **options)
             done += len(sigmas) - 1
         return y if denoise else y * append_dims(sde.alpha(ts[-1]), x.ndim)
 

@@ -262,7 +262,7 @@ class EDMParam(Parameterisation):
         sd = self.sigma_data.to(x.dtype)
         norm = (s * s + sd * sd).sqrt()
         y = x / a
-        raw = self.net(y / norm, (self.sde.sigma(t) / self.sde.alpha(t)).log() / 4)
+        raw = self.net(y / norm, self.sde.noise_level(t).log() / 4)
         return s * y / norm**2 - sd / norm * raw
 
 

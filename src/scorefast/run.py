@@ -249,7 +249,7 @@ class RunDir:
     def load_prior(self, cfg: Config, sde: SDE, dim: int, device: torch.device | str = "cpu"):
         """The run's fitted prior at T on ``device`` (where the model samples: the samplers draw x_T with the
         model's generator), or None for the SDE's reference prior."""
-        if not cfg.prior.needed(cfg.sde.T):
+        if not cfg.prior.needed(sde):
             return None
         state = load_checkpoint(self.prior_path)
         prior = cfg.prior.build(dim, sde)
@@ -310,6 +310,8 @@ class Run:
             if value is not None and not value.strip():
                 raise UserError(f"{flag} is empty; leave it out for the run's own, or name one")
         self.check_sizes(n, steps)
+        if sampler is not None:  # another sampler than the run's: it must suit the run's objective too
+            self.config.objective.check(sampler=sampler, fitted_prior=False, batch_size=0)
         log = self.config.log
         if sampler is not None and schedule is None and sampler != log.sampler:
             schedule = None  # another sampler: its own schedule, not the run's

@@ -90,6 +90,25 @@ class SDE(ABC):
         mean, std = self.marginal_prob(x0, t)
         return mean + std * noise
 
+    def snr(self, t: Tensor) -> Tensor:
+        """SNR(t) = alpha_t^2 / sigma_t^2, the ratio every weighting is written in."""
+        return (self.alpha(t) / self.sigma(t)) ** 2
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """lambda(t) = log(alpha_t^2 / sigma_t^2), decreasing in t for every family here."""
+        return 2 * (self.alpha(t).log() - self.sigma(t).log())
+
+    def noise_level(self, t: Tensor) -> Tensor:
+        """s(t) = sigma_t / alpha_t = SNR^-1/2, the noise level of the VE variable x_t / alpha_t (increasing in t;
+        k-diffusion's sigma)."""
+        return self.sigma(t) / self.alpha(t)
+
+    @property
+    def prior_holds_at_T(self) -> bool:
+        """Whether the reference prior N(0, prior_std^2 I) is the marginal at T: the families are built so that it
+        is at T = 1; a shorter diffusion ends before it, and a run needs a fitted prior at T."""
+        return self.T >= 1.0
+
     def ode_drift(self, x: Tensor, t: Tensor, score: Tensor) -> Tensor:
         """Probability-flow ODE drift f(x, t) - g^2/2 s(x, t)."""
         f, g = self.sde(x, t)
@@ -171,6 +190,7 @@ class VESDE(SDE):
     """Variance exploding: f = 0, g(t) = a b^t, so sigma_t^2 = a^2 (b^{2t} - 1) / (2 ln b).
 
     Two published forms are the same family:
+
     - geometric (score_sde): sigma(t) = smin (smax/smin)^t, i.e. a = smin sqrt(2 ln r), b = r = smax/smin;
       here sigma_t^2 = sigma(t)^2 - smin^2 exactly (the kernel from time 0).
     - power (score-embedding code): g(t) = s^t, i.e. a = 1, b = s (largest std only 1.47 for s = 2).

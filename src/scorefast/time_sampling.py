@@ -204,11 +204,6 @@ def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
     return fp[k - 1] + frac * (fp[k] - fp[k - 1])
 
 
-def log_snr(sde: SDE, t: Tensor) -> Tensor:
-    """lambda(t) = log(alpha_t^2 / sigma_t^2), decreasing in t for every SDE here."""
-    return 2 * (sde.alpha(t).log() - sde.sigma(t).log())
-
-
 # -- the plug-ins ----------------------------------------------------------------------------------
 
 @dataclass
@@ -254,7 +249,7 @@ class LogNormal(TimePlugin):
 
     def cdf(self, sde, t):
         import torch
-        z = (-0.5 * log_snr(sde, t) - self.p_mean) / self.p_std
+        z = (-0.5 * sde.log_snr(t) - self.p_mean) / self.p_std
         return torch.special.ndtr(z)
 
 
@@ -341,10 +336,10 @@ class AdaptiveTimes(PiecewiseTimes):
     def __init__(self, sde: SDE, t_min: float, t_max: float, bins: int = 16, floor: float = 0.2,
                  smoothing: float = 0.5, power: float = 1.0, stratified: bool = False):
         import torch
-        lam = log_snr(sde, torch.tensor([t_min, t_max], dtype=torch.float64))
+        lam = sde.log_snr(torch.tensor([t_min, t_max], dtype=torch.float64))
         levels = torch.linspace(float(lam[0]), float(lam[1]), bins + 1, dtype=torch.float64)
         grid = log_grid(t_min, t_max)
-        edges = interp(-levels, -log_snr(sde, grid), grid)  # -log-SNR increases with t
+        edges = interp(-levels, -sde.log_snr(grid), grid)  # -log-SNR increases with t
         edges[0], edges[-1] = t_min, t_max
         self.floor, self.smoothing, self.power = float(floor), float(smoothing), float(power)
         self.base = torch.full((bins,), 1.0 / bins, dtype=torch.float64)
@@ -443,8 +438,8 @@ class Adaptive(TimePlugin):
                              self.adapt_power, stratified=self.stratified)
 
     def cdf(self, sde, t):
-        return -log_snr(sde, t)  # before any measurement: uniform in log-SNR
+        return -sde.log_snr(t)  # before any measurement: uniform in log-SNR
 
 
 __all__ = ["AdaptiveTimes", "FixedTime", "PiecewiseTimes", "TIME_SAMPLERS", "TabulatedTimes", "TimePlugin",
-           "TimeSampler", "UniformTimes", "interp", "log_grid", "log_snr"]
+           "TimeSampler", "UniformTimes", "interp", "log_grid"]

@@ -1,4 +1,4 @@
-"""Loss weightings, all derived from one signal-to-noise ratio, as registered plug-ins.
+"""Loss weightings, all derived from the SDE's signal-to-noise ratio (``SDE.snr``), as registered plug-ins.
 
 Every loss in scorefast is computed in the epsilon form, E || eps_theta(x_t, t) - z ||^2 with
 x_t = alpha_t x0 + sigma_t z, whatever the network's parameterisation; a weighting is the factor w(t)
@@ -30,11 +30,6 @@ if TYPE_CHECKING:
     from .sde import SDE
 
 WEIGHTINGS = Registry("weighting", flag="weighting")
-
-
-def snr(sde: SDE, t: Tensor) -> Tensor:
-    """SNR(t) = alpha_t^2 / sigma_t^2, the one ratio every weighting is written in."""
-    return (sde.alpha(t) / sde.sigma(t)) ** 2
 
 
 class Weighting(Plugin):
@@ -92,7 +87,7 @@ class MinSNR(Weighting):
         _check_gamma(self.snr_gamma)
 
     def __call__(self, sde, t):
-        ratio = snr(sde, t)
+        ratio = sde.snr(t)
         return ratio.clamp(max=self.snr_gamma) / ratio
 
 
@@ -108,7 +103,7 @@ class SoftMinSNR(Weighting):
         _check_gamma(self.snr_gamma)
 
     def __call__(self, sde, t):
-        return self.snr_gamma / (snr(sde, t) + self.snr_gamma)
+        return self.snr_gamma / (sde.snr(t) + self.snr_gamma)
 
 
 @WEIGHTINGS.register("edm")
@@ -127,7 +122,7 @@ class EDM(Weighting):
         return EDM(sigma_data=float(sigma_data))
 
     def __call__(self, sde, t):
-        return 1 + 1 / (snr(sde, t) * self.sigma_data**2)
+        return 1 + 1 / (sde.snr(t) * self.sigma_data**2)
 
 
-__all__ = ["EDM", "Epsilon", "InvG2", "Likelihood", "MinSNR", "SoftMinSNR", "WEIGHTINGS", "Weighting", "snr"]
+__all__ = ["EDM", "Epsilon", "InvG2", "Likelihood", "MinSNR", "SoftMinSNR", "WEIGHTINGS", "Weighting"]

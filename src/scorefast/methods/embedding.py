@@ -1,13 +1,14 @@
-"""Training on pre-computed scores (score embedding, Na et al. 2024; docs/methods.md 1), as loss objects.
+"""Training on pre-computed scores (score embedding, Na et al. 2024; docs/methods.md 1): score providers and the
+transport embedding, as goals of ``objective.Objective``.
 
-The training-target plug-ins in ``targets`` build them. Every loss here follows losses.py:
-``loss(model, x0) -> per-example loss (B,)``.
+The training-target plug-ins in ``targets`` build them. A provider's ``for_batch(x0)`` is the score field s*
+for a batch; ``objective.ScoreGoal`` regresses onto it:
 
-- ``fp-regress``: ``ScoreRegressionLoss`` onto the Fokker-Planck grid score (d <= 3):
+- ``fp-regress``: onto the Fokker-Planck grid score (d <= 3):
   w(t) || sigma_t (s_theta(x_t, t) - s_grid(x_t, t)) ||^2, x_t = alpha_t x0 + sigma_t z.
-- ``empirical`` / ``knn``: the same regression onto the posterior-mean targets of ``estimators``
-  (a reference batch, the nearest neighbours).
-- ``fp-embed``: the paper's transport embedding. Per batch, ``bins`` stratified times
+- ``empirical`` / ``knn``: onto the posterior-mean targets of ``estimators`` (a reference batch, the
+  nearest neighbours).
+- ``fp-embed``: the paper's transport embedding (:class:`Embedding`). Per batch, ``bins`` stratified times
   t_1 < ... < t_N (one per equal bin of [t_min, t_max]) are drawn, every example gets a bin n
   (stratified over the batch), and x0 is carried by forward Euler steps of the probability-flow ODE
   with the pre-computed score s*:  x^0 = x0,  x^k = x^(k-1) + (t_k - t_(k-1)) [f(t_k) x^(k-1) -
@@ -28,21 +29,12 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from ..losses import DSMLoss, ScoreRegressionLoss
+from ..objective import Goal
 from ..sde import SDE, ScoreFn, append_dims
+from ..time_sampling import TimeSampler
 from .fokker_planck import paper_image_score
 
 Tensor = torch.Tensor
-
-
-class FixedTarget:
-    """A score field that does not depend on the batch (the grid score, a full-data mixture)."""
-
-    def __init__(self, fn: ScoreFn):
-        self.fn = fn
-
-    def for_batch(self, x0: Tensor) -> ScoreFn:
-        return self.fn
 
 
 class ZeroScore:
@@ -72,57 +64,44 @@ class PaperImageTarget:
         return score
 
 
-class TargetRegressionLoss(ScoreRegressionLoss):
-    """``ScoreRegressionLoss`` whose target depends on the batch: provider.for_batch(x0)."""
+class Embedding(Goal):
+    """DSM on transported samples (the paper's embedding, see the module docstring): it draws its own times,
+    one stratified time per bin on the time sampler's [t_min, t_max], and perturbs the transported point."""
 
-    def __init__(self, sde: SDE, provider, **kwargs):
-        super().__init__(sde, target=None, **kwargs)
-        self.provider = provider
-
-    def residual(self, model, x0, xt, t, noise):
-        self.target = self.provider.for_batch(x0)
-        return super().residual(model, x0, xt, t, noise)
-
-
-class FPEmbedLoss(DSMLoss):
-    """DSM on transported samples (the paper's embedding); see the module docstring for the target."""
-
-    def __init__(self, sde: SDE, provider, bins: int = 10, **kwargs):
-        super().__init__(sde, **kwargs)
+    def __init__(self, provider, bins: int = 10):
         if bins < 1:
             raise UserError(f"fp-embed needs at least one time bin, got {bins}")
         self.provider = provider
         self.bins = int(bins)
 
-    def sample_bins(self, n: int, device=None) -> tuple[Tensor, Tensor]:
+    def sample_bins(self, times: TimeSampler, n: int, device=None) -> tuple[Tensor, Tensor]:
         """One stratified time per bin (bins,), and a bin index per example, stratified over the batch."""
         u = torch.rand(self.bins, device=device)
-        times = self.t_min + (self.t_max - self.t_min) * (torch.arange(self.bins, device=device) + u) / self.bins
+        t = times.t_min + (times.t_max - times.t_min) * (torch.arange(self.bins, device=device) + u) / self.bins
         which = torch.randperm(n, device=device) % self.bins
-        return times, which
+        return t, which
 
-    def transport(self, x0: Tensor, times: Tensor, which: Tensor, score: ScoreFn) -> Tensor:
+    def transport(self, sde: SDE, x0: Tensor, times: Tensor, which: Tensor, score: ScoreFn) -> Tensor:
         """x^(which) by forward Euler PF-ODE steps from t = 0 through times[0..which], per example."""
         x, out, t_prev = x0, x0.clone(), 0.0
         for k in range(int(which.max()) + 1):
             tk = times[k].expand(len(x))
-            x = x + (times[k] - t_prev) * self.sde.ode_drift(x, tk, score(x, tk))
+            x = x + (times[k] - t_prev) * sde.ode_drift(x, tk, score(x, tk))
             t_prev = times[k]
             out[which == k] = x[which == k]
         return out
 
-    def __call__(self, model, x0: Tensor, t: Tensor | None = None, noise: Tensor | None = None) -> Tensor:
-        """Per-example loss (B,); the times are the embedding's own (one per bin), so ``t`` must be None."""
+    def draw(self, sde, times, x0, t):
         if t is not None:
             raise UserError("fp-embed draws its own times (one stratified time per bin); t cannot be given")
-        times, which = self.sample_bins(len(x0), x0.device)
+        bins, which = self.sample_bins(times, len(x0), x0.device)
         with torch.no_grad():
-            xn = self.transport(x0, times, which, self.provider.for_batch(x0))
-        t = times[which]
-        if noise is None:
-            noise = torch.randn_like(x0)
-        sigma = append_dims(self.sde.sigma(t), x0.ndim)
-        return self.reduce(self.residual(model, x0, xn + sigma * noise, t, noise), t)
+            moved = self.transport(sde, x0, bins, which, self.provider.for_batch(x0))
+        return bins[which], moved
+
+    def perturb(self, sde, start, t, noise):
+        """y = x^n + sigma(t_n) z (the published form: the transported point is not scaled by alpha)."""
+        return start + append_dims(sde.sigma(t), start.ndim) * noise
 
 
-__all__ = ["FPEmbedLoss", "FixedTarget", "PaperImageTarget", "TargetRegressionLoss", "ZeroScore"]
+__all__ = ["Embedding", "PaperImageTarget", "ZeroScore"]

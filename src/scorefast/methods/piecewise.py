@@ -8,14 +8,13 @@ network k trained at the single time tau_{k+1} and used, frozen at that time, on
 :class:`PiecewiseModel` is the composite. It speaks the engine's piecewise protocol (``edges`` and
 ``piece(k)``), so the samplers and the likelihood integrate it block by block, never stepping across
 an edge, without knowing what is inside. Partitions: 'equal' in t, or 'logsnr', equally spaced in
-lambda(t) = log(alpha_t^2 / sigma_t^2), which puts more edges near t = 0 (the published unequal
+the SDE's lambda(t) = log(alpha_t^2 / sigma_t^2), which puts more edges near t = 0 (the published unequal
 partitions [0, 0.1, 1] and [0, 0.02, 0.1, 0.3, 1] are roughly of that kind). The plug-ins that choose a
 partition for a run are in ``partitions``.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import operator
 from collections.abc import Sequence
@@ -24,18 +23,11 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..losses import DSMLoss
 from ..sde import SDE
-from ..time_sampling import FixedTime
 
 Tensor = torch.Tensor
 
 SPACINGS = ("logsnr", "equal")
-
-
-def log_snr(sde: SDE, t: Tensor) -> Tensor:
-    """lambda(t) = log(alpha_t^2 / sigma_t^2), decreasing in t for every family here."""
-    return 2 * (torch.log(sde.alpha(t)) - torch.log(sde.sigma(t)))
 
 
 def check_partition(edges: Sequence[float], steps: int | None = None, t_min: float | None = None,
@@ -91,7 +83,7 @@ def partition(kind: str, K: int, t_min: float, t_max: float, sde: SDE | None = N
         if sde is None:
             raise UserError("the 'logsnr' partition needs the SDE")
         ends = torch.tensor([t_min, t_max], dtype=torch.float64)
-        lam_lo, lam_hi = log_snr(sde, ends).tolist()
+        lam_lo, lam_hi = sde.log_snr(ends).tolist()
         if not (math.isfinite(lam_lo) and math.isfinite(lam_hi) and lam_lo > lam_hi):
             raise UserError(f"log-SNR of {sde} is not finite and decreasing on [{t_min}, {t_max}] "
                             f"({lam_lo} to {lam_hi}); use the 'equal' partition")
@@ -99,7 +91,7 @@ def partition(kind: str, K: int, t_min: float, t_max: float, sde: SDE | None = N
         lo, hi = torch.full_like(target, t_min), torch.full_like(target, t_max)
         for _ in range(100):
             mid = 0.5 * (lo + hi)
-            right = log_snr(sde, mid) > target
+            right = sde.log_snr(mid) > target
             lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
         edges = [t_min, *(0.5 * (lo + hi)).tolist(), t_max]
     edges[0], edges[-1] = t_min, t_max
@@ -206,26 +198,4 @@ def assemble(models: Sequence[nn.Module], edges: Sequence[float], per_time_point
     return PiecewiseModel(models, edges)
 
 
-def split(shared_model: nn.Module, K: int) -> list[nn.Module]:
-    """K independent deep copies of a briefly trained shared model (eDiff-I-style warm start)."""
-    if K < 1:
-        raise UserError(f"the number of intervals must be at least 1, got {K}")
-    return [copy.deepcopy(shared_model) for _ in range(K)]
-
-
-def interval_loss(sde: SDE, edges: Sequence[float], k: int, weighting: str = "epsilon", *,
-                  fixed_t: float | None = None, stratified: bool = False) -> DSMLoss:
-    """DSM for network k: t ~ U[edges[k], edges[k+1]], or t = fixed_t (inside that interval) for DPSM."""
-    edges = check_partition(edges)
-    if not 0 <= k < len(edges) - 1:
-        raise UserError(f"interval {k} does not exist: there are {len(edges) - 1}")
-    a, b = edges[k], edges[k + 1]
-    if fixed_t is not None:
-        if not a <= fixed_t <= b:
-            raise UserError(f"fixed time {fixed_t} lies outside interval {k} [{a}, {b}]")
-        return DSMLoss(sde, weighting, times=FixedTime(fixed_t))
-    return DSMLoss(sde, weighting, t_min=a, t_max=b, stratified=stratified)
-
-
-__all__ = ["SPACINGS", "FrozenTime", "PiecewiseModel", "assemble", "check_partition",
-           "interval_loss", "log_snr", "parse_edges", "partition", "split"]
+__all__ = ["SPACINGS", "FrozenTime", "PiecewiseModel", "assemble", "check_partition", "parse_edges", "partition"]

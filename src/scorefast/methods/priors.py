@@ -1,7 +1,7 @@
 """Priors at the end time T, one registered plug-in each (shorter diffusion times, Franzese et al. 2023).
 
-``--prior NAME`` selects one; a run needs a fitted prior when T < 1 or when a prior other than the
-standard one is asked for. ``--prior-fit`` says when it is fitted (before training, alongside it in a
+``--prior NAME`` selects one; a run needs a fitted prior when the SDE's reference prior does not hold at its
+T (T < 1) or when a prior other than the standard one is asked for. ``--prior-fit`` says when it is fitted (before training, alongside it in a
 background thread, or after it); a prior fitted before training counts in the run's wall-clock.
 The densities themselves (``nn.Module``s with ``fit``, ``log_prob``, ``sample``) are in ``densities``,
 imported when a prior is built.
@@ -34,9 +34,10 @@ class PriorPlugin(Plugin):
         if self.fit not in FIT_WHEN:
             raise UserError(f"unknown --prior-fit '{self.fit}'; choose one of {', '.join(FIT_WHEN)}")
 
-    def needed(self, T: float) -> bool:
-        """Whether a run with end time T samples from (and so must fit) this prior rather than N(0, I)."""
-        return self.name != "standard" or T < 1.0
+    def needed(self, sde: SDE) -> bool:
+        """Whether a run on ``sde`` samples from (and so must fit) this prior rather than the SDE's reference prior:
+        a prior other than the standard one, or an SDE whose reference prior does not hold at its T."""
+        return self.name != "standard" or not sde.prior_holds_at_T
 
     def build(self, dim: int, sde: SDE) -> Prior:
         raise NotImplementedError

@@ -1,9 +1,9 @@
 """Training targets: what the score network regresses on, one registered plug-in each.
 
 ``--method NAME`` selects one; its options are the dataclass fields below (flags of ``scorefast train``).
-A target builds a loss object ``loss(model, x0) -> per-example loss (B,)`` for the times a time
-sampler draws (the whole [eps, T], one interval of a partition, or a fixed time), and reports what
-its precomputation cost, so that a time-to-quality comparison counts it:
+A target says only what the network regresses onto: its ``precompute`` (timed by the recipe, so that a
+time-to-quality comparison counts it) returns the goal of ``objective.Objective``, which draws the times,
+the noise and the perturbation and weights the loss:
 
 - ``dsm``: plain denoising score matching, target -z / sigma_t (noisy, unbiased).
 - ``fp-regress``: regression onto the Fokker-Planck grid score of the data's KDE (d <= 3): a
@@ -12,7 +12,7 @@ its precomputation cost, so that a time-to-quality comparison counts it:
   (Stable Target Field, Xu et al. 2023), any dimension, optionally only inside a sigma band.
 - ``knn``: the same over the k nearest training points of x_t (Niedoba et al. 2024).
 - ``fp-embed``: the score-embedding paper's transport embedding (its published form, see
-  ``embedding.FPEmbedLoss``); ``--fp-variant paper`` reproduces the published per-image construction.
+  ``embedding.Embedding``); ``--fp-variant paper`` reproduces the published per-image construction.
 
 Heavy modules (torch, the solvers) are imported when a target is built, not when this module is
 imported, so the command line can list the targets and their options instantly.
@@ -20,9 +20,7 @@ imported, so the command line can list the targets and their options instantly.
 
 from __future__ import annotations
 
-import functools
 import math
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -32,35 +30,24 @@ from ..registry import Plugin, Registry, option
 if TYPE_CHECKING:
     import torch
 
+    from ..objective import Goal
     from ..sde import SDE
-    from ..time_sampling import TimeSampler
 
 TARGETS = Registry("target", flag="method")
 MAX_GRID_DIM = 3  # the FP grid solver's dimensions (fokker_planck.MAX_DIM; checked by a test)
 
 
 class Target(Plugin):
-    """Base of the training targets; a subclass overrides ``build`` (and ``check`` for data it refuses)."""
+    """Base of the training targets; a subclass overrides ``precompute`` (and ``check`` for data it refuses)."""
 
     draws_own_times: ClassVar[bool] = False
 
     def check(self, shape: tuple[int, ...]) -> None:
         """Raise UserError if this target cannot train on examples of ``shape`` (before anything is written)."""
 
-    def build(self, sde: SDE, x: torch.Tensor, times: TimeSampler, *, weighting: str, seed: int,
-              progress: bool) -> tuple[object, dict]:
-        """(loss object, info about the precomputation) for training data ``x`` (N, ...)."""
+    def precompute(self, sde: SDE, x: torch.Tensor, *, progress: bool) -> tuple[Goal, dict]:
+        """(the objective's goal, info about the precomputation) for training data ``x`` (N, ...)."""
         raise NotImplementedError
-
-
-def _timed(build):
-    """Wrap ``build`` so that its info records the precomputation seconds."""
-    @functools.wraps(build)
-    def wrapper(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        loss, info = build(self, *args, **kwargs)
-        return loss, {"method": self.name, **info, "precompute_seconds": time.perf_counter() - t0}
-    return wrapper
 
 
 @TARGETS.register("dsm")
@@ -68,10 +55,9 @@ def _timed(build):
 class DSM(Target):
     """Plain denoising score matching."""
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
-        from ..losses import DSMLoss
-        return DSMLoss(sde, weighting, times=times), {}
+    def precompute(self, sde, x, *, progress):
+        from ..objective import Goal
+        return Goal(), {}
 
 
 def _check_bandwidth(bandwidth: float | None) -> None:
@@ -90,7 +76,7 @@ def _reference(sde, x, bandwidth: float | None, reference_size: int, band=None):
 
 def _grid(sde, x, grid: int, steps: int, bandwidth: float | None, progress: bool):
     """The FP grid solution's score as a fixed target provider (d <= 3)."""
-    from .embedding import FixedTarget
+    from ..objective import FixedField
     from .fokker_planck import scott_bandwidth, solve_fp
     flat = x.flatten(1)
     h = scott_bandwidth(flat.detach().cpu().double().numpy()) if bandwidth is None else float(bandwidth)
@@ -98,16 +84,13 @@ def _grid(sde, x, grid: int, steps: int, bandwidth: float | None, progress: bool
     sol = solve_fp(flat, sde, grid=grid, steps=steps, bandwidth=h, progress=progress, stats=stats)
     info = {"source": "grid", "bandwidth": h, "grid": grid, "fp_steps": steps,
             "box": [[float(a[0]), float(a[-1])] for a in sol.axes], "factorizations": stats["factorizations"]}
-    return FixedTarget(sol.score_at), info
+    return FixedField(sol.score_at), info
 
 
-def _regression(sde, provider, times, weighting):
-    """Regression onto a provider's score: one fixed field, or a field per batch."""
-    from ..losses import ScoreRegressionLoss
-    from .embedding import FixedTarget, TargetRegressionLoss
-    if isinstance(provider, FixedTarget):
-        return ScoreRegressionLoss(sde, target=provider.fn, weighting=weighting, times=times)
-    return TargetRegressionLoss(sde, provider, weighting=weighting, times=times)
+def _regression(provider):
+    """Regression onto a provider's score (one fixed field, or a field per batch)."""
+    from ..objective import ScoreGoal
+    return ScoreGoal(provider)
 
 
 @dataclass
@@ -163,10 +146,9 @@ class FPRegress(GridOptions, Target):
             raise UserError(f"--method fp-regress needs a grid, so d <= {MAX_GRID_DIM} (got d = {d}); --method "
                             "empirical regresses on the same closed-form score in any dimension")
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
+    def precompute(self, sde, x, *, progress):
         provider, info = _grid(sde, x, self.fp_grid, self.fp_steps, self.bandwidth, progress)
-        return _regression(sde, provider, times, weighting), info
+        return _regression(provider), info
 
 
 @TARGETS.register("empirical")
@@ -189,10 +171,9 @@ class Empirical(BandOptions, Target):
             raise UserError("a sigma band falls back to DSM's target, the score of the data itself: it needs "
                             f"--bandwidth 0, got {self.bandwidth}")
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
+    def precompute(self, sde, x, *, progress):
         provider, info = _reference(sde, x, self.bandwidth, self.reference_size, self.band(sde))
-        return _regression(sde, provider, times, weighting), info
+        return _regression(provider), info
 
 
 @TARGETS.register("knn")
@@ -220,16 +201,14 @@ class KNN(BandOptions, Target):
         if self.knn_outside and self.sigma_lo is None and self.sigma_hi is None:
             raise UserError("--knn-outside needs a sigma band (--sigma-lo / --sigma-hi)")
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
+    def precompute(self, sde, x, *, progress):
         from ..estimators import NearestNeighbourTarget, ReferenceBatchTarget
         if self.neighbours > len(x):
             raise UserError(f"--neighbours {self.neighbours} is more than the {len(x)} training examples")
         outside = ReferenceBatchTarget(sde, x, min(self.knn_outside, len(x))) if self.knn_outside else None
         est = NearestNeighbourTarget(sde, x, self.neighbours, self.knn_tail, band=self.band(sde),
                                      search=self.knn_search, outside=outside)
-        return _regression(sde, est, times, weighting), {"source": "nearest neighbours", "k": self.neighbours,
-                                                         "band": est.band}
+        return _regression(est), {"source": "nearest neighbours", "k": self.neighbours, "band": est.band}
 
 
 @TARGETS.register("fp-embed")
@@ -258,9 +237,8 @@ class FPEmbed(GridOptions, Target):
             raise UserError("--fp-variant paper is the published per-image construction: it needs square images "
                             f"(C, H, W), got examples of shape {tuple(shape)}")
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
-        from .embedding import FPEmbedLoss, PaperImageTarget
+    def precompute(self, sde, x, *, progress):
+        from .embedding import Embedding, PaperImageTarget
         if self.fp_variant == "paper":
             provider = PaperImageTarget(sde, x, self.embed_bins)
             info = {"source": "paper-image", "fp_steps": self.embed_bins}
@@ -268,9 +246,12 @@ class FPEmbed(GridOptions, Target):
             provider, info = _reference(sde, x, self.bandwidth, self.reference_size)
         else:
             provider, info = _grid(sde, x, self.fp_grid, self.fp_steps, self.bandwidth, progress)
-        loss = FPEmbedLoss(sde, provider, bins=self.embed_bins, weighting=weighting, t_min=times.t_min,
-                           t_max=times.t_max)
-        return loss, {"variant": self.fp_variant, **info}
+        provider, info = self.embedded(provider, {"variant": self.fp_variant, **info})
+        return Embedding(provider, bins=self.embed_bins), info
+
+    def embedded(self, provider, info: dict) -> tuple[object, dict]:
+        """The score provider the transport uses, and the info (the control switches it off)."""
+        return provider, info
 
 
 @TARGETS.register("fp-embed-off")
@@ -280,13 +261,9 @@ class FPEmbedOff(FPEmbed):
     bins and weighting are kept, so fp-embed against it isolates the embedding itself (docs/methods.md 1.3's
     control, 'the embedding switched off')."""
 
-    @_timed
-    def build(self, sde, x, times, *, weighting, seed, progress):
+    def embedded(self, provider, info):
         from .embedding import ZeroScore
-        loss, info = FPEmbed.build.__wrapped__(self, sde, x, times, weighting=weighting, seed=seed,
-                                               progress=progress)
-        loss.provider = ZeroScore()
-        return loss, {**info, "embedding": "off"}
+        return ZeroScore(), {**info, "embedding": "off"}
 
 
 __all__ = ["DSM", "Empirical", "FPEmbed", "FPEmbedOff", "FPRegress", "KNN", "TARGETS", "Target"]

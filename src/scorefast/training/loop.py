@@ -2,8 +2,8 @@
 
     state = fit(state, objective, batches, optimiser, budget, hooks)
 
-``objective(x0)`` returns per-example losses (a target's loss around the model, possibly wrapped in
-DistributedDataParallel); ``batches`` yields training batches; ``optimiser.step(loss)`` does the
+``objective(x0)`` returns per-example losses (an ``objective.Objective``, which holds the model, possibly
+wrapped in DistributedDataParallel); ``batches`` yields training batches; ``optimiser.step(loss)`` does the
 backward pass and the update; ``budget`` says when to stop; ``hooks`` (checkpoints, snapshots, the
 periodic metric, the metrics log, the progress bar) run after every step, in order, each adding to the
 step's log row. ``state.wall`` counts the seconds of the steps themselves (plus the precomputation the

@@ -106,6 +106,29 @@ class NetSection:
 
 
 @dataclass
+class ObjectiveSection:
+    coupling: str = option("independent", "which noise draw perturbs which example of a batch: independent (as "
+                           "drawn), minibatch-ot (exact OT on squared distances, OT-CFM) or immiscible (Immiscible "
+                           "Diffusion's assignment); a coupling allows only the probability-flow samplers and no "
+                           "fitted prior at T")
+
+    def validate(self) -> None:
+        from ..couplings import COUPLINGS
+        choice(self, "coupling", COUPLINGS.names())
+
+    def check(self, *, sampler: str, fitted_prior: bool, batch_size: int) -> None:
+        """One-line UserError for an evaluation this objective invalidates (see ``couplings``)."""
+        from ..couplings import COUPLINGS
+        COUPLINGS.create(self.coupling).check(sampler=sampler, fitted_prior=fitted_prior, batch_size=batch_size)
+
+    def build(self, model, sde, goal, times, weighting):
+        """The ``objective.Objective`` of ``model``: the target's goal, times, weighting and this coupling."""
+        from ..couplings import COUPLINGS
+        from ..objective import Objective
+        return Objective(model, sde, goal, times, weighting, COUPLINGS.create(self.coupling))
+
+
+@dataclass
 class OptimSection:
     batch_size: int = option(512, "examples per optimiser step (split across the data-parallel workers of a "
                              "network)", locked=False)
@@ -233,8 +256,9 @@ class RecipeSection:
 
 
 SECTIONS: dict[str, type] = {"recipe": RecipeSection, "data": DataSection, "sde": SDESection, "net": NetSection,
-                             "optim": OptimSection, "budget": BudgetSection, "log": LogSection, "launch": LaunchSection}
+                             "objective": ObjectiveSection, "optim": OptimSection, "budget": BudgetSection,
+                             "log": LogSection, "launch": LaunchSection}
 
 
-__all__ = ["BudgetSection", "DataSection", "LaunchSection", "LogSection", "NetSection", "OptimSection",
-           "RecipeSection", "SDESection", "SECTIONS", "at_least", "choice"]
+__all__ = ["BudgetSection", "DataSection", "LaunchSection", "LogSection", "NetSection", "ObjectiveSection",
+           "OptimSection", "RecipeSection", "SDESection", "SECTIONS", "at_least", "choice"]
