@@ -16,7 +16,8 @@ from pathlib import Path
 from .errors import UserError, run_command
 
 GROUP_TITLES = {"recipe": "recipe", "data": "data", "sde": "forward SDE", "net": "network",
-                "optim": "optimisation", "budget": "budget", "log": "run directory and evaluation",
+                "objective": "training objective", "optim": "optimisation", "budget": "budget",
+                "log": "run directory and evaluation",
                 "launch": "launch", "target": "training target (--method)", "prior": "prior at T (--prior)",
                 "partition": "partition of time (parallel score matching)",
                 "time_sampler": "training times (--time-sampler)", "weighting": "loss weighting (--weighting)",

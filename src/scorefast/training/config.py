@@ -1,7 +1,7 @@
 """The configuration of a run: nested sections, generated flags, config files.
 
-A :class:`Config` holds one dataclass per section (``sections``: recipe, data, sde, net, optim, budget,
-log, launch) and one plug-in object per slot (target, prior, partition, time sampler, weighting, EMA
+A :class:`Config` holds one dataclass per section (``sections``: recipe, data, sde, net, objective, optim,
+budget, log, launch) and one plug-in object per slot (target, prior, partition, time sampler, weighting, EMA
 profile, learning-rate schedule). Every field carries its help text,
 its flag name and whether a resumed run may change it (``registry.option``), so the command line, the
 config files and the resume check are all generated from the fields and never drift from them.
@@ -239,6 +239,8 @@ class Config:
             part.validate()
         if getattr(self.lr_schedule, "needs_total", False) and self.budget.max_steps is None:
             raise UserError(f"--lr-schedule {self.lr_schedule.name} needs the run's length: give --steps")
+        self.objective.check(sampler=self.log.sampler, fitted_prior=self.prior.needed(self.sde.build()),
+                             batch_size=self.optim.batch_size)
         if self.target.draws_own_times and not self.partition.time_conditioned:
             raise UserError(f"--method {self.target.name} draws its own training times; it cannot train "
                             "per-time-point networks")

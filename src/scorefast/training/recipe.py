@@ -3,7 +3,8 @@
     summary = train(Config(data="moons", out="runs/moons", steps=4000))
 
 The partition says which networks to train (one per interval; a single network is one interval); each
-is trained by ``loop.fit`` on the loss its target builds, with the hooks of ``hooks``. A prior at T is
+is trained by ``loop.fit`` on its ``objective.Objective`` (the target's goal, the time sampler, the
+weighting and the coupling), with the hooks of ``hooks``. A prior at T is
 fitted before, alongside or after training, as the prior plug-in says. Networks run one after another
 here, or side by side under torchrun (``launcher``; the worker is ``scorefast.distributed``), and are
 assembled by the partition into the model that is sampled and evaluated at the end.
@@ -141,17 +142,6 @@ def data_options(cfg: Config, train: Dataset) -> Config:
     return cfg.replace(**resolved) if resolved != {"xflip": data.xflip, "dequantise": data.dequantise} else cfg
 
 
-class LossModule(torch.nn.Module):
-    """model + loss as one module, so that DistributedDataParallel sees the whole step in forward."""
-
-    def __init__(self, model: torch.nn.Module, loss_fn):
-        super().__init__()
-        self.model, self.loss_fn = model, loss_fn
-
-    def forward(self, x0: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(self.model, x0)
-
-
 def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, steps: int | None = None,
                   init: dict | None = None, evaluate: bool = True, progress: bool = True,
                   interrupt: Interrupt | None = None) -> dict:
@@ -174,9 +164,9 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     if hasattr(times, "update"):  # a sampler that learns from a held-out bound: keep its probe set out of training
         data, probe = probe_split(data, cfg.time_sampler.adapt_probe, cfg.optim.seed)
         probe = to_model(probe, ctx.train.levels)
-    loss, info = cfg.target.build(sde, to_model(data, ctx.train.levels), times,
-                                  weighting=cfg.weighting.bind(ctx.sigma_data), seed=cfg.optim.seed,
-                                  progress=progress and writer)
+    started = time.perf_counter()
+    goal, info = cfg.target.precompute(sde, to_model(data, ctx.train.levels), progress=progress and writer)
+    info = {"method": cfg.target.name, **info, "precompute_seconds": time.perf_counter() - started}
     precompute = time.perf_counter() - began
     single = not cfg.partition.piecewise and steps is None
     if single and cfg.prior.fit == "before" and run.prior_path.exists():
@@ -198,7 +188,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
                               else saved.get("times", {}))
         if per_rank:
             set_rng_state(saved["rng_ranks"][rank], model)
-    objective: torch.nn.Module = LossModule(model, loss)
+    objective: torch.nn.Module = cfg.objective.build(model, sde, goal, times, cfg.weighting.bind(ctx.sigma_data))
     if size > 1:
         objective = torch.nn.parallel.DistributedDataParallel(objective, process_group=group.handle)
     objective = training_step(objective, ctx.device, cfg.launch.precision, cfg.launch.compile)
@@ -263,7 +253,7 @@ def prior_for_eval(ctx: RunContext, cache: dict):
     """The fitted prior at T once it exists (None when the run samples from N(0, I)); False while it is
     still being fitted: the periodic metric waits, since samples from N(0, I) at T < 1 would misstate it."""
     cfg = ctx.cfg
-    if not cfg.prior.needed(cfg.sde.T):
+    if not cfg.prior.needed(ctx.sde):
         return None
     if "prior" not in cache:
         if not ctx.run.prior_path.exists():
@@ -300,7 +290,7 @@ class PriorFit:
 
     def pending(self) -> bool:
         cfg = self.ctx.cfg
-        return cfg.prior.needed(cfg.sde.T) and not self.ctx.run.prior_path.exists()
+        return cfg.prior.needed(self.ctx.sde) and not self.ctx.run.prior_path.exists()
 
     def start(self) -> None:
         if not self.pending():
@@ -435,5 +425,5 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     return summary
 
 
-__all__ = ["Group", "LossModule", "RunContext", "context", "data_options", "finish", "jobs", "prepare", "train",
+__all__ = ["Group", "RunContext", "context", "data_options", "finish", "jobs", "prepare", "train",
            "train_network"]
