@@ -323,13 +323,13 @@ class Run:
 
     def check_sizes(self, n: int, steps: int | None, probes: int | None = None) -> None:
         """Refuse, before anything is allocated, steps or Hutchinson probes past their stated limits
-        (``MAX_STEPS``, ``MAX_PROBES``) and examples whose working memory (about four copies of them, and one
-        per probe) exceeds this machine's."""
+        (``MAX_STEPS``, ``MAX_PROBES``) and ``n`` examples whose memory (float32, twice: the result and its copy
+        out, plus one per probe) exceeds this machine's."""
         from .datafiles import physical_memory
         for flag, value, limit in (("--steps", steps, MAX_STEPS), ("--hutchinson", probes, MAX_PROBES)):
             if value is not None and value > limit:
                 raise UserError(f"{flag} {value} is more than the limit of {limit:,}")
-        need, memory = 4 * max(n, 0) * (4 + (probes or 0)) * torch.Size(self.shape).numel(), physical_memory()
+        need, memory = 4 * max(n, 0) * (2 + (probes or 0)) * torch.Size(self.shape).numel(), physical_memory()
         if memory is not None and need > memory:
             raise UserError(f"--n {n}: would need about {need / 2**30:.3g} GiB, more than this machine's "
                             f"{memory / 2**30:.3g} GiB of memory; ask for fewer")
