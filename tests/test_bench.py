@@ -18,8 +18,9 @@ from scorefast.bench import SCENARIOS, Selection, get_preset
 from scorefast.bench.command import command_of, make_study
 from scorefast.bench.curves import TIMING, Protocol, launch_seconds, run_wall, spread
 from scorefast.bench.report import Tables, markdown, spread3, time_ratio, verdict
+from scorefast.bench.runs import Part, config_hash, error_text
 from scorefast.bench.scenarios import Setting
-from scorefast.bench.study import Budget, Part, Study, config_hash, error_text, open_folder, run_study
+from scorefast.bench.study import Budget, Study, open_folder, run_study
 from scorefast.cli import main
 from scorefast.errors import UserError
 from scorefast.evaluate import time_to

@@ -3,9 +3,11 @@
     from scorefast.bench import run_bench
     results = run_bench(data="checkerboard", methods="truncation", budget="2000steps", seeds=3, out="bench/t")
 
-A study (``study``) trains data sets x variants (``scenarios``) x seeds side by side, reusing finished
-runs by the hash of their configuration; ``curves`` evaluates every EMA snapshot with one evaluator;
-``report`` writes OUT/report.md, OUT/results.json and the pictures, each table with its verdict.
+A study (``study``) trains data sets x variants (``scenarios``) x seeds, one run at a time or side by
+side (``jobs``), each run (``runs``) reused by the hash of its configuration; ``curves`` evaluates every
+EMA snapshot with one evaluator and times it as the run ran; ``report`` writes OUT/report.md,
+OUT/results.json and the pictures, each table with its verdict; ``shapes`` checks the files a study
+folder holds when they are read back, and ``tables`` makes the documentation's tables from results.json.
 Named studies are in ``presets``; the ``fp-embed-off`` control target is a plug-in of ``methods.targets``.
 """
 

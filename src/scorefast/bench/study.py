@@ -17,25 +17,22 @@ name) is refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import signal
 import sys
-import threading
 import time
-import traceback
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..checkpoint import read_json, write_json
 from ..errors import UserError
-from .curves import QUICK_PROTOCOL, TIMING, Protocol, cached_curve
-from .scenarios import SCENARIOS, Scenario, Setting
+from .curves import QUICK_PROTOCOL, TIMING, Protocol
+from .jobs import side_by_side
+from .runs import Part, Variant, run_job
+from .scenarios import SCENARIOS, Setting
 from .shapes import CURVE, STUDY, checked
 
 BUDGET = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(steps|s)\s*$", re.IGNORECASE)
@@ -77,31 +74,6 @@ class Budget:
         """Snapshots every 2 % of a step budget (the first lands well before any variant can reach a target;
         the evaluated ones are spread geometrically); every 200 steps under a time budget."""
         return max(1, int(self.value) // 50) if self.unit == "steps" else 200
-
-
-@dataclass(frozen=True)
-class Part:
-    """One data set of a study (a spec at one --n-data), with what its variants' flags depend on."""
-
-    spec: str
-    n: int | None
-    dim: int
-    kind: str
-
-    @property
-    def label(self) -> str:
-        return self.spec if self.n is None else f"{self.spec} n={self.n}"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A scenario's flags for one data set (without seed and run directory), or why it does not apply."""
-
-    name: str
-    scenario: Scenario
-    flags: dict
-    skipped: str | None = None
-    T: float | None = None  # the end time this variant was made for (a truncated variant or its T-control)
 
 
 def data_defaults(part: Part, quick: bool) -> dict:
@@ -268,13 +240,6 @@ class Study:
                 "variants": {p.label: {v.name: v.flags for v in variants[p.label]} for p in parts}}
 
 
-def config_hash(cfg) -> str:
-    """The hash of a run's configuration, its location aside (the name of its run directory)."""
-    nested = cfg.to_dict()
-    nested["log"] = {k: v for k, v in nested["log"].items() if k != "out"}
-    return hashlib.sha256(json.dumps(nested, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def grown(saved: dict, identity: dict, out: Path) -> dict:
     """The saved study with ``identity``'s data sets and variants added (a study may grow: more data sets,
     more variants, more seeds), or a UserError when the two are other studies: another budget, or a
@@ -328,79 +293,6 @@ def interleaved(parts: list[Part], variants: dict[str, list[Variant]], seeds: in
     return jobs
 
 
-def error_text(exc: BaseException) -> str:
-    """One line for a failed run: a UserError's own message; for anything else its type and where it arose."""
-    if isinstance(exc, UserError):
-        return str(exc)
-    where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
-    at = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{at}"
-
-
-def finished(run: Path, cfg) -> bool:
-    """Whether ``run`` holds a finished run of ``cfg``: its stored configuration is ``cfg`` with the options
-    ``cfg`` leaves unset (None) as the trainer resolved them for the data (--xflip, --dequantise, ...)."""
-    from ..run import RunDir
-    if not (run / "summary.json").is_file():
-        return False
-    stored = RunDir(run).read_config()
-    saved, wanted = stored.to_dict(), cfg.to_dict()
-    for section, fields in wanted.items():
-        for key, value in fields.items():
-            if value is None:
-                fields[key] = saved.get(section, {}).get(key)
-    return config_hash(stored) == config_hash(type(stored).from_dict(wanted))
-
-
-def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol) -> dict:
-    """Train (or reuse, or resume) one run and evaluate its curve; failures become the row's 'error'."""
-    from ..training.interrupt import Interrupted
-    from ..training.recipe import train
-    row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
-           "scenario": variant.scenario.name, "group": variant.scenario.group, "role": variant.scenario.role,
-           "seed": seed, "status": "ok", "reused": False, "warnings": [], "variant_T": variant.T,
-           "resources": {"workers": int(variant.flags.get("workers", 1)), "threads": variant.flags.get("threads")}}
-    if variant.skipped:
-        return {**row, "status": "n/a", "error": variant.skipped}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            cfg = run_config(part, variant, seed)
-            digest = config_hash(cfg)
-            run = out / "runs" / digest
-            row.update(hash=digest, run=str(run))
-            if finished(run, cfg):
-                row["reused"] = True
-            else:
-                summary = train(cfg.replace(out=str(run)), resume=(run / "config.json").exists(), progress=False)
-                row["train_seconds"] = summary["train_seconds"]
-            row["curve"] = cached_curve(run, protocol, out / "curves")
-        except Interrupted:
-            raise
-        except Exception as exc:  # one variant's failure is a row of the report, never the end of the study
-            row.update(status="failed", error=error_text(exc))
-    row["warnings"] = list(dict.fromkeys(f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}"
-                                         for w in caught))
-    return row
-
-
-def run_config(part: Part, variant: Variant, seed: int):
-    """The configuration of one run as the run will store it: the recipe's defaults for this kind of data
-    applied, a time budget shared along a worker's queue."""
-    from ..training.config import Config
-    return queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
-
-
-def queue_budget(cfg):
-    """A time budget is the run's: interval networks queued on one worker share it (each gets its share)."""
-    if cfg.budget.time_budget is None or not cfg.partition.piecewise:
-        return cfg
-    from ..training.launcher import layout
-    networks = len(cfg.edges(cfg.sde.build())) - 1
-    groups, _ = layout(cfg.launch.workers, networks)
-    return cfg.replace(time_budget=cfg.budget.time_budget / math.ceil(networks / groups))
-
-
 def clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
@@ -409,101 +301,6 @@ def clock(seconds: float) -> str:
 
 def stderr_line(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-BUSY = threading.Event()  # set while a --jobs process trains or evaluates a run
-ORPHAN_GRACE = 30.0  # seconds a job whose bench is gone may take to save its run before it exits
-
-
-def watch_bench(bench: int, stop) -> None:
-    """In a --jobs process: when the bench process is gone (killed, SIGKILL included) or asks the jobs to stop
-    (``stop`` set: the bench got a SIGTERM of its own), stop as a SIGTERM does - the run being trained saves its
-    step - and, the bench gone, exit once that is done: no job outlives its bench."""
-    def watch() -> None:
-        while os.getppid() == bench and not stop.wait(0.5):
-            pass
-        time.sleep(1.0)  # a signal that reached the bench's whole process group has reached this job too
-        if BUSY.is_set() or os.getppid() != bench:
-            os.kill(os.getpid(), signal.SIGTERM)  # idle: the default action ends the process at once
-        if os.getppid() != bench:
-            deadline = time.monotonic() + ORPHAN_GRACE
-            while BUSY.is_set() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            os._exit(128 + signal.SIGTERM)
-    threading.Thread(target=watch, daemon=True, name="scorefast-bench-watch").start()
-
-
-def timed_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protocol, threads: int):
-    """``run_job`` in a process of its own (``--jobs``): its torch threads set, its seconds measured."""
-    import torch
-    torch.set_num_threads(threads)
-    BUSY.set()
-    try:
-        t0 = time.perf_counter()
-        return run_job(part, variant, seed, out, protocol), time.perf_counter() - t0
-    finally:
-        BUSY.clear()
-
-
-def terminate(signum, frame) -> None:
-    raise SystemExit(128 + signum)
-
-
-def side_by_side(jobs: list[tuple], out: Path, study: Study, done: Callable, progress: Callable,
-                 say: Callable[[str], None]) -> None:
-    """Run ``jobs`` in ``study.jobs`` processes at a time, in their order; a run whose configuration is already
-    being trained waits until that one has finished (then it is reused). A Ctrl-C reaches every process:
-    each stops its run as a single run does, and nothing else starts; a SIGTERM to the bench is passed on to
-    the jobs; a job whose bench died (even by SIGKILL) saves its run and exits (``watch_bench``)."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    def digest(job: tuple) -> str | None:
-        try:
-            return None if job[1].skipped else config_hash(run_config(*job))
-        except Exception:  # bad flags: the run itself fails and says why
-            return None
-
-    keys = [digest(job) for job in jobs]
-    waiting, running = list(range(len(jobs))), {}  # job indices; future -> job index
-    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
-    stop = context.Event()
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, terminate) if main_thread else None
-    pool = ProcessPoolExecutor(study.jobs, mp_context=context, initializer=watch_bench, initargs=(os.getpid(), stop))
-    try:
-        while waiting or running:
-            for i in list(waiting):
-                busy = {keys[k] for k in running.values()}
-                if len(running) == study.jobs:
-                    break
-                if keys[i] is not None and keys[i] in busy:
-                    continue
-                waiting.remove(i)
-                progress(i, *jobs[i], " start:")
-                if jobs[i][1].skipped:
-                    done(i, run_job(*jobs[i], out, study.protocol), 0.0)
-                else:
-                    running[pool.submit(timed_job, *jobs[i], out, study.protocol, study.cores_per_run)] = i
-            if running:
-                finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished_now:
-                    done(running.pop(future), *future.result())
-    except BaseException as exc:
-        if isinstance(exc, SystemExit):
-            stop.set()  # the SIGTERM reached the bench alone: each job stops its run
-        for future in running:
-            future.cancel()
-        pool.shutdown(wait=True)  # each job stops its run as a single run does
-        for future, i in running.items():
-            if future.done() and not future.cancelled() and future.exception() is not None:
-                part, variant, seed = jobs[i]
-                say(f"bench: {part.label}: {variant.name}, seed {seed}: {future.exception()}")
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
 
 
 def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line, command: str = "") -> list[dict]:
@@ -542,7 +339,7 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
                 t0 = time.perf_counter()
                 done(i, run_job(part, variant, seed, out, study.protocol), time.perf_counter() - t0)
         else:
-            side_by_side(jobs, out, study, done, progress, say)
+            side_by_side(jobs, out, study.jobs, study.protocol, study.cores_per_run, done, progress, say)
     finally:
         torch.set_num_threads(threads)
     rows = [rows[i] for i in range(len(jobs))]
@@ -551,5 +348,4 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
     return rows
 
 
-__all__ = ["Budget", "Part", "Study", "Variant", "config_hash", "data_defaults", "error_text", "finished",
-           "interleaved", "open_folder", "queue_budget", "run_config", "run_job", "run_study", "side_by_side"]
+__all__ = ["Budget", "Study", "data_defaults", "grown", "interleaved", "open_folder", "run_study"]
