@@ -73,7 +73,8 @@ def test_xflip_given_overrides_the_default(tmp_path):
 
 
 @pytest.mark.parametrize("flags, message", [(["--data", "moons", "--xflip"], "--xflip flips images"),
-                                            (["--data", "photos32", "--dequantise"], "--dequantise needs discrete")])
+                                            (["--data", "photos32", "--dequantise"], "--dequantise needs discrete"),
+                                            (["--data", "moons", "--eval-metric", "kid"], "'kid' scores images")])
 def test_options_the_data_cannot_take_are_one_line_and_write_nothing(tmp_path, capsys, flags, message):
     run = tmp_path / "run"
     assert main(["train", *flags, "--out", str(run), "--prepare", "--quiet"]) == 2

@@ -85,8 +85,10 @@ def cmd_train(args) -> int:
     from .training.recipe import train
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"run directory: {summary['run']}")
-    print(f"  {summary['metric_name']} = {summary['metric']:.4f}   training {summary['train_seconds']:.1f} s"
-          f"   steps {summary['steps']}")
+    print(f"  {summary['metric_name']} = {summary['metric']:.4f} (n = {summary['eval_samples']})   training "
+          f"{summary['train_seconds']:.1f} s   steps {summary['steps']}")
+    if summary.get("metric_note"):
+        print(f"  note: {summary['metric_note']}")
     print(f"  pictures: {Path(summary['run']) / 'samples.png'}, {Path(summary['run']) / 'metrics.png'}")
     return 0
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, fid
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from ..data import Dataset, ToModel, to_model
 from ..errors import UserError
-from ..evaluate import Evaluator, metric_name, quality, sample_steps
+from ..evaluate import Evaluator, check_metric, metric_name, quality, sample_steps
 from ..methods.partitions import Job
 from ..run import RunDir, new_model, resolve_device, split_data
 from ..sde import SDE
@@ -130,8 +130,10 @@ def context(cfg: Config, run: RunDir) -> RunContext:
 
 def data_options(cfg: Config, train: Dataset) -> Config:
     """The configuration with --xflip and --dequantise resolved for the data (so config.json records what ran);
-    one line for an option the data cannot take."""
+    one line for an option the data cannot take (and for --eval-metric fid or kid without its extra)."""
     data = cfg.data
+    if cfg.log.eval_metric != "auto":
+        check_metric(cfg.log.eval_metric, train)
     if data.xflip and train.kind == "points":
         raise UserError(f"--xflip flips images; '{cfg.data.spec}' holds points")
     if data.dequantise and not train.levels:
@@ -206,7 +208,8 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         prior = prior_for_eval(ctx, cache)
         if prior is False:
             return None
-        ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule)
+        ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
+                       metric=cfg.log.eval_metric)
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
 
@@ -406,7 +409,7 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     t0 = time.perf_counter()
     samples = ev.samples(model, sde, ctx.train.shape, prior, ctx.device)
     sample_seconds = time.perf_counter() - t0
-    name = metric_name(ctx.train)
+    name = metric_name(ctx.train, cfg.log.eval_metric)
     summary = {"run": str(run.path), "data": cfg.data.spec, "shape": list(ctx.train.shape), "method": cfg.target.name,
                "sde": cfg.sde.name, "T": cfg.sde.T, "prior": cfg.prior.name, "partition": cfg.partition.name,
                "networks": len(states), "steps": [int(s["step"]) for s in states],
@@ -415,6 +418,8 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
                "metric_name": name, "metric": quality(name, samples, ctx.test.x), "sample_seconds": sample_seconds,
                "eval_samples": cfg.log.eval_samples, "eval_steps": sample_steps(cfg.log.eval_steps, sde),
                "scorefast_version": __version__}
+    if fid.note(name, cfg.log.eval_samples):
+        summary["metric_note"] = fid.note(name, cfg.log.eval_samples)
     if run.prior_path.exists():
         summary["prior_fit"] = load_checkpoint(run.prior_path).get("fit")
     atomic_write(run.path / "samples.npy", lambda f: np.save(f, samples.numpy()), what="samples")

@@ -180,6 +180,12 @@ class LogSection:
     eval_every: int = option(500, "steps between evaluations of the periodic metric (SWD, or the digits Frechet "
                              "distance)", locked=False)
     eval_samples: int = option(2000, "samples drawn for each evaluation (fixed seed)", locked=False)
+    eval_metric: str = option("auto", "sample-quality metric of the periodic and final evaluations: auto (1 - "
+                              "best-match SSIM for a few images, the digits Frechet distance for digits and mnist, "
+                              "SWD otherwise: seconds), or a name of `scorefast evaluate --metric` (fid and kid cost "
+                              "about 0.25 s a sample on 2 CPU cores: use few --eval-samples, and kid, which is "
+                              "unbiased at any n; then the standard FID of more samples with `scorefast evaluate "
+                              "--metric fid`)", locked=False)
     eval_steps: int = option(100, "sampler steps for each evaluation and for the final samples (at T = 1; a "
                              "truncated run takes about T of them)", locked=False)
     sampler: str = option("ode", "sampler for the evaluations and the final samples: ode (probability flow, RK4), em "
@@ -212,6 +218,8 @@ class LogSection:
         at_least(self, "snapshot_every", 0)
         at_least(self, "posthoc_ema_every", 0)
         choice(self, "sampler", SAMPLERS)
+        from ..evaluate import METRICS
+        choice(self, "eval_metric", ["auto", *METRICS])
         if self.schedule is not None:
             from ..ksampling import SCHEDULES
             choice(self, "schedule", SCHEDULES)
