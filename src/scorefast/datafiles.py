@@ -40,8 +40,7 @@ far inside float32's 3.4e38, while |x| ~ 1e19 already overflows x^2. No real dat
 _IDX_NAME = re.compile(r"-idx\d-ubyte(\.gz)?$")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _NPY_MAGIC = b"\x93NUMPY"
-MMAP_FRACTION = 0.25
-"""A uint8 .npy larger than this fraction of physical memory is memory-mapped rather than read into memory."""
+MMAP_FRACTION = 0.25  # a uint8 .npy larger than this fraction of physical memory is memory-mapped, not read
 
 
 def read_data_path(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None]:
@@ -125,11 +124,10 @@ def physical_memory() -> int | None:
 
 
 def _check_memory(nbytes: int, label: str) -> None:
-    """Refuse a declared size larger than this machine's physical memory, before allocating it."""
+    """Refuse a declared size larger than this machine's physical memory, before allocating it (without
+    sysconf the allocation itself fails cleanly)."""
     memory = physical_memory()
-    if memory is None:
-        return  # the allocation itself will fail cleanly
-    if nbytes > memory:
+    if memory is not None and nbytes > memory:
         raise UserError(f"{label}: would need {nbytes / 2**30:.3g} GiB to load, more than this machine's "
                         f"{memory / 2**30:.3g} GiB of memory (a header that lies about its size?)")
 
@@ -151,8 +149,7 @@ def _read_npy(f: BinaryIO, size: int, label: str, path: Path | None = None) -> n
     """One .npy array from ``f`` (``size`` bytes long), parsed without pickle and size-checked first.
 
     A uint8 array in C order larger than ``MMAP_FRACTION`` of this machine's memory is memory-mapped from
-    ``path`` (read-only) instead of read: pages are read when a batch touches them.
-    """
+    ``path`` (read-only) instead: pages are read when a batch touches them."""
     head = f.read(8)
     if len(head) < 8 or head[:6] != _NPY_MAGIC:
         raise UserError(f"{label}: cannot be read as a .npy file (bad header), corrupt?")
@@ -165,14 +162,12 @@ def _read_npy(f: BinaryIO, size: int, label: str, path: Path | None = None) -> n
         raise UserError(f"{label}: holds Python objects (object dtype), not numbers; they are not unpickled")
     count = math.prod(shape)
     nbytes = count * dtype.itemsize
-    available = size - f.tell()
-    memory = physical_memory()
-    if path is not None and dtype == np.uint8 and not fortran_order and memory and nbytes > MMAP_FRACTION * memory:
-        if nbytes > available:
-            raise UserError(f"{label}: truncated, its header declares {shape} {dtype} ({nbytes} bytes) "
-                            f"but {max(available, 0)} bytes follow")
+    available, memory = size - f.tell(), physical_memory()
+    mapped = path is not None and dtype == np.uint8 and not fortran_order and nbytes > MMAP_FRACTION * (memory or 1e30)
+    if mapped and nbytes <= available:
         return np.memmap(path, dtype=np.uint8, mode="r", offset=f.tell(), shape=shape)
-    _check_memory(nbytes + 4 * count, label)
+    if not mapped:
+        _check_memory(nbytes + 4 * count, label)
     data = _read_exactly(f, nbytes) if nbytes <= available else b""
     if len(data) < nbytes:
         raise UserError(f"{label}: truncated, its header declares {shape} {dtype} ({nbytes} bytes) "
@@ -440,8 +435,7 @@ def _to_model_space(
     if a.dtype.kind in "biu":
         if lo < 0 or hi > 255:
             raise UserError(f"{label}: integer image values span [{lo:g}, {hi:g}], expected 0..255")
-        if a.dtype != np.uint8:
-            a = a.astype(np.uint8)
+        a = a if a.dtype == np.uint8 else a.astype(np.uint8)
         with warnings.catch_warnings():  # a memory-mapped file is read-only; nothing here writes to it
             warnings.filterwarnings("ignore", "The given NumPy array is not writable")
             return torch.from_numpy(a), "image", 256  # kept as levels, 4x smaller than float32
