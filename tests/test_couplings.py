@@ -149,3 +149,12 @@ def test_a_tiny_run_trains_with_each_coupling(name, tmp_path):
             run.sample(20, sampler="em", steps=5, progress=False)
     else:
         assert run.sample(20, sampler="em", steps=5, progress=False).shape == (20, 2)
+
+
+def test_sweep_T_refuses_a_coupling_before_writing(tmp_path, capsys):
+    """The sweep chooses T by the ELBO, which assumes the forward SDE: refused even for T = 1 alone."""
+    out = tmp_path / "sweep"
+    assert main(["sweep-T", "--data", "moons", "--T", "1.0", "--coupling", "immiscible", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--coupling immiscible" in err and "ELBO" in err and len(err.splitlines()) == 1
+    assert not out.exists()

@@ -54,6 +54,7 @@ def sweep_T(base: Config, Ts: list[float], out: str | Path, n_eval: int = 1000, 
     configs = [base.replace(T=T, out=str(out / folder(T))) for T in Ts]
     for cfg in configs:
         cfg.validate()
+        cfg.objective.check(sampler=cfg.log.sampler, fitted_prior=True, batch_size=cfg.optim.batch_size)  # the ELBO
     with RunDir(out).lock():
         return _sweep(base, Ts, configs, out, n_eval, nll_steps, progress)
 
