@@ -72,7 +72,8 @@ class Objective(nn.Module):
     """``objective(x0) -> per-example loss (B,)`` for ``model`` (see the module docstring).
 
     ``times`` defaults to U[eps, T]; ``weighting`` is a ``Weighting`` or its registered name; ``coupling``
-    (a ``couplings.Coupling``, default: none) pairs the batch with its noise draws. ``t`` and ``noise`` may be
+    (a ``couplings.Coupling``, default: none) pairs the points to be perturbed (x0, or the embedding's
+    transported points) with the batch's noise draws. ``t`` and ``noise`` may be
     given (tests, exact comparisons); given noise is used as it is, uncoupled."""
 
     def __init__(self, model: nn.Module, sde: SDE, goal: Goal | None = None, times: TimeSampler | None = None,

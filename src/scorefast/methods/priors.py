@@ -1,8 +1,9 @@
 """Priors at the end time T, one registered plug-in each (shorter diffusion times, Franzese et al. 2023).
 
 ``--prior NAME`` selects one; a run needs a fitted prior when the SDE's reference prior does not hold at its
-T (T < 1) or when a prior other than the standard one is asked for. ``--prior-fit`` says when it is fitted (before training, alongside it in a
-background thread, or after it); a prior fitted before training counts in the run's wall-clock.
+T (T < 1) or when a prior other than the standard one is asked for. ``--prior-fit`` says when it is fitted
+(before training, alongside it in a background thread, or after it); a prior fitted before training counts in
+the run's wall-clock.
 The densities themselves (``nn.Module``s with ``fit``, ``log_prob``, ``sample``) are in ``densities``,
 imported when a prior is built.
 """
