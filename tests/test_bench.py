@@ -444,3 +444,8 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
     interval = next(r for r in results["rows"] if r["variant"] == "intervals-2")
     assert interval["curve"]["networks"] == 2
+    # queued on one worker: no model of the run exists before network 0 has finished and network 1 has begun
+    from scorefast.checkpoint import load_checkpoint
+    first = float(load_checkpoint(f"{interval['run']}/checkpoints/net-0.pt")["wall"])
+    assert all(p["wall"] > first for p in interval["curve"]["points"])
+    assert interval["resources"] == {"workers": 1, "threads": 1}

@@ -50,7 +50,7 @@ CORES = os.cpu_count() or 1
     (["--data", "moons", "--budget", "1steps"], "fewer than two snapshots"),
     (["--data", "moons", "--snapshot-every", "0"], "--snapshot-every must be >= 1"),
     (["--data", "moons", "--metric", "nope"], "unknown metric 'nope'; choose one of swd"),
-    (["--data", "moons", "--metric", "fid"], "--metric fid scores images; 'moons' holds points"),
+    (["--data", "moons", "--metric", "fid"], "fid scores images; 'moons' holds points"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, args, needle):
     fifty = tmp_path / "fifty.npy"
@@ -173,3 +173,13 @@ def test_jobs_do_not_outlive_a_bench_killed_by_sigkill(tmp_path):
         time.sleep(0.2)
     steps = saved(out)
     assert len(steps) == 2 and min(steps) >= 50
+
+
+def test_quick_on_a_small_file_trains_on_what_it_holds(tmp_path):
+    """--quick's 2,000 points are at most the file's 50 (never a size the data cannot give)."""
+    from scorefast.bench.command import make_study
+    fifty = tmp_path / "fifty.npy"
+    np.save(fifty, np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
+    study = make_study(quick=True, data=str(fifty), methods="baselines")
+    (part,) = study.parts()
+    assert part.size == 50 and {v.flags["n_data"] for v in study.variants(part)} == {50}

@@ -24,6 +24,7 @@ class Part:
     n: int | None
     dim: int
     kind: str
+    size: int | None = None  # the examples the data holds (None: not known)
 
     @property
     def label(self) -> str:

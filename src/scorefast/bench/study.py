@@ -78,13 +78,14 @@ class Budget:
 
 def data_defaults(part: Part, quick: bool) -> dict:
     """Network and batch for a kind of data: an MLP for points and small images (8x8), the U-Net otherwise;
-    tiny ones for --quick."""
+    tiny ones, on at most 2,000 points or 256 images of the data, for --quick."""
+    few = min(2000 if part.kind == "points" else 256, part.size or 10**9)
     if part.kind == "points":
-        return {"width": 64, "batch_size": 256, "n_data": 2000} if quick else {"width": 128, "batch_size": 512}
+        return {"width": 64, "batch_size": 256, "n_data": few} if quick else {"width": 128, "batch_size": 512}
     if part.dim <= 256:
         return {"arch": "mlp", "width": 128, "batch_size": 128} if quick else \
             {"arch": "mlp", "width": 256, "batch_size": 256}
-    return {"batch_size": 32, "n_data": 256} if quick else {"batch_size": 128}
+    return {"batch_size": 32, "n_data": few} if quick else {"batch_size": 128}
 
 
 @dataclass
@@ -174,7 +175,7 @@ class Study:
                     raise UserError(f"--n-data {n}: '{spec}' holds only {len(ds)} examples")
                 if self.protocol.metric:
                     check_metric(self.protocol.metric, ds)
-                parts.append(Part(spec, n, ds.dim, ds.kind))
+                parts.append(Part(spec, n, ds.dim, ds.kind, len(ds)))
         return parts
 
     def base(self, part: Part) -> dict:
