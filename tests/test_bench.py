@@ -334,15 +334,13 @@ def test_fp_embed_off_transports_by_the_drift_alone():
     """With every pre-computed score zero the embedding's Euler steps follow the VP drift -beta(t) x / 2 only:
     x_k = x0 * prod_j (1 - beta(t_j) (t_j - t_{j-1}) / 2)."""
     from scorefast.methods.targets import TARGETS
-    from scorefast.time_sampling import UniformTimes
     sde = Config().sde.build()
     x0 = torch.randn(64, 1, dtype=torch.float64)
-    loss, info = TARGETS.create("fp-embed-off", fp_grid=33, fp_steps=8).build(
-        sde, x0, UniformTimes(sde.eps, sde.T), weighting="epsilon", seed=0, progress=False)
+    goal, info = TARGETS.create("fp-embed-off", fp_grid=33, fp_steps=8).precompute(sde, x0, progress=False)
     assert info["embedding"] == "off"
     times = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
     which = torch.arange(64) % 3
-    out = loss.transport(x0, times, which, loss.provider.for_batch(x0))
+    out = goal.transport(sde, x0, times, which, goal.provider.for_batch(x0))
     dt = torch.diff(times, prepend=torch.zeros(1, dtype=torch.float64))
     factors = torch.cumprod(1 - 0.5 * sde.beta(times) * dt, 0)
     assert torch.allclose(out, x0 * factors[which][:, None])
