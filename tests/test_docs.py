@@ -4,8 +4,9 @@ Every fenced ``python`` or ``bash`` block of README.md and docs/**/*.md is execu
 in order, in one fresh folder (so a later block may use a run an earlier one trained), with the
 ``scorefast`` command of this environment. A block preceded by ``<!-- no-run -->`` is not run (installs,
 ``make`` targets, multi-machine launches; a note after the marker says why). Training budgets are shrunk
-so that the examples run in seconds: ``--steps N`` and ``steps=N`` (N >= 1000) become N // 100, a bench
-``--budget Nsteps`` becomes N // 10, and ``--time-budget S`` becomes 2 seconds; nothing else is changed.
+so that the examples run in seconds: ``--steps N`` and ``steps=N`` (N >= 1000) become N // 100, a bench's
+``--budget Nsteps`` becomes ``--quick`` (the bench's tiny sizes and budgets) and its ``--seeds N`` one seed,
+and ``--time-budget S`` becomes 2 seconds; nothing else is changed.
 The site itself is built with warnings as errors by ``make docs``.
 """
 
@@ -28,7 +29,8 @@ FENCE = re.compile(r"^(?P<marker><!-- no-run[^\n]*-->[ \t]*\n)?```(?P<lang>[\w-]
 RUNNABLE = ("python", "bash")
 SHRINK = [(re.compile(r"--steps (\d+)"), lambda m: f"--steps {max(5, int(m[1]) // 100)}"),
           (re.compile(r"\bsteps=(\d{4,})"), lambda m: f"steps={max(5, int(m[1]) // 100)}"),
-          (re.compile(r"--budget (\d+)steps"), lambda m: f"--budget {max(20, int(m[1]) // 10)}steps"),
+          (re.compile(r"--budget \d+steps"), lambda m: "--quick"),
+          (re.compile(r"--seeds \d+"), lambda m: "--seeds 1"),
           (re.compile(r"--time-budget \d+"), lambda m: "--time-budget 2")]
 
 
@@ -52,9 +54,9 @@ def test_blocks_are_found_and_marked_ones_are_left_out(tmp_path):
                     "```python\nx = 1\n```\n")
     assert [(lang, code) for _, lang, code in blocks(page)] == [("bash", "echo 1\n"), ("python", "x = 1\n")]
     assert shrink("scorefast train --steps 4000 --n 2000; Config(steps=2000); run.sample(9, steps=20); "
-                  "--budget 2000steps --time-budget 60") == \
+                  "--budget 2000steps --seeds 3 --time-budget 60") == \
         ("scorefast train --steps 40 --n 2000; Config(steps=20); run.sample(9, steps=20); "
-         "--budget 200steps --time-budget 2")
+         "--quick --seeds 1 --time-budget 2")
 
 
 @pytest.mark.slow
