@@ -83,7 +83,8 @@ class RunDir:
 
     def inputs(self) -> list[Path]:
         """What the commands that read a trained run read: no command may write over them."""
-        return [self.config_path, self.path / "summary.json", self.prior_path.parent, self.path / "snapshots"]
+        return [self.config_path, self.path / "summary.json", self.prior_path.parent, self.path / "snapshots",
+                self.posthoc_ema(0, 1).parent]
 
     # -- config ---------------------------------------------------------------------------------------
     def read_config(self) -> Config:
