@@ -99,18 +99,19 @@ def test_a_damaged_study_folder_is_named_and_kept(tmp_path, capsys, file, conten
 
 # -- signals with --jobs ------------------------------------------------------------------------------------
 
-def bench_with_two_jobs(out: Path) -> subprocess.Popen:
-    """A bench of two endless runs side by side, in a session of its own (its process group is its own)."""
+def bench_with_two_jobs(out: Path, jobs: int = 2) -> subprocess.Popen:
+    """A bench of two endless runs (side by side with 2 jobs), in a session of its own (its process group is
+    its own)."""
     return subprocess.Popen([sys.executable, "-m", "scorefast.cli", "bench", "--data", "moons", "--methods",
-                             "plain,default", "--budget", "1000000steps", "--seeds", "1", "--jobs", "2", "--threads",
-                             "1", "--snapshot-every", "500000", "--set", "width=16", "--set", "ckpt_every=50",
-                             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+                             "plain,default", "--budget", "1000000steps", "--seeds", "1", "--jobs", str(jobs),
+                             "--threads", "1", "--snapshot-every", "500000", "--set", "width=16", "--set",
+                             "ckpt_every=50", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
 
 
-def wait_for_both_runs(p: subprocess.Popen, out: Path) -> None:
+def wait_for_both_runs(p: subprocess.Popen, out: Path, runs: int = 2) -> None:
     deadline = time.time() + 180
-    while len(list(out.glob("runs/*/checkpoints/net-0.pt"))) < 2:
+    while len(list(out.glob("runs/*/checkpoints/net-0.pt"))) < runs:
         assert time.time() < deadline and p.poll() is None, "the two jobs did not both start"
         time.sleep(0.2)
     time.sleep(1.0)
@@ -183,3 +184,18 @@ def test_quick_on_a_small_file_trains_on_what_it_holds(tmp_path):
     study = make_study(quick=True, data=str(fifty), methods="baselines")
     (part,) = study.parts()
     assert part.size == 50 and {v.flags["n_data"] for v in study.variants(part)} == {50}
+
+
+@pytest.mark.slow
+def test_a_stopped_bench_says_how_to_continue_it(tmp_path):
+    """One run at a time: Ctrl-C saves the run being trained; the advice is the bench's own command, not the
+    single run's --resume."""
+    out = tmp_path / "study"
+    p = bench_with_two_jobs(out, jobs=1)
+    wait_for_both_runs(p, out, runs=1)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "bench stopped by SIGINT: the checkpoint of step" in last and "the same bench command continues" in last
+    assert "--resume" not in last and min(saved(out)) >= 50

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -309,6 +310,8 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
     error). One progress line per run on ``say``: which run, the time so far and an estimate of what is left
     (from the runs trained so far; reused runs cost nothing)."""
     import torch
+
+    from ..training.interrupt import Interrupted
     study.validate()
     parts = study.parts()
     variants = {p.label: study.variants(p) for p in parts}
@@ -341,6 +344,11 @@ def run_study(study: Study, out: Path, say: Callable[[str], None] = stderr_line,
                 done(i, run_job(part, variant, seed, out, study.protocol), time.perf_counter() - t0)
         else:
             side_by_side(jobs, out, study.jobs, study.protocol, study.cores_per_run, done, progress, say)
+    except Interrupted as exc:  # a run's advice (--resume) is not the bench's
+        stop = UserError(f"bench stopped by {signal.Signals(exc.signum).name}: {exc.what}; the same bench command "
+                         "continues the study (finished runs are reused, the stopped one resumes)")
+        stop.status = exc.status
+        raise stop from None
     finally:
         torch.set_num_threads(threads)
     rows = [rows[i] for i in range(len(jobs))]
