@@ -23,6 +23,7 @@ from scorefast.data import (
     ToModel,
     list_builtin,
     load_data,
+    quantise,
     sample_toy,
     to_model,
 )
@@ -199,6 +200,16 @@ def test_dequantised_batches_fill_each_level_uniformly():
     assert u.min() >= 0 and u.max() < 1 + 1e-5
     assert abs(float(u.mean()) - 0.5) < 0.01 and abs(float(u.var()) - 1 / 12) < 0.003
     assert torch.equal(ToModel(levels)(q), to_model(q, levels))  # without it, the levels as they are
+
+
+@pytest.mark.parametrize("levels", [17, 256])
+def test_quantise_returns_every_dequantised_value_to_its_level(levels):
+    q = torch.arange(levels, dtype=torch.uint8).repeat(50)
+    torch.manual_seed(0)
+    convert = ToModel(levels, dequantise=True)
+    assert convert.sample_levels == levels and ToModel(levels).sample_levels is None
+    assert torch.equal(quantise(convert(q), levels), to_model(q, levels))
+    assert torch.equal(quantise(torch.tensor([-3.0, 3.0]), levels), torch.tensor([-1.0, 1.0]))  # clipped
 
 
 def test_xflip_mirrors_about_half_of_the_images():

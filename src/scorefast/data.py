@@ -131,6 +131,14 @@ def interleaved(labels: torch.Tensor, generator: torch.Generator) -> torch.Tenso
     return perm[torch.argsort(rank, stable=True)]
 
 
+def quantise(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """The discrete image a model of dequantised pixels stands for: each value x = 2 (q + u) / K - 1 back to its
+    level q = floor((x + 1) K / 2) (clipped to 0..K-1), in model space. Samples of a run trained with
+    --dequantise are scored as these, the images its discrete model draws."""
+    q = torch.floor((x + 1) * levels / 2).clamp(0, levels - 1)
+    return q / ((levels - 1) / 2) - 1
+
+
 @dataclass
 class ToModel:
     """Stored batch -> model-space float32 batch, the one conversion every training batch goes through.
@@ -144,6 +152,11 @@ class ToModel:
     levels: int | None = None
     dequantise: bool = False
     xflip: bool = False
+
+    @property
+    def sample_levels(self) -> int | None:
+        """The levels samples are quantised to before they are scored (those of dequantised training)."""
+        return self.levels if self.dequantise else None
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
         from .likelihood import dequantize

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .data import Dataset
+from .data import Dataset, quantise
 from .errors import UserError
 from .sde import SDE
 
@@ -88,7 +88,9 @@ def sample_steps(steps_at_T1: int, sde: SDE) -> int:
 class Evaluator:
     """Fixed-seed samples and their quality: ``n`` samples from the start law, ``sampler`` with ``steps``
     (scaled to [eps, T] when ``scale_steps``) on ``schedule``'s grid (None: the sampler's own), drawn from
-    the evaluator's own generator (training RNG untouched), scored by ``metric`` (``metric_name``)."""
+    the evaluator's own generator (training RNG untouched), scored by ``metric`` (``metric_name``). With
+    ``levels`` (a model of dequantised K-level pixels) each sample is the discrete image it stands for
+    (``data.quantise``)."""
 
     n: int = 2000
     sampler: str = "ode"
@@ -97,6 +99,7 @@ class Evaluator:
     scale_steps: bool = True
     schedule: str | None = None
     metric: str = "auto"
+    levels: int | None = None
 
     def __post_init__(self):
         from .sampling import SAMPLERS
@@ -126,7 +129,7 @@ class Evaluator:
                        prior=prior, generator=g, device=device, progress=progress)
         finally:
             model.train(was_training)
-        return x.cpu()
+        return x.cpu() if self.levels is None else quantise(x.cpu(), self.levels)
 
     def scores(self, samples: Tensor, ds: Dataset, seed: int = 0, names: Sequence[str] | None = None) -> dict:
         """The metrics ``names`` of samples against the held-out data (default: SWD, MMD and the data set's own

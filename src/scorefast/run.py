@@ -22,6 +22,7 @@ with ``sample``, ``nll`` and ``evaluate``, which the CLI's commands are thin lay
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import time
@@ -384,6 +385,8 @@ class Run:
         for name in metrics or ():
             check_metric(name, ds)
         ev = self.evaluator(n, sampler, steps, seed, schedule)
+        if self.config.data.dequantise and ds.levels:  # a model of dequantised pixels: score the images it stands for
+            ev = dataclasses.replace(ev, levels=ds.levels)
         t0 = time.perf_counter()
         x = ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
         seconds = time.perf_counter() - t0

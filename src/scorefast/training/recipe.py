@@ -209,7 +209,7 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         if prior is False:
             return None
         ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
-                       metric=cfg.log.eval_metric)
+                       metric=cfg.log.eval_metric, levels=ctx.to_model.sample_levels)
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
             return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
 
@@ -405,7 +405,8 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     model = run.load_model(cfg, sde, ctx.train.shape).to(ctx.device)
     prior = prior_for_eval(ctx, {})
     states = [load_checkpoint(run.checkpoint(k)) for k in range(len(ctx.edges) - 1)]
-    ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule)
+    ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
+                   levels=ctx.to_model.sample_levels)
     t0 = time.perf_counter()
     samples = ev.samples(model, sde, ctx.train.shape, prior, ctx.device)
     sample_seconds = time.perf_counter() - t0
