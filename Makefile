@@ -34,11 +34,11 @@ demo: venv
 	$(PY) -m scorefast.demo
 
 test: venv
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docs/_ext
 	$(PY) -m pytest -q
 
 lint: venv
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks docs/_ext
 
 bench: venv
 	$(PY) benchmarks/engine.py

@@ -14,7 +14,7 @@ project = "scorefast"
 author = "the scorefast authors"
 copyright = "2026, the scorefast authors"
 
-extensions = ["myst_parser", "sphinx.ext.autodoc", "cli_reference"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "generated"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build", "_ext"]

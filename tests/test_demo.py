@@ -50,6 +50,7 @@ def test_a_log_that_is_not_a_terminal_gets_one_line_every_few_percent(capsys, to
     assert "(15 s left)" in halfway  # 1500 steps of 10 ms
 
 
+@pytest.mark.slow
 def test_the_demo_log_is_bounded_off_a_terminal(tmp_path, capsys):
     run_demo(str(tmp_path / "demo"), steps=200, data="8gaussians")
     out = capsys.readouterr()

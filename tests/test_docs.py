@@ -80,15 +80,18 @@ def train_flags() -> list[str]:
     return [s for action in sub.choices["train"]._actions for s in action.option_strings]
 
 
-def test_the_cli_reference_lists_every_flag_of_train(tmp_path):
-    """Builds docs/cli.md's directive with Sphinx (text output) and finds every flag of train in it."""
+def test_the_generated_references_list_every_flag_plugin_and_recipe(tmp_path):
+    """Builds the docs' directives with Sphinx (text output): every flag of train, every name of a plug-in
+    registry and every recipe is in what they render."""
     sphinx_build = pytest.importorskip("sphinx.cmd.build", reason="make test installs the docs extra")
     assert "```{cli-reference}" in (DOCS / "cli.md").read_text()
     src = tmp_path / "src"
     src.mkdir()
     (src / "conf.py").write_text(f"import sys\nsys.path.insert(0, {str(DOCS / '_ext')!r})\n"
-                                 "extensions = ['myst_parser', 'cli_reference']\n")
-    (src / "index.md").write_text("# CLI\n\n```{cli-reference}\n```\n")
+                                 "extensions = ['myst_parser', 'generated']\n")
+    (src / "index.md").write_text("# CLI\n\n```{cli-reference}\n```\n\n# Times\n\n"
+                                  "```{plugin-table} scorefast.time_sampling.TIME_SAMPLERS\n```\n\n"
+                                  "# Recipes\n\n```{recipe-table}\n```\n")
     assert sphinx_build.build_main(["-q", "-W", "-b", "text", str(src), str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "index.txt").read_text()
     flags = train_flags()
@@ -97,3 +100,9 @@ def test_the_cli_reference_lists_every_flag_of_train(tmp_path):
     assert [f for f in flags if f not in listed] == []
     for command in ("train", "sample", "nll", "evaluate", "fp", "sweep-T", "bench"):
         assert f"scorefast {command}\n" in text
+    from scorefast.time_sampling import TIME_SAMPLERS
+    from scorefast.training.recipes import RECIPES
+
+    times = text[text.index("Times\n"):text.index("Recipes\n")]
+    assert all(f'"{name}"' in times for name in TIME_SAMPLERS.names()) and "--adapt-every" in times
+    assert all(f'"{name}"' in text[text.index("Recipes\n"):] for name in RECIPES)

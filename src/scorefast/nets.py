@@ -130,7 +130,7 @@ class UNet(nn.Module):
     Level i has ``base * mults[i]`` channels at 1 / 2**i of the input side; every down block's output is a
     skip that one up block at the same level takes in. Levels in ``attention_levels`` follow each of their
     blocks with self-attention (the middle block too when the lowest level is among them). The defaults
-    are the small network of the README's benchmarks; (1, 2) suits 8x8 digits, (1, 2, 2) 32x32 images.
+    are the small network of the measured studies (docs/results); (1, 2) suits 8x8 digits, (1, 2, 2) 32x32 images.
     """
 
     def __init__(self, channels: int = 1, base: int = 32, mults: tuple[int, ...] = (1, 2), time_dim: int = 64,
@@ -269,7 +269,7 @@ class EDMParam(Parameterisation):
 PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam, EDMParam)}
 
 
-# U-Net options of make_net and their defaults (the small network of the README's benchmarks);
+# U-Net options of make_net and their defaults (the small network of the measured studies);
 # channel_mults None means (1, 2) for images up to 16 pixels wide and (1, 2, 2) above.
 UNET_DEFAULTS: dict[str, object] = dict(width=32, channel_mults=None, res_blocks=1, attention=(), dropout=0.0, heads=1)
 

@@ -4,7 +4,7 @@ A recipe fills in the flags a run was not given (a flag given always wins; a rec
 plug-in the given flags replace is dropped). Every flag's own default is scorefast 0.1's, so ``plain``
 sets nothing: t uniform on [eps, T], the epsilon weighting, a fixed EMA, a constant learning rate; it
 stays the reference in every benchmark. The default recipe lists what it changes, each change chosen
-by measurement (README, "The default recipe").
+by measurement (docs/recipes.md).
 Nothing here imports torch.
 """
 
