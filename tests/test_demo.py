@@ -26,10 +26,10 @@ def test_demo_beats_the_best_gaussian(tmp_path):
     assert 0 < numbers["swd"] < 0.5
 
 
-def drive_progress(capsys, total, seconds, steps):
-    """Runs a Progress hook as a non-terminal log over ``steps`` steps of 10 ms each; returns its stderr lines."""
+def drive_progress(capsys, total, seconds, steps, terminal=False):
+    """Runs a Progress hook over ``steps`` steps of 10 ms each; returns its stderr lines."""
     state = SimpleNamespace(step=0, wall=0.0, loss=None, final=False)
-    hook = Progress(total, "train", seconds=seconds, terminal=False)
+    hook = Progress(total, "train", seconds=seconds, terminal=terminal)
     hook.start(state)
     for k in range(1, steps + 1):
         state.step, state.wall, state.loss, state.final = k, k * 0.01, 1.0 / k, k == steps
@@ -48,6 +48,12 @@ def test_a_log_that_is_not_a_terminal_gets_one_line_every_few_percent(capsys, to
     halfway = next(line for line in progress if "(50%)" in line)
     assert "step 1500" in halfway and "loss 0.0007" in halfway and "heldout 0.0013" in halfway
     assert "(15 s left)" in halfway  # 1500 steps of 10 ms
+
+
+def test_a_terminal_gets_a_bar_and_no_log_lines(capsys):
+    lines = drive_progress(capsys, 300, None, 300, terminal=True)
+    assert not any(line.startswith("train: step") for line in lines)
+    assert lines[-1].startswith("train: 100%|") and "300/300" in lines[-1] and "heldout=0.0067" in lines[-1]
 
 
 @pytest.mark.slow
