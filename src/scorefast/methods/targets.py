@@ -14,7 +14,7 @@ the noise and the perturbation and weights the loss:
 - ``fp-embed``: the score-embedding paper's transport embedding (its published form, see
   ``embedding.Embedding``); ``--fp-variant paper`` reproduces the published per-image construction.
 
-Heavy modules (torch, the solvers) are imported when a target is built, not when this module is
+Heavy modules (torch, the solvers) are imported when a target precomputes, not when this module is
 imported, so the command line can list the targets and their options instantly.
 """
 
