@@ -64,6 +64,17 @@ def test_xflip_and_dequantise_defaults_are_recorded_in_config_json(tmp_path, dat
     assert recorded["xflip"] is xflip and recorded["dequantise"] is dequantise
 
 
+def test_a_run_written_before_the_options_existed_keeps_training_without_them(tmp_path):
+    from scorefast.run import RunDir
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--out", str(run), "--prepare", "--quiet"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    del saved["config"]["data"]["xflip"], saved["config"]["data"]["dequantise"]
+    (run / "config.json").write_text(json.dumps(saved))
+    cfg = RunDir(run).read_config()
+    assert cfg.data.xflip is False and cfg.data.dequantise is False
+
+
 def test_xflip_given_overrides_the_default(tmp_path):
     run = tmp_path / "run"
     assert main(["train", "--data", "digits", "--xflip", "--dequantise", "false", "--out", str(run), "--prepare",

@@ -101,6 +101,10 @@ class RunDir:
                             f"(which reads format {RUN_FORMAT}); {hint}")
         if not isinstance(saved.get("config"), dict):
             raise UserError(f"run directory '{self.path}': config.json has no 'config' section")
+        data = saved["config"].get("data")
+        if isinstance(data, dict):  # written before --xflip and --dequantise existed: it trained without them
+            data.setdefault("xflip", False)
+            data.setdefault("dequantise", False)
         return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json")
 
     def write_config(self, cfg: Config) -> None:
