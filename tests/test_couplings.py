@@ -104,8 +104,8 @@ def test_a_coupled_objective_perturbs_with_the_assigned_noise(device):
     ({"sampler": "em"}, "SDE sampler 'em'"),
     ({"sampler": "pc"}, "SDE sampler 'pc'"),
     ({"sampler": "euler-a"}, "SDE sampler 'euler-a'"),
-    ({"T": 0.5}, "fitted prior at T"),
-    ({"prior": "gaussian"}, "fitted prior at T"),
+    ({"T": 0.5}, "prior fitted to the forward marginal at T"),
+    ({"prior": "gaussian"}, "prior fitted to the forward marginal at T"),
     ({"batch_size": MAX_BATCH + 1}, f"at most {MAX_BATCH}"),
 ])
 @pytest.mark.parametrize("name", COUPLED)

@@ -52,8 +52,9 @@ class Coupling(Plugin):
             raise UserError(f"--coupling {self.name} trains a path whose marginals are not the forward SDE's: the SDE "
                             f"sampler '{sampler}' needs them; use --sampler {' or '.join(PROBABILITY_FLOW_SAMPLERS)}")
         if fitted_prior:
-            raise UserError(f"--coupling {self.name} trains a path whose marginal at T is not the forward SDE's: a "
-                            "fitted prior at T (T < 1 or a --prior other than standard) and its ELBO need it")
+            raise UserError(f"--coupling {self.name} trains a path whose marginals are not the forward SDE's: a "
+                            "prior fitted to the forward marginal at T (T < 1 or a --prior other than standard) and "
+                            "its ELBO assume them")
         check_batch(self.name, batch_size)
 
     def __call__(self, x0: Tensor, noise: Tensor) -> Tensor:
