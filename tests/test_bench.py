@@ -14,7 +14,7 @@ import torch
 
 import scorefast.training.recipe as recipe
 from scorefast import Config
-from scorefast.bench import SCENARIOS, Selection, get_preset
+from scorefast.bench import PRESETS, SCENARIOS, Selection, get_preset
 from scorefast.bench.command import command_of, make_study
 from scorefast.bench.curves import TIMING, Protocol, launch_seconds, run_wall, spread
 from scorefast.bench.report import Tables, markdown, spread3, time_ratio, verdict
@@ -411,6 +411,20 @@ def test_bench_help_lists_the_choices_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     words = re.sub(r"-\s+", "-", out)  # argparse wraps lines at hyphens
     assert all(name in words for name in SCENARIOS) and "readme-recipe" in words and out.split()[-1] == "False"
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_the_command_of_a_study_makes_that_study_again(name):
+    """The command a report prints regenerates its study exactly: flags, settings and the preset's protocol."""
+    import shlex
+
+    from scorefast.cli import build_parser
+    study = make_study(preset=name)
+    args = build_parser("bench").parse_args(shlex.split(command_of(study, "out"))[1:])
+    again = make_study(data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds, quick=args.quick,
+                       preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers, threads=args.threads,
+                       snapshot_every=args.snapshot_every, settings=args.set, jobs=args.jobs, metric=args.metric)
+    assert replace(again, jobs=study.jobs) == study
 
 
 def test_config_hash_ignores_only_the_location():

@@ -33,7 +33,10 @@ def numbers(text: str | None, kind: type, flag: str) -> tuple | None:
 
 
 def settings_of(items: list[str]) -> dict:
-    """--set FLAG=VALUE items as training flags (dashes or underscores; values parsed by the configuration)."""
+    """--set FLAG=VALUE items as training flags (dashes or underscores), each value parsed as its flag's type
+    (so that '--set batch_size=64' is the preset's batch_size 64, and the study it makes is the same)."""
+    from ..registry import coerce
+    from ..training.config import FLAGS
     flags = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -42,7 +45,7 @@ def settings_of(items: list[str]) -> dict:
             raise UserError(f"--set '{item}': expected FLAG=VALUE, e.g. width=256")
         if key in RESERVED:
             raise UserError(f"--set {key}: give it as the bench's {RESERVED[key]}")
-        flags[key] = value
+        flags[key] = coerce(*FLAGS[key].owners[0], value, f"--set {key}") if key in FLAGS else value
     return flags
 
 
@@ -74,7 +77,7 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
                  snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
                  jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
-                 evaluation=evaluation)
+                 evaluation=evaluation, preset=base.name if base else None)
     study.validate()
     return replace(study, threads=study.threads_per_worker)  # written into the command: the same cores elsewhere
 
@@ -89,8 +92,11 @@ def preset_jobs(base: Preset | None, workers: int | None, threads: int | None) -
 
 def command_of(study: Study, out: Path) -> str:
     """The bench command that runs (or, its runs finished, re-reports) exactly this study."""
-    words = ["scorefast", "bench", "--data", ",".join(study.data), "--methods", ",".join(study.methods),
-             "--budget", str(study.budget), "--seeds", str(study.seeds), "--out", str(out)]
+    brought = [n for n in Selection.parse(",".join(study.methods)).names if n not in study.methods]
+    methods = ",".join([*study.methods, *(f"-{n}" for n in brought)])  # a method brings its controls: left out
+    words = ["scorefast", "bench", *(["--preset", study.preset] if study.preset else []), "--data",
+             ",".join(study.data), "--methods", methods, "--budget", str(study.budget), "--seeds",
+             str(study.seeds), "--out", str(out)]
     if study.quick:
         words.append("--quick")
     if study.n_data != (None,):

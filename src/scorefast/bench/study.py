@@ -110,6 +110,7 @@ class Study:
     settings: dict = field(default_factory=dict)
     evaluation: Protocol | None = None
     jobs: int = 1
+    preset: str | None = None  # the preset it was made from (its evaluation protocol comes with the name)
 
     @property
     def threads_per_worker(self) -> int:
