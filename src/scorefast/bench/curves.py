@@ -51,7 +51,9 @@ class Protocol:
     metric: str | None = None
 
     def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:10]
+        """A short hash of the protocol (with the data's own metric, None, the key earlier curves have)."""
+        fields = {k: v for k, v in asdict(self).items() if not (k == "metric" and v is None)}
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
 QUICK_PROTOCOL = Protocol(nll_n=200, nll_steps=20, samples=500, sample_steps=20, points=3)
