@@ -66,6 +66,7 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 @example(stop=EVERY * 2 - 1)
 @example(stop=EVERY * 2)
 @example(stop=EVERY * 2 + 1)
+@example(stop=STEPS - 1)  # after the last measurement: the run ends with the shares its checkpoint restored
 def test_a_run_stopped_at_any_step_and_resumed_ends_bitwise_equal(recipe, sampler, stop):
     cfg = config(recipe, sampler)
     with tempfile.TemporaryDirectory() as tmp:

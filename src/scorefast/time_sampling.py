@@ -164,13 +164,15 @@ class PiecewiseTimes(TimeSampler):
             raise UserError(f"time bins must be increasing, got {self.edges.tolist()}")
         self.set_weights(weights)
 
-    def set_weights(self, weights) -> None:
+    def set_weights(self, weights, normalise: bool = True) -> None:
+        """Use ``weights`` as the bins' shares, divided by their sum unless ``normalise`` is False (a checkpoint's
+        shares: dividing them again by a sum 1 ulp off 1 would change their last bits, and a resumed run's draws)."""
         import torch
         w = torch.as_tensor(weights, dtype=torch.float64)
         if w.shape != (len(self.edges) - 1,) or not bool(torch.isfinite(w).all() and (w >= 0).all() and w.sum() > 0):
             raise UserError(f"time-bin shares must be {len(self.edges) - 1} non-negative numbers with a positive "
                             f"sum, got {w.tolist()}")
-        self.weights = w / w.sum()
+        self.weights = w / w.sum() if normalise else w.clone()
         self.cum = torch.cat([w.new_zeros(1), self.weights.cumsum(0)])
         self.cum[-1] = 1.0
         self.copies = {}
@@ -193,7 +195,7 @@ class PiecewiseTimes(TimeSampler):
 
     def load_state_dict(self, state: dict) -> None:
         if "weights" in state:
-            self.set_weights(state["weights"])
+            self.set_weights(state["weights"], normalise=False)
 
 
 def interp(x: Tensor, xp: Tensor, fp: Tensor) -> Tensor:
@@ -405,7 +407,7 @@ class AdaptiveTimes(PiecewiseTimes):
     def load_state_dict(self, state: dict) -> None:
         if "gain" not in state:
             return
-        self.set_weights(state["weights"])
+        self.set_weights(state["weights"], normalise=False)
         self.counts, self.gain = state["counts"].clone(), state["gain"].clone()
         self.previous = None if state["previous"] is None else state["previous"].clone()
 
