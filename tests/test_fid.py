@@ -212,3 +212,20 @@ def test_evaluate_names_the_samples_beside_each_metric(points_run, capsys):
                  "--steps", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) >= {"mmd", "n"} and out["n"] == 8 and "swd" not in out
+
+
+@needs_fid
+@pytest.mark.slow
+def test_kid_as_the_periodic_and_final_metric_of_training(tmp_path, monkeypatch, capsys):
+    from scorefast.cli import main
+    monkeypatch.setenv("SCOREFAST_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    assert main(["train", "--data", "digits", "--n-data", "20", "--batch-size", "8", "--steps", "4",
+                 "--eval-every", "2", "--eval-samples", "4", "--eval-steps", "2", "--eval-metric", "kid",
+                 "--width", "8", "--out", str(run), "--quiet"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["metric_name"] == "kid" and math.isfinite(summary["metric"]) and "metric_note" not in summary
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    names = [r["metric_name"] for r in rows if "metric" in r]
+    assert names and set(names) == {"kid"}
+    assert "kid = " in capsys.readouterr().out and list((tmp_path / "cache" / "inception").glob("*.npy"))
