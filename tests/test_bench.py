@@ -450,7 +450,7 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
     assert any(s.startswith("**intervals-2** against plain: ") and "against one-net-allocation: " in s
                for s in sentences)
     report = (out / "report.md").read_text()
-    assert report.splitlines()[4].strip().startswith("scorefast bench --data checkerboard")
+    assert report.splitlines()[4].strip().startswith("scorefast bench --preset quick --data checkerboard")
     for name in ("quality_vs_wallclock_checkerboard_intervals.png", "quality_vs_wallclock_checkerboard_truncation.png",
                  "samples_checkerboard.png", "T_tradeoff_checkerboard.png"):
         assert (out / name).stat().st_size > 0 and f"]({name})" in report
