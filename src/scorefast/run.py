@@ -380,6 +380,11 @@ class Run:
                        with_elbo=self.prior is not None)
         return {**out, "prior": self.config.prior.name}
 
+    def sample_levels(self, ds: Dataset) -> int | None:
+        """The levels this run's samples are scored at (``Evaluator.levels``): those of ``ds`` for a model of
+        dequantised pixels, whose samples stand for the discrete images of their bins; None otherwise."""
+        return ds.levels if self.config.data.dequantise else None
+
     def evaluate(self, spec: str, n: int = 2000, sampler: str | None = None, steps: int | None = None, seed: int = 0,
                  progress: bool = True, schedule: str | None = None, metrics: Sequence[str] | None = None) -> dict:
         """Sample quality of ``n`` samples against held-out data: ``metrics`` (names of ``evaluate.METRICS``;
@@ -388,9 +393,7 @@ class Run:
         ds = self.heldout(spec)
         for name in metrics or ():
             check_metric(name, ds)
-        ev = self.evaluator(n, sampler, steps, seed, schedule)
-        if self.config.data.dequantise and ds.levels:  # a model of dequantised pixels: score the images it stands for
-            ev = dataclasses.replace(ev, levels=ds.levels)
+        ev = dataclasses.replace(self.evaluator(n, sampler, steps, seed, schedule), levels=self.sample_levels(ds))
         t0 = time.perf_counter()
         x = ev.samples(self.model, self.sde, self.shape, self.prior, self.device, progress=progress)
         seconds = time.perf_counter() - t0

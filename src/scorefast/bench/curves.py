@@ -140,7 +140,7 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
     probe = final.heldout(cfg.data.spec, protocol.nll_n)
     hutchinson = 0 if probe.dim <= 3 else 2
     key = "bpd" if probe.levels else "nll_nats"
-    evaluator = Evaluator(protocol.samples, "ode", protocol.sample_steps)
+    evaluator = Evaluator(protocol.samples, "ode", protocol.sample_steps, levels=final.sample_levels(held))
     states = [load_checkpoint(rd.checkpoint(k)) for k in range(networks)]
     last = min(int(s["step"]) for s in states)
     steps = spread([s for s in snapshot_steps(rd.path, networks) if s < last], max(0, protocol.points - 1))
