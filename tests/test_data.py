@@ -242,6 +242,12 @@ def test_large_uint8_npy_is_memory_mapped(tmp_path, monkeypatch):
     assert maps == []
 
 
+def test_std_of_stored_levels_matches_torch_on_the_float_copy():
+    q = torch.randint(0, 17, (5000, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    d = Dataset(q, "q", "image", 17)
+    assert d.std(chunk=333) == pytest.approx(float(d.x.double().std()), rel=1e-12)
+
+
 def test_dataset_properties():
     d = Dataset(torch.zeros(4, 3, 5, 6), "z", "image", 256)
     assert d.shape == (3, 5, 6) and d.dim == 90 and len(d) == 4

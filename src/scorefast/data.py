@@ -97,6 +97,17 @@ class Dataset:
         """Fewer than ``MEMORISATION_SIZE`` examples: a memorisation run, trained and evaluated on the same ones."""
         return len(self) < MEMORISATION_SIZE
 
+    def std(self, chunk: int = 4096) -> float:
+        """Standard deviation of all values in model space (EDM's sigma_data), accumulated in float64 over chunks
+        of examples: no float copy of the whole set (which may be memory-mapped uint8)."""
+        total = total_sq = 0.0
+        for start in range(0, len(self), chunk):
+            x = to_model(self.data[start : start + chunk], self.levels).double()
+            total, total_sq = total + float(x.sum()), total_sq + float((x * x).sum())
+        count = len(self) * self.dim
+        mean = total / count
+        return math.sqrt(max(total_sq / count - mean * mean, 0.0) * count / max(count - 1, 1))
+
     def subset(self, index: torch.Tensor | slice) -> Dataset:
         """The examples at ``index`` (and their labels), everything else kept."""
         labels = None if self.labels is None else self.labels[index]

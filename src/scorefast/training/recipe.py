@@ -61,7 +61,7 @@ class RunContext:
     @property
     def sigma_data(self) -> float:
         given = self.cfg.data.sigma_data
-        return float(given) if given is not None else float(self.train.x.double().std()) or 1.0
+        return float(given) if given is not None else self.train.std() or 1.0
 
 
 @dataclass
