@@ -95,7 +95,7 @@ def inception_input(images: torch.Tensor) -> torch.Tensor:
     x = ((images.float() + 1) / 2).clamp(0, 1).mul(255).round()
     n, c, h, w = x.shape
     if (h, w) != (RESOLUTION, RESOLUTION):
-        theta = torch.eye(2, 3, dtype=x.dtype)
+        theta = torch.eye(2, 3, dtype=x.dtype, device=x.device)
         theta[0, 2] += 1 / w - 1 / RESOLUTION
         theta[1, 2] += 1 / h - 1 / RESOLUTION
         grid = F.affine_grid(theta.unsqueeze(0).repeat(n, 1, 1), [n, c, RESOLUTION, RESOLUTION], align_corners=False)
@@ -105,14 +105,17 @@ def inception_input(images: torch.Tensor) -> torch.Tensor:
     return x.expand(-1, 3, -1, -1) if c == 1 else x
 
 
-def features(images: torch.Tensor, batch_size: int = 50, progress: bool = False) -> np.ndarray:
-    """(N, 2048) float64 Inception pool features of images (N, C, H, W) in [-1, 1]."""
+def features(images: torch.Tensor, batch_size: int = 50, progress: bool = False,
+             device: str | torch.device | None = None) -> np.ndarray:
+    """(N, 2048) float64 Inception pool features of images (N, C, H, W) in [-1, 1], computed on ``device``
+    (default: a GPU when there is one, else the CPU)."""
     from tqdm.auto import tqdm
-    net = inception()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    net = inception().to(device)
     out = []
     with torch.inference_mode():
         for batch in tqdm(images.split(batch_size), desc="inception", disable=not progress, leave=False):
-            out.append(net(inception_input(batch.cpu())).double().numpy())
+            out.append(net(inception_input(batch.to(device))).double().cpu().numpy())
     return np.concatenate(out)
 
 
