@@ -28,12 +28,10 @@ import statistics
 import torch
 
 from scorefast.analytic import MixtureScore
-from scorefast.ksampling import KSAMPLERS, SCHEDULES
+from scorefast.choices import SAMPLERS, SCHEDULES
 from scorefast.metrics import sliced_wasserstein
-from scorefast.sampling import sample_ode
 from scorefast.sde import make_sde
 
-SAMPLERS = {"ode": sample_ode, **KSAMPLERS}
 # (label, sampler, schedule, steps, options)
 ROWS = [("RK4 PF-ODE, uniform t", "ode", "uniform", 100, {"method": "rk4"}),
         ("RK4 PF-ODE, uniform t", "ode", "uniform", 5, {"method": "rk4"}),

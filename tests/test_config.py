@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import subprocess
@@ -44,13 +45,70 @@ def test_every_flag_has_help_and_one_home():
 
 
 def test_help_texts_name_every_registered_choice():
-    """Choices whose registries are heavy are written in the help text; this keeps them from drifting."""
-    from scorefast.nets import PARAMETERISATIONS
-    from scorefast.sampling import SAMPLERS
-    from scorefast.sde import SDE_NAMES
-    for flag, names in (("sampler", SAMPLERS), ("sde", SDE_NAMES), ("param", PARAMETERISATIONS)):
-        for name in names:
-            assert name in FLAGS[flag].help, (flag, name)
+    """The help of every flag whose values come from a registry lists each registered name with its help, as
+    `scorefast train --help` prints it (argparse wraps lines)."""
+    from scorefast.choices import DATASETS, SAMPLERS
+    from scorefast.cli import build_parser
+
+    sub = next(a for a in build_parser("train")._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {a.dest: " ".join(a.help.split()) for a in sub.choices["train"]._actions if a.help}
+    registries = {flag: spec.owners[0][1].metadata["choices"] for flag, spec in FLAGS.items()}
+    registries = {flag: reg for flag, reg in registries.items() if isinstance(reg, Registry)}
+    assert {"sampler", "schedule", "sde", "param", "net_preset", "recipe", "coupling"} <= set(registries)
+    for flag, reg in registries.items():
+        assert all(f"{name} ({reg.help(name)})" in helps[flag] for name in reg), flag
+    for flag, slot in SELECTORS.items():
+        assert all(name in helps[flag] for name in SLOTS[slot]), flag
+    assert all(f"{name} ({DATASETS.help(name)})" in helps["data"] for name in DATASETS)
+    for reg in (DATASETS, SAMPLERS):
+        assert reg.names() and len(set(reg.names())) == len(reg.names())
+
+
+def test_every_declared_name_is_implemented_by_its_module():
+    from scorefast import choices
+
+    declared = [reg for reg in vars(choices).values() if isinstance(reg, Registry) and reg.module]
+    assert len(declared) == 4
+    for reg in declared:
+        assert all(reg[name] is not None for name in reg), reg.slot
+    with pytest.raises(ValueError, match="not declared"):
+        choices.SAMPLERS.add("magic", print)
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"lr": "0"}, "configuration: --lr must be > 0, got 0.0"),
+    ({"eval_budget": 1.5}, "--eval-budget must be <= 1, got 1.5"),
+    ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+    ({"eps": 0.5}, "--eps must be < 0.1, got 0.5"),
+    ({"T": 2}, "--T must be <= 1.0, got 2.0"),
+    ({"adam_beta2": float("nan")}, "--adam-beta2 must be a finite number, got nan"),
+    ({"sampler": "magic"}, "unknown --sampler 'magic'; choose one of ode, em, pc, dpmpp-2m, heun, euler-a$"),
+    ({"precision": "fp8"}, "unknown --precision 'fp8'; choose one of fp32, bf16$"),
+    ({"net_preset": "imagenet"}, "unknown --net-preset 'imagenet'; choose one of cifar10$"),
+])
+def test_option_bounds_and_choices_are_one_coercion_with_one_line(flags, message):
+    with pytest.raises(UserError, match=message) as caught:
+        Config(**flags)
+    assert "\n" not in str(caught.value)
+    cfg = Config()
+    field = next(f for f in dataclasses.fields(cfg.optim) if f.name == "lr")
+    cfg.optim.lr = -1.0  # set behind the coercion's back: validate applies the same rule
+    with pytest.raises(UserError, match="^--lr must be > 0, got -1.0$"):
+        cfg.validate()
+    assert field.metadata["above"] == 0
+
+
+def test_plain_registries_hold_any_object_with_its_help():
+    reg = Registry("colour", flag="colour", title="colours", default="red")
+    reg.add("red", (255, 0, 0), "the colour of blood", warm=True)
+    reg.declare("blue", "the colour of the sky", warm=False)
+    assert reg["red"] == (255, 0, 0) and reg["blue"] is None and list(reg) == ["red", "blue"]
+    assert reg.names(warm=True) == ["red"]
+    assert reg.listing() == "red (the colour of blood), blue (the colour of the sky)"
+    with pytest.raises(ValueError, match="declared twice"):
+        reg.declare("blue", "again")
+    with pytest.raises(UserError, match="^unknown --colour 'green'; choose one of red, blue$"):
+        reg["green"]
     from scorefast.methods.fokker_planck import MAX_DIM
     from scorefast.methods.targets import MAX_GRID_DIM
     assert MAX_GRID_DIM == MAX_DIM
@@ -134,7 +192,7 @@ def test_from_dict_refuses_other_shapes():
 
 
 @pytest.mark.parametrize("flags, needle", [
-    ({"sde": "vp-foo"}, "unknown SDE 'vp-foo'"),
+    ({"sde": "vp-foo"}, "unknown --sde 'vp-foo'"),
     ({"grad_clip": -1.0}, "--grad-clip"),
     ({"width": 0}, "--width must be >= 1"),
     ({"depth": -2}, "--depth must be >= 1"),

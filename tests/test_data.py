@@ -14,8 +14,8 @@ from PIL import Image
 
 import scorefast.data as data_module
 from scorefast import datafiles
+from scorefast.choices import DATASETS
 from scorefast.data import (
-    BUILTIN_2D,
     BUILTIN_TOY,
     GAUSSIAN2D_COV,
     GAUSSIAN2D_MEAN,
@@ -35,10 +35,11 @@ from scorefast.training.loop import RandomBatches
 # Built-in sets
 
 
-def test_builtin_names():
-    names = list_builtin()
-    assert set(BUILTIN_2D) <= set(names)
-    assert {"gaussian2d", "digits", "digits32", "photos32"} <= set(names)
+def test_every_declared_data_set_loads_by_its_name():
+    """The built-ins are the registry's names, and every 2-D name has its generator."""
+    assert list_builtin() == DATASETS.names() and set(data_module._TOYS) == set(DATASETS.names(kind="points"))
+    with pytest.raises(UserError, match="not a built-in \\(moons, .*, hashgrid, sharpbroad, .*mnist\\)"):
+        load_data("moon")
 
 
 @pytest.mark.parametrize("name", BUILTIN_TOY)
@@ -56,7 +57,7 @@ def test_toy_default_size():
     assert len(load_data("moons")) == 10000
 
 
-@pytest.mark.parametrize("name", BUILTIN_2D)
+@pytest.mark.parametrize("name", BUILTIN_TOY)
 def test_sample_toy_uses_generator(name):
     a = sample_toy(name, 500, torch.Generator().manual_seed(3))
     b = sample_toy(name, 500, torch.Generator().manual_seed(3))

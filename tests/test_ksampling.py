@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from scorefast.analytic import GaussianScore, MixtureScore
+from scorefast.choices import SAMPLERS
 from scorefast.errors import UserError
 from scorefast.ksampling import (
-    KSAMPLERS,
     SCHEDULES,
     Denoiser,
     sample_dpmpp_2m,
@@ -72,7 +72,7 @@ def run_moments(name: str, sampler: str, steps: int, device: torch.device, n: in
     sde, score = gaussian(name, device)
     x = with_moments(*score.marginal(torch.tensor(sde.T, dtype=F64)), n)
     ts = SCHEDULES[schedule](sde, steps, device=device, dtype=F64)
-    out = KSAMPLERS[sampler](score, sde, x, ts, progress=False,
+    out = SAMPLERS[sampler](score, sde, x, ts, progress=False,
                              generator=torch.Generator(device=device).manual_seed(seed), **options)
     m, c = moments(out)
     return m - MEAN.to(device), c - denoised_cov(sde, device)
@@ -200,7 +200,7 @@ def test_samplers_without_denoising_step_reproduce_p_eps(name, device):
     """denoise=False stops at x_eps: a sample of p_eps = N(alpha mu, alpha^2 Sigma + sigma^2 I)."""
     sde, score = gaussian(name, device)
     x = with_moments(*score.marginal(torch.tensor(sde.T, dtype=F64)), 2000)
-    out = KSAMPLERS["dpmpp-2m"](score, sde, x, SCHEDULES["logsnr"](sde, 40, device=device, dtype=F64), progress=False,
+    out = SAMPLERS["dpmpp-2m"](score, sde, x, SCHEDULES["logsnr"](sde, 40, device=device, dtype=F64), progress=False,
                                 denoise=False)
     m, c = moments(out)
     tm, tc = score.marginal(torch.tensor(sde.eps, dtype=F64))
@@ -261,7 +261,7 @@ def test_piecewise_models_are_run_piece_by_piece(sampler, device):
     model = PiecewiseModel(logged, edges)
     ts = SCHEDULES["karras"](sde, 40, edges, device=device, dtype=F64)
     x = with_moments(*score.marginal(torch.tensor(sde.T, dtype=F64)), 500)
-    run = lambda m: KSAMPLERS[sampler](m, sde, x, ts, progress=False,  # noqa: E731
+    run = lambda m: SAMPLERS[sampler](m, sde, x, ts, progress=False,  # noqa: E731
                                        generator=torch.Generator(device=device).manual_seed(2))
     split, whole = run(model), run(score)
     for k, piece in enumerate(logged):
@@ -278,7 +278,7 @@ def test_churn_is_refused_for_piecewise_models(device):
     sde, score = gaussian("vp", device)
     model = PiecewiseModel([score, score], [sde.eps, 0.3, sde.T])
     with pytest.raises(UserError, match="s_churn"):
-        KSAMPLERS["heun"](model, sde, torch.zeros(4, 2, device=device), SCHEDULES["karras"](sde, 10, model.edges,
+        SAMPLERS["heun"](model, sde, torch.zeros(4, 2, device=device), SCHEDULES["karras"](sde, 10, model.edges,
                                                                                            device=device),
                           s_churn=1.0, progress=False)
 
@@ -290,7 +290,7 @@ def test_callback_after_each_step_and_network_evaluations(sampler, nfe, device):
     ts = SCHEDULES["karras"](sde, 12, device=device, dtype=F64)
     seen = []
     x = torch.randn(10, 2, dtype=F64, device=device) * level(sde, sde.T)
-    out = KSAMPLERS[sampler](model, sde, x, ts, callback=seen.append, progress=False)
+    out = SAMPLERS[sampler](model, sde, x, ts, callback=seen.append, progress=False)
     assert [e["i"] for e in seen] == list(range(1, 14))
     assert [float(e["t"]) for e in seen] == ts[1:].tolist() + [0.0]
     assert torch.equal(seen[-1]["x"], out) and torch.equal(seen[-1]["denoised"], out)

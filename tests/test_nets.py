@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from scorefast.choices import NET_PRESETS
 from scorefast.errors import UserError
 from scorefast.nets import (
-    NET_PRESETS,
     DataParam,
     EpsilonParam,
     ScoreParam,
@@ -114,7 +114,7 @@ def test_make_model_passes_net_options():
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: make_model(make_sde("vp"), (2,), param="v"), "parameterisation"),
+    (lambda: make_model(make_sde("vp"), (2,), param="v"), "unknown --param .v.; choose one of eps, score, data, edm"),
     (lambda: make_net((2,), arch="transformer"), "architecture"),
     (lambda: make_net((64,), arch="unet"), "U-Net"),
     (lambda: make_net((3, 32, 32), channel_mults=(1, 0, 2)), "channel_mults"),

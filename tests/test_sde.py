@@ -151,7 +151,7 @@ def test_subvp_std_is_below_vp_std(device):
 
 
 def test_make_sde_rejects_unknown_name():
-    with pytest.raises(ValueError, match="unknown SDE"):
+    with pytest.raises(ValueError, match="unknown --sde 'vpp'; choose one of vp, subvp, ve, vp-psm, ve-power"):
         make_sde("vpp")
 
 

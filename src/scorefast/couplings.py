@@ -27,15 +27,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from .choices import SAMPLERS
 from .errors import UserError
 from .registry import Plugin, Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-COUPLINGS = Registry("coupling", flag="coupling")
+COUPLINGS = Registry("coupling", flag="coupling", title="noise coupling", default="independent")
 MAX_BATCH = 4096  # the largest batch an exact assignment is computed for
-PROBABILITY_FLOW_SAMPLERS = ("ode", "dpmpp-2m", "heun")  # deterministic: they follow the probability-flow ODE
+PROBABILITY_FLOW_SAMPLERS = tuple(SAMPLERS.names(probability_flow=True))  # they follow the probability-flow ODE
 
 
 class Coupling(Plugin):

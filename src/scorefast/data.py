@@ -22,13 +22,12 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import display_path
+from .choices import DATASETS
 from .datafiles import read_data_path
 from .errors import UserError
 
-BUILTIN_2D = ("moons", "8gaussians", "checkerboard", "swissroll", "pinwheel", "rings", "offcentre", "hashgrid",
-              "sharpbroad")
-BUILTIN_TOY = BUILTIN_2D + ("gaussian2d",)
-BUILTIN_IMAGES = ("digits", "digits32", "photos32", "mnist")
+BUILTIN_TOY = tuple(DATASETS.names(kind="points"))
+BUILTIN_IMAGES = tuple(DATASETS.names(kind="image"))
 FLIPPED_BY_DEFAULT = ("photos32",)  # built-ins whose mirror image is as likely as the image (not digits)
 MEMORISATION_SIZE = 10  # fewer examples: no held-out split, samples are scored by their best match (SSIM)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .choices import METRICS, SAMPLERS, SCHEDULES
 from .data import Dataset, quantise
 from .errors import UserError
 from .sde import SDE
@@ -23,18 +24,7 @@ from .sde import SDE
 Tensor = torch.Tensor
 
 
-METRICS = {
-    "swd": "sliced Wasserstein distance (any data)",
-    "mmd": "MMD^2 with Gaussian kernels of fixed bandwidths (any data)",
-    "digits_fd": "Frechet distance in the features of a small classifier of the 8x8 digits (digit images, resampled "
-                 "to 8x8; seconds, the periodic metric of digits and mnist)",
-    "ssim_gap": "1 - the mean best-match SSIM to the reference images (a few images to memorise)",
-    "fid": "the standard FID: Frechet distance of TF-Inception features (images; needs scorefast[fid]; about 0.25 s "
-           "an image on 2 CPU cores; biased upward below 2,048 samples, so compare only equal n)",
-    "kid": "Kernel Inception Distance from the same features (images; needs scorefast[fid]; unbiased at any n)",
-}
-"""Every sample-quality metric by name (lower is better), with what it measures."""
-INCEPTION_METRICS = ("fid", "kid")
+INCEPTION_METRICS = tuple(METRICS.names(inception=True))
 
 
 def metric_name(ds: Dataset, chosen: str = "auto") -> str:
@@ -51,8 +41,7 @@ def metric_name(ds: Dataset, chosen: str = "auto") -> str:
 def check_metric(name: str, ds: Dataset) -> None:
     """One line, before anything is sampled, for a metric that does not exist, does not apply to the data, or
     needs an extra that is not installed (the Inception network is then loaded and checked)."""
-    if name not in METRICS:
-        raise UserError(f"unknown metric '{name}'; choose one of {', '.join(METRICS)}")
+    METRICS.get(name)
     if name in INCEPTION_METRICS:
         if ds.kind != "image":
             raise UserError(f"metric '{name}' scores images; '{ds.name}' holds points (use swd or mmd)")
@@ -61,7 +50,7 @@ def check_metric(name: str, ds: Dataset) -> None:
 
 
 def quality(name: str, samples: Tensor, reference: Tensor, seed: int = 0) -> float:
-    """Sample quality (lower is better) of samples against reference data by a metric of ``METRICS``."""
+    """Sample quality (lower is better) of samples against reference data by a metric of ``choices.METRICS``."""
     from . import metrics
     if name == "ssim_gap":
         return 1.0 - float(metrics.best_match_ssim(samples.clamp(-1, 1), reference).mean())
@@ -75,7 +64,8 @@ def quality(name: str, samples: Tensor, reference: Tensor, seed: int = 0) -> flo
         from . import fid
         return fid.fid(samples.clamp(-1, 1), reference) if name == "fid" else \
             fid.kid(samples.clamp(-1, 1), reference, seed=seed)
-    raise UserError(f"unknown metric '{name}'; choose one of {', '.join(METRICS)}")
+    METRICS.get(name)
+    raise NotImplementedError(f"metric '{name}' is declared but not computed here")
 
 
 def sample_steps(steps_at_T1: int, sde: SDE) -> int:
@@ -102,19 +92,15 @@ class Evaluator:
     levels: int | None = None
 
     def __post_init__(self):
-        from .sampling import SAMPLERS
         if self.n < 1:
             raise UserError(f"--n must be >= 1, got {self.n}")
         if self.steps < 1:
             raise UserError(f"--steps must be >= 1, got {self.steps}")
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler '{self.sampler}'; choose one of {', '.join(SAMPLERS)}")
+        SAMPLERS.get(self.sampler)
         if self.schedule is not None:
-            from .ksampling import SCHEDULES
-            if self.schedule not in SCHEDULES:
-                raise UserError(f"unknown schedule '{self.schedule}'; choose one of {', '.join(SCHEDULES)}")
-        if self.metric != "auto" and self.metric not in METRICS:
-            raise UserError(f"unknown metric '{self.metric}'; choose one of auto, {', '.join(METRICS)}")
+            SCHEDULES.get(self.schedule)
+        if self.metric != "auto":
+            METRICS.get(self.metric)
 
     def samples(self, model, sde: SDE, shape: tuple[int, ...], prior=None, device=None,
                 progress: bool = False) -> Tensor:

@@ -9,12 +9,13 @@ s, and a score model is a denoiser (Tweedie)
 - :class:`Denoiser` is exactly a k-diffusion denoiser ``D(x, sigma)``, so k-diffusion code samples a
   scorefast model unchanged; :func:`sigma_to_t` inverts the SDE's ``noise_level``, s(t).
 - :func:`sigma_schedule` (Karras rho = 7, log-SNR uniform) and :func:`schedule_times` are schedules as
-  data; ``SCHEDULES`` holds them as ``schedule(sde, steps, edges=None) -> ts``.
+  data, registered in ``choices.SCHEDULES`` as ``schedule(sde, steps, edges=None) -> ts``.
 - :func:`sample_dpmpp_2m`, :func:`sample_heun`, :func:`sample_euler_ancestral` follow k-diffusion's
   convention ``sample_x(model, x, sigmas, extra_args=None, callback=None, disable=None, **options)``;
-  ``KSAMPLERS`` holds them in the engine's convention (sampling.py) under 'dpmpp-2m', 'heun', 'euler-a'.
+  they are registered in the engine's convention (sampling.py) in ``choices.SAMPLERS`` under 'dpmpp-2m',
+  'heun', 'euler-a'.
 
-sampling.py registers KSAMPLERS and SCHEDULES; both use the grids of ``time_grids``.
+Both use the grids of ``time_grids``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 from tqdm.auto import trange
 
+from .choices import SAMPLERS, SCHEDULES
 from .errors import UserError
 from .sde import SDE, VESDE, VPSDE, ScoreFn, SubVPSDE, append_dims
 from .time_grids import pieces, time_grid
@@ -186,11 +188,9 @@ def uniform_times(sde: SDE, steps: int, edges: Sequence[float] | None = None, de
     return time_grid(sde.T, sde.eps, steps, edges, device=device, dtype=dtype)
 
 
-SCHEDULES: dict[str, Callable[..., Tensor]] = {
-    "uniform": uniform_times,
-    "karras": partial(schedule_times, kind="karras"),
-    "logsnr": partial(schedule_times, kind="logsnr"),
-}
+SCHEDULES.add("uniform", uniform_times)
+SCHEDULES.add("karras", partial(schedule_times, kind="karras"))
+SCHEDULES.add("logsnr", partial(schedule_times, kind="logsnr"))
 
 
 # -- samplers in k-diffusion's convention -----------------------------------------------------------
@@ -353,8 +353,6 @@ def engine_sampler(ksampler: Callable[..., Tensor], stochastic: bool, default_sc
     return run
 
 
-KSAMPLERS: dict[str, Callable[..., Tensor]] = {
-    "dpmpp-2m": engine_sampler(sample_dpmpp_2m, stochastic=False, default_schedule="logsnr"),
-    "heun": engine_sampler(sample_heun, stochastic=True, default_schedule="karras"),
-    "euler-a": engine_sampler(sample_euler_ancestral, stochastic=True, default_schedule="karras"),
-}
+SAMPLERS.add("dpmpp-2m", engine_sampler(sample_dpmpp_2m, stochastic=False, default_schedule="logsnr"))
+SAMPLERS.add("heun", engine_sampler(sample_heun, stochastic=True, default_schedule="karras"))
+SAMPLERS.add("euler-a", engine_sampler(sample_euler_ancestral, stochastic=True, default_schedule="karras"))

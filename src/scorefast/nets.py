@@ -13,6 +13,7 @@ import math
 import torch
 from torch import nn
 
+from .choices import NET_PRESETS, PARAMETERISATIONS
 from .errors import UserError
 from .sde import SDE, append_dims
 
@@ -266,19 +267,13 @@ class EDMParam(Parameterisation):
         return s * y / norm**2 - sd / norm * raw
 
 
-PARAMETERISATIONS = {p.kind: p for p in (EpsilonParam, ScoreParam, DataParam, EDMParam)}
+for _param in (EpsilonParam, ScoreParam, DataParam, EDMParam):
+    PARAMETERISATIONS.add(_param.kind, _param)
 
 
 # U-Net options of make_net and their defaults (the small network of the measured studies);
 # channel_mults None means (1, 2) for images up to 16 pixels wide and (1, 2, 2) above.
 UNET_DEFAULTS: dict[str, object] = dict(width=32, channel_mults=None, res_blocks=1, attention=(), dropout=0.0, heads=1)
-
-# Named U-Net sizes. cifar10: the sizes of DDPM's CIFAR-10 network (Ho et al. 2020, appendix B), for 32x32 or
-# 64x64 images; 23.8 M parameters here, 35.7 M in DDPM, which adds an up block per level, a second middle
-# block, learned upsampling and a 512-wide time embedding.
-NET_PRESETS: dict[str, dict[str, object]] = {
-    "cifar10": dict(width=128, channel_mults=(1, 2, 2, 2), res_blocks=2, attention=(16,), dropout=0.1),
-}
 
 
 def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = None, depth: int = 3,
@@ -287,7 +282,7 @@ def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = Non
              heads: int | None = None) -> nn.Module:
     """An MLP for flat data, a U-Net for (C, H, W) images; ``arch='auto'`` picks by shape.
 
-    U-Net options left at None take the value of ``preset`` (a key of NET_PRESETS) if given, else
+    U-Net options left at None take the value of ``preset`` (a name of ``choices.NET_PRESETS``) if given, else
     UNET_DEFAULTS: ``channel_mults`` (one multiplier of ``width`` per level; level i is 1 / 2**i of the
     image side, so H and W must divide by 2**(levels - 1)), ``res_blocks`` per level, ``attention`` (the
     sides in pixels of the levels whose blocks get self-attention, the shorter side for non-square
@@ -296,8 +291,7 @@ def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = Non
     """
     given = dict(width=width, channel_mults=channel_mults, res_blocks=res_blocks, attention=attention,
                  dropout=dropout, heads=heads)
-    if preset is not None and preset not in NET_PRESETS:
-        raise UserError(f"unknown network preset '{preset}'; choose one of {sorted(NET_PRESETS)}")
+    sizes = {} if preset is None else NET_PRESETS.get(preset)
     if arch == "auto":
         arch = "unet" if len(shape) == 3 else "mlp"
     if arch == "mlp":
@@ -312,7 +306,7 @@ def make_net(shape: tuple[int, ...], arch: str = "auto", width: int | None = Non
         raise UserError(f"unknown architecture '{arch}'; choose mlp, unet or auto")
     if len(shape) != 3:
         raise UserError(f"the U-Net needs (C, H, W) data, got shape {tuple(shape)}")
-    opts = {**UNET_DEFAULTS, **NET_PRESETS.get(preset or "", {}), **{k: v for k, v in given.items() if v is not None}}
+    opts = {**UNET_DEFAULTS, **sizes, **{k: v for k, v in given.items() if v is not None}}
     h, w = shape[1:]
     mults = ((1, 2) if w <= 16 else (1, 2, 2)) if opts["channel_mults"] is None else tuple(opts["channel_mults"])
     scale = 2 ** (len(mults) - 1)
@@ -333,7 +327,6 @@ def make_model(sde: SDE, shape: tuple[int, ...], param: str = "eps", sigma_data:
                **net_kwargs) -> Parameterisation:
     """A network for data of ``shape`` wrapped in the named parameterisation (eps, score, data, edm;
     ``sigma_data`` is edm's)."""
-    if param not in PARAMETERISATIONS:
-        raise UserError(f"unknown parameterisation '{param}'; choose one of {sorted(PARAMETERISATIONS)}")
+    wrapper = PARAMETERISATIONS.get(param)
     net = make_net(shape, **net_kwargs)
-    return EDMParam(net, sde, sigma_data) if param == "edm" else PARAMETERISATIONS[param](net, sde)
+    return EDMParam(net, sde, sigma_data) if param == "edm" else wrapper(net, sde)

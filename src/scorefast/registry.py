@@ -1,10 +1,16 @@
-"""Plug-in registries and configuration fields: one registry per slot, each name written beside its class.
+"""Registries of named choices and configuration fields: every name written beside what it names, with its help.
 
-A plug-in is a dataclass whose fields are its options; ``@REGISTRY.register("name")`` records it under
-that name (score_sde's ``@register_predictor`` is the model), so no list of names is kept by hand
-anywhere else. Every configuration field - a section's or a plug-in's - is declared with
-:func:`option`, which keeps its help text, its command-line flag and whether a resumed run may change
-it next to the field itself; the command line and the config files are generated from that metadata.
+A :class:`Registry` holds the names of one kind of choice (a training target, a sampler, a data set,
+a recipe, ...) with a help text each, the registry's own ``title`` and ``default``. A plug-in is a
+dataclass whose fields are its options; ``@REGISTRY.register("name")`` records it under that name
+(score_sde's ``@register_predictor`` is the model). A name whose implementation needs torch is
+declared with its help in a torch-free module (``choices``) and registered by the module that
+implements it, which the registry imports on first use; so no list of names is kept by hand anywhere
+else, and the command line lists every name without importing torch. Every configuration field - a
+section's or a plug-in's - is declared with :func:`option`, which keeps its help text, its
+command-line flag, whether a resumed run may change it and the values it accepts next to the field
+itself; the command line, the config files and the one check of a value (:func:`check`) are generated
+from that metadata.
 
 This module imports nothing heavy: building the command line must not import torch.
 """
@@ -12,9 +18,11 @@ This module imports nothing heavy: building the command line must not import tor
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import math
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
 from .errors import UserError
@@ -23,13 +31,17 @@ T = TypeVar("T")
 
 
 def option(default: Any, help: str, *, flag: str | None = None, locked: bool = True, selects: bool = False,
-           choices: tuple[str, ...] | None = None) -> Any:
+           choices: Registry | tuple[str, ...] | None = None, min: float | None = None, max: float | None = None,
+           above: float | None = None, below: float | None = None) -> Any:
     """A configuration field: ``default``, ``help`` (shown by ``--help``), the flag name if it differs
     from the field name (underscores; ``--`` and dashes are added by the CLI), ``locked`` if a resumed
     run may not change it, ``selects`` if giving the flag selects the plug-in that owns it (a partition's
-    --intervals), and the fixed ``choices`` of a string field that has no registry."""
+    --intervals), and the values it accepts: ``choices`` (a registry, whose names and help the flag's
+    help lists, or a tuple of names), the inclusive bounds ``min`` / ``max`` and the exclusive ``above`` /
+    ``below``. :func:`check` enforces them; None passes."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "locked": locked,
-                                                        "selects": selects, "choices": choices})
+                                                        "selects": selects, "choices": choices, "min": min,
+                                                        "max": max, "above": above, "below": below})
 
 
 def options_of(cls_or_obj) -> list[dataclasses.Field]:
@@ -58,7 +70,12 @@ def optional(owner: type, f: dataclasses.Field) -> bool:
 
 
 def coerce(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
-    """``value`` (from a flag's text, a JSON or a TOML file) as the field's type; one clear error otherwise."""
+    """``value`` (from a flag's text, a JSON or a TOML file) as the field's type, checked by :func:`check`; one
+    clear error otherwise."""
+    return check(f, _as_type(owner, f, value, where), where)
+
+
+def _as_type(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     flag = "--" + flag_of(f).replace("_", "-")
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional(owner, f)):
         if optional(owner, f):
@@ -93,40 +110,129 @@ def coerce(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
     raise UserError(f"{where}: {flag} expects {name}, got {value!r}")
 
 
-class Registry:
-    """Named plug-ins of one slot (a training target, a prior at T, a partition of time, ...).
+def check(f: dataclasses.Field, value: Any, where: str | None = None) -> Any:
+    """``value`` if the field accepts it (a finite number within its bounds, one of its choices), else one
+    UserError naming the flag; the one place these rules are enforced (values read and the configuration
+    validated)."""
+    flag = "--" + flag_of(f).replace("_", "-")
+    m = f.metadata
+    if value is None or isinstance(value, bool):
+        return value
 
-    ``flag`` is the command-line flag that selects the plug-in (None if the selection is implied by
-    the options given, as for partitions).
+    def refuse(what: str) -> typing.NoReturn:
+        raise UserError(f"{where + ': ' if where else ''}{flag} {what}, got {value!r}")
+
+    if isinstance(value, float) and not math.isfinite(value):
+        refuse("must be a finite number")
+    if isinstance(value, (int, float)):
+        for key, ok, text in (("min", lambda b: value >= b, ">="), ("max", lambda b: value <= b, "<="),
+                              ("above", lambda b: value > b, ">"), ("below", lambda b: value < b, "<")):
+            if m.get(key) is not None and not ok(m[key]):
+                refuse(f"must be {text} {m[key]}")
+    choices = m.get("choices")
+    if choices is not None and isinstance(value, str) and value not in choices:
+        raise UserError(f"{where + ': ' if where else ''}unknown {flag} {value!r}; choose one of "
+                        f"{', '.join(choices)}")
+    return value
+
+
+def help_of(f: dataclasses.Field) -> str:
+    """The help text of a field, with the names (and their help) of the registry its ``choices`` come from."""
+    choices = f.metadata.get("choices")
+    text = f.metadata["help"]
+    return f"{text}: {choices.listing()}" if isinstance(choices, Registry) else text
+
+
+class Registry:
+    """The names of one kind of choice, each with what it names and a help text.
+
+    ``slot`` says what a name is ("sampler", "target"), ``flag`` is the command-line flag that selects
+    one (None if the selection is implied by the options given, as for partitions), ``title`` the
+    heading of its listings and ``default`` the name chosen when none is given. ``module``, if given,
+    implements the names declared here (:meth:`declare`) and is imported when one is first asked for.
+    Read like a mapping: ``name in REG``, ``REG[name]``, ``list(REG)``, ``REG.items()``.
     """
 
-    def __init__(self, slot: str, flag: str | None = None):
-        self.slot, self.flag = slot, flag
-        self._items: dict[str, type] = {}
+    def __init__(self, slot: str, flag: str | None = None, *, title: str | None = None, default: str | None = None,
+                 module: str | None = None):
+        self.slot, self.flag, self.default, self.module = slot, flag, default, module
+        self.title = title or slot
+        self._items: dict[str, Any] = {}
+        self._help: dict[str, str] = {}
+        self._tags: dict[str, dict[str, Any]] = {}
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+    def declare(self, name: str, help: str, **tags: Any) -> None:
+        """Record ``name`` with its help (and ``tags`` such as a data set's kind) before its implementation is
+        registered, so that it can be listed without importing ``module``."""
+        if name in self._help:
+            raise ValueError(f"{self.slot} '{name}' is declared twice")
+        self._help[name], self._tags[name] = help, tags
+        self._items.setdefault(name, None)
+
+    def add(self, name: str, obj: Any, help: str | None = None, **tags: Any) -> Any:
+        """Record ``obj`` under ``name``: a name this registry declared, or a new one with its ``help`` (default:
+        the first paragraph of ``obj``'s docstring)."""
+        if self._items.get(name) is not None:
+            raise ValueError(f"{self.slot} '{name}' is registered twice")
+        if name not in self._help:
+            if self.module is not None:
+                raise ValueError(f"{self.slot} '{name}' is not declared beside the others")
+            self._help[name], self._tags[name] = help or _summary(obj), tags
+        self._items[name] = obj
+        return obj
+
+    def register(self, name: str, help: str | None = None) -> Callable[[type[T]], type[T]]:
         """Class decorator: record a dataclass plug-in under ``name`` (also set as ``cls.name``)."""
         def decorate(cls: type[T]) -> type[T]:
-            if name in self._items:
+            if self._items.get(name) is not None:
                 raise ValueError(f"{self.slot} '{name}' is registered twice")
             if not dataclasses.is_dataclass(cls):
                 raise TypeError(f"{self.slot} '{name}': a plug-in must be a dataclass (its fields are its options)")
             cls.name = name
-            self._items[name] = cls
-            return cls
+            return self.add(name, cls, help)
         return decorate
 
-    def names(self) -> list[str]:
-        return list(self._items)
+    def names(self, **tags: Any) -> list[str]:
+        """Every name, in the order registered; with ``tags``, those whose tags have these values."""
+        return [n for n in self._items if all(self._tags[n].get(k) == v for k, v in tags.items())]
 
-    def __contains__(self, name: str) -> bool:
+    def help(self, name: str) -> str:
+        self.get(name)
+        return self._help[name]
+
+    def tag(self, name: str, key: str) -> Any:
+        self.get(name)
+        return self._tags[name].get(key)
+
+    def listing(self, with_help: bool = True) -> str:
+        """Every name for a flag's help text, with its help: 'a (what a is), b (what b is)', or without."""
+        return ", ".join(f"{n} ({h})" if h and with_help else n for n, h in self._help.items())
+
+    def __contains__(self, name: object) -> bool:
         return name in self._items
 
-    def get(self, name: str) -> type:
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, name: str) -> Any:
+        """What ``name`` names (its module imported if need be); one UserError listing the names otherwise."""
         if name not in self._items:
             what = f"--{self.flag.replace('_', '-')}" if self.flag else self.slot
             raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(self._items)}")
+        if self._items[name] is None and self.module is not None:
+            importlib.import_module(self.module)
         return self._items[name]
+
+    __getitem__ = get
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(n, self.get(n)) for n in self._items]
+
+    def values(self) -> list[Any]:
+        return [self.get(n) for n in self._items]
 
     def create(self, name: str, **options: Any) -> Any:
         """An instance of plug-in ``name`` with ``options`` (field names); unknown options are an error."""
@@ -141,10 +247,18 @@ class Registry:
     def option_owners(self) -> dict[str, list[tuple[type, dataclasses.Field]]]:
         """flag name -> [(plug-in class, field)] for every option of every plug-in of this slot."""
         owners: dict[str, list[tuple[type, dataclasses.Field]]] = {}
-        for cls in self._items.values():
+        for cls in self.values():
             for f in options_of(cls):
                 owners.setdefault(flag_of(f), []).append((cls, f))
         return owners
+
+
+def _summary(obj: Any) -> str:
+    """The first paragraph of an object's own docstring (a dataclass's generated signature is none)."""
+    doc = getattr(obj, "__dict__", {}).get("__doc__") or ""
+    if doc.startswith(f"{getattr(obj, '__name__', '')}("):
+        return ""
+    return " ".join(doc.strip().split("\n\n")[0].replace("``", "").split())
 
 
 class Plugin:
@@ -159,4 +273,5 @@ class Plugin:
         """Raise UserError (one line) for an option out of range; called before anything is written."""
 
 
-__all__ = ["Plugin", "Registry", "coerce", "field_type", "flag_of", "option", "optional", "options_of"]
+__all__ = ["Plugin", "Registry", "check", "coerce", "field_type", "flag_of", "help_of", "option", "optional",
+           "options_of"]

@@ -18,8 +18,9 @@ import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
+from . import ksampling  # noqa: F401  (registers dpmpp-2m, heun and euler-a)
+from .choices import SAMPLERS, SCHEDULES
 from .errors import UserError
-from .ksampling import KSAMPLERS, SCHEDULES
 from .sde import SDE, ScoreFn
 from .time_grids import pieces
 
@@ -153,7 +154,9 @@ def sample_pc(model: ScoreFn, sde: SDE, x: Tensor, ts: Tensor, *, callback=None,
                      corrector_steps=corrector_steps, snr=snr)
 
 
-SAMPLERS = {"ode": sample_ode, "em": sample_em, "pc": sample_pc, **KSAMPLERS}
+SAMPLERS.add("ode", sample_ode)
+SAMPLERS.add("em", sample_em)
+SAMPLERS.add("pc", sample_pc)
 
 
 def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler: str = "ode", steps: int = 100,
@@ -165,17 +168,14 @@ def sample(model: ScoreFn, sde: SDE, n: int, shape: tuple[int, ...], *, sampler:
 
     The samples are integrated ``chunk`` at a time (all x_T are drawn first), so memory stays bounded
     for any n; a result depends on the seed and, for n above ``chunk``, on the chunk size."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler '{sampler}'; choose one of {', '.join(SAMPLERS)}")
-    schedule = schedule or getattr(SAMPLERS[sampler], "default_schedule", "uniform")
-    if schedule not in SCHEDULES:
-        raise UserError(f"unknown schedule '{schedule}'; choose one of {', '.join(SCHEDULES)}")
+    run = SAMPLERS.get(sampler)
+    grid = SCHEDULES.get(schedule or getattr(run, "default_schedule", "uniform"))
     if steps < 1:
         raise UserError(f"sampler steps must be >= 1, got {steps}")
     if prior is not None:
         x = prior.sample(n, generator=generator).reshape(n, *shape).to(device)
     else:
         x = sde.prior_sampling((n, *shape), generator=generator, device=device)
-    ts = SCHEDULES[schedule](sde, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
-    return torch.cat([SAMPLERS[sampler](model, sde, part, ts, progress=progress, generator=generator, **options)
+    ts = grid(sde, steps, getattr(model, "edges", None), device=x.device, dtype=x.dtype)
+    return torch.cat([run(model, sde, part, ts, progress=progress, generator=generator, **options)
                       for part in x.split(max(1, chunk))])

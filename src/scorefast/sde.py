@@ -11,10 +11,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from functools import partial
 
 import torch
 
-from .errors import UserError
+from .choices import SDES
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -237,25 +238,20 @@ class VESDE(SDE):
                 "T": self.T, "eps": self.eps}
 
 
-SDES: dict[str, type[SDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
-# the published schedules, as (family, constructor arguments)
-PRESETS: dict[str, tuple[str, dict]] = {"vp-psm": ("vp", {"beta_min": 0.0, "beta_max": 10.0}),
-                                        "ve-power": ("ve", {"base": 5.0})}
-SDE_NAMES: tuple[str, ...] = (*SDES, *PRESETS)
+for _sde in (VPSDE, SubVPSDE, VESDE):
+    SDES.add(_sde.name, _sde)
+# the published schedules: a family with its constructor's arguments
+SDES.add("vp-psm", partial(VPSDE, beta_min=0.0, beta_max=10.0))
+SDES.add("ve-power", partial(VESDE, base=5.0))
 
 
 def make_sde(name: str, T: float = 1.0, eps: float = 1e-3, **kwargs) -> SDE:
-    """Build an SDE by name: 'vp', 'subvp', 've', plus the published presets
+    """Build an SDE by a name of ``choices.SDES``: 'vp', 'subvp', 've', plus the published presets
     'vp-psm' (beta = 2ct, c = 5), 've-power' (g = s^t, s = 5 unless base is given)."""
-    if name in PRESETS:
-        name, defaults = PRESETS[name]
-        kwargs = {**defaults, **kwargs}
-    if name not in SDES:
-        raise UserError(f"unknown SDE '{name}'; choose one of {', '.join(SDE_NAMES)}")
-    return SDES[name](T=T, eps=eps, **kwargs)
+    return SDES.get(name)(T=T, eps=eps, **kwargs)
 
 
 def sde_from_config(cfg: dict) -> SDE:
     """Inverse of ``{'name': sde.name, **sde.config()}``."""
     cfg = dict(cfg)
-    return SDES[cfg.pop("name")](**cfg)
+    return SDES.get(cfg.pop("name"))(**cfg)

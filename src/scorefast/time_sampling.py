@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
     from .sde import SDE
 
-TIME_SAMPLERS = Registry("time sampler", flag="time_sampler")
+TIME_SAMPLERS = Registry("time sampler", flag="time_sampler", title="training times", default="uniform")
 GRID = 4097  # points of a tabulated distribution function (log-spaced in t)
 
 

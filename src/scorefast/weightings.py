@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from .sde import SDE
 
-WEIGHTINGS = Registry("weighting", flag="weighting")
+WEIGHTINGS = Registry("weighting", flag="weighting", title="loss weighting", default="epsilon")
 
 
 class Weighting(Plugin):

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from ..sde import SDE
 
-PARTITIONS = Registry("partition")
+PARTITIONS = Registry("partition", title="partition of time (parallel score matching)", default="single")
 
 
 @dataclass

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from ..sde import SDE
     from .densities import Prior
 
-PRIORS = Registry("prior", flag="prior")
+PRIORS = Registry("prior", flag="prior", title="prior at T", default="standard")
 FIT_WHEN = ("before", "alongside", "after")
 
 

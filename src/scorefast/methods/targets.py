@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from ..objective import Goal
     from ..sde import SDE
 
-TARGETS = Registry("target", flag="method")
+TARGETS = Registry("target", flag="method", title="training target", default="dsm")
 MAX_GRID_DIM = 3  # the FP grid solver's dimensions (fokker_planck.MAX_DIM; checked by a test)
 
 

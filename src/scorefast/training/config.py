@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from ..errors import UserError
 from ..methods.partitions import PARTITIONS, select_partition
 from ..methods.priors import PRIORS
 from ..methods.targets import TARGETS
-from ..registry import Registry, coerce, field_type, flag_of, options_of
+from ..registry import Registry, check, coerce, field_type, flag_of, help_of, options_of
 from ..time_sampling import TIME_SAMPLERS
 from ..weightings import WEIGHTINGS
 from .recipes import DEFAULT_RECIPE, RECIPES
@@ -36,8 +35,6 @@ from .sections import SECTIONS
 SLOTS: dict[str, Registry] = {"target": TARGETS, "prior": PRIORS, "partition": PARTITIONS,
                               "time_sampler": TIME_SAMPLERS, "weighting": WEIGHTINGS, "ema_profile": EMA_PROFILES,
                               "lr_schedule": LR_SCHEDULES}
-DEFAULT_PLUGIN = {"target": "dsm", "prior": "standard", "partition": "single", "time_sampler": "uniform",
-                  "weighting": "epsilon", "ema_profile": "fixed", "lr_schedule": "constant"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class Flag:
 
     @property
     def help(self) -> str:
-        return self.owners[0][1].metadata["help"]
+        return help_of(self.owners[0][1])
 
     @property
     def locked(self) -> bool:
@@ -80,12 +77,8 @@ def _flag_table() -> dict[str, Flag]:
 
 FLAGS: dict[str, Flag] = _flag_table()
 SELECTORS: dict[str, str] = {reg.flag: slot for slot, reg in SLOTS.items() if reg.flag}
-SELECTOR_HELP = {"method": f"training target: one of {', '.join(TARGETS.names())}",
-                 "prior": f"prior at T: one of {', '.join(PRIORS.names())} (standard = N(0, I))",
-                 "time_sampler": f"where the training times are drawn: one of {', '.join(TIME_SAMPLERS.names())}",
-                 "weighting": f"loss weighting: one of {', '.join(WEIGHTINGS.names())}",
-                 "ema_profile": f"the weight average's decay over training: one of {', '.join(EMA_PROFILES.names())}",
-                 "lr_schedule": f"learning rate over training: one of {', '.join(LR_SCHEDULES.names())}"}
+SELECTOR_HELP = {reg.flag: f"{reg.title}: one of {reg.listing(with_help=False)} (default: the recipe's, else "
+                             f"{reg.default})" for reg in SLOTS.values() if reg.flag}
 
 
 def _coerced(flags: dict, where: str) -> dict:
@@ -100,11 +93,8 @@ def selected(flags: dict, data_kind: str | None = None) -> dict[str, str]:
     """The plug-in each slot selects under these flags: the flag given, else the recipe's default for this kind
     of data, else the slot's own default."""
     given = _coerced(flags, "configuration")
-    name = given.get("recipe", DEFAULT_RECIPE)
-    if name not in RECIPES:
-        raise UserError(f"unknown --recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    defaults = RECIPES[name].defaults(data_kind)
-    chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, DEFAULT_PLUGIN[slot]))
+    defaults = RECIPES.get(given.get("recipe", DEFAULT_RECIPE)).defaults(data_kind)
+    chosen = {slot: given.get(reg.flag, defaults.get(reg.flag, reg.default))
               for slot, reg in SLOTS.items() if reg.flag}
     chosen["partition"] = select_partition(given)
     return chosen
@@ -188,7 +178,7 @@ class Config:
                 raise UserError(f"{where}: section '{name}' must be a mapping, got {type(values).__name__}")
             if name in SLOTS:
                 values = dict(values)
-                plugin = SLOTS[name].get(str(values.pop("name", DEFAULT_PLUGIN[name])))
+                plugin = SLOTS[name].get(str(values.pop("name", SLOTS[name].default)))
                 owner = plugin
                 if SLOTS[name].flag:
                     flags[SLOTS[name].flag] = plugin.name
@@ -233,9 +223,7 @@ class Config:
         for name in (*SECTIONS, *SLOTS):
             part = getattr(self, name)
             for f in dataclasses.fields(part):
-                value = getattr(part, f.name)
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise UserError(f"--{flag_of(f).replace('_', '-')} must be a finite number, got {value}")
+                check(f, getattr(part, f.name))
             part.validate()
         if getattr(self.lr_schedule, "needs_total", False) and self.budget.max_steps is None:
             raise UserError(f"--lr-schedule {self.lr_schedule.name} needs the run's length: give --steps")

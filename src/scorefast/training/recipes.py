@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..registry import Registry
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -47,7 +49,9 @@ EDM = Recipe(
      "sampler": "heun", "eval_steps": 17},
     {"image": {"sigma_data": 0.5, "dropout": 0.13}})
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (PLAIN, FAST, EDM)}
-DEFAULT_RECIPE = "fast"
+RECIPES = Registry("recipe", flag="recipe", title="training recipe", default="fast")
+for _recipe in (PLAIN, FAST, EDM):
+    RECIPES.add(_recipe.name, _recipe, _recipe.description)
+DEFAULT_RECIPE: str = RECIPES.default
 
 __all__ = ["DEFAULT_RECIPE", "EDM", "FAST", "PLAIN", "RECIPES", "Recipe"]

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 from ..errors import UserError
 from ..registry import Plugin, Registry, option
 
-EMA_PROFILES = Registry("EMA profile", flag="ema_profile")
-LR_SCHEDULES = Registry("learning-rate schedule", flag="lr_schedule")
+EMA_PROFILES = Registry("EMA profile", flag="ema_profile", title="weight average", default="fixed")
+LR_SCHEDULES = Registry("learning-rate schedule", flag="lr_schedule", title="learning-rate schedule",
+                        default="constant")
 
 
 class EMAProfile(Plugin):
