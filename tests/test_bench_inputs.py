@@ -49,7 +49,7 @@ CORES = os.cpu_count() or 1
     (["--data", "moons", "--budget", "300steps", "--snapshot-every", "200"], "fewer than two snapshots"),
     (["--data", "moons", "--budget", "1steps"], "fewer than two snapshots"),
     (["--data", "moons", "--snapshot-every", "0"], "--snapshot-every must be >= 1"),
-    (["--data", "moons", "--metric", "nope"], "unknown metric 'nope'; choose one of swd"),
+    (["--data", "moons", "--metric", "nope"], "unknown --metric 'nope'; choose one of swd"),
     (["--data", "moons", "--metric", "fid"], "scores images; 'moons' holds points"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(tmp_path, capsys, args, needle):

@@ -15,18 +15,14 @@ from pathlib import Path
 
 from .errors import UserError, run_command
 
-GROUP_TITLES = {"recipe": "recipe", "data": "data", "sde": "forward SDE", "net": "network",
-                "objective": "training objective", "optim": "optimisation", "budget": "budget",
-                "log": "run directory and evaluation",
-                "launch": "launch", "target": "training target (--method)", "prior": "prior at T (--prior)",
-                "partition": "partition of time (parallel score matching)",
-                "time_sampler": "training times (--time-sampler)", "weighting": "loss weighting (--weighting)",
-                "ema_profile": "weight average (--ema-profile)",
-                "lr_schedule": "learning-rate schedule (--lr-schedule)"}
+SECTION_TITLES = {"recipe": "recipe", "data": "data", "sde": "forward SDE", "net": "network",
+                  "objective": "training objective", "optim": "optimisation", "budget": "budget",
+                  "log": "run directory and evaluation", "launch": "launch"}
 
 
 def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
-    """One flag per configuration field, grouped by section; values are parsed by the configuration."""
+    """One flag per configuration field, grouped by section (a plug-in slot's group is titled by its registry);
+    values are parsed by the configuration."""
     import dataclasses
 
     from .training.config import FLAGS, SELECTOR_HELP, SELECTORS, SLOTS
@@ -34,7 +30,10 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
     def group(section: str) -> argparse._ArgumentGroup:
         if section not in groups:
-            groups[section] = p.add_argument_group(GROUP_TITLES[section])
+            reg = SLOTS.get(section)
+            title = SECTION_TITLES[section] if reg is None else \
+                f"{reg.title} (--{reg.flag.replace('_', '-')})" if reg.flag else reg.title
+            groups[section] = p.add_argument_group(title)
         return groups[section]
 
     for flag, slot in SELECTORS.items():
@@ -223,7 +222,9 @@ def _bench_parser(sub, text: str) -> None:
                        "default recipe) and its controls, seeds side by side, evaluate every snapshot with one "
                        "evaluator, and write DIR/report.md, DIR/results.json and pictures. Finished runs in "
                        "DIR/runs are reused, so the same command again only re-reports.")
-    b.add_argument("--data", default=None, help="data sets: built-in names or paths, separated by commas")
+    from .choices import DATASETS
+    b.add_argument("--data", default=None, help="data sets, separated by commas: paths or built-in names "
+                   f"({DATASETS.listing(with_help=False)})")
     b.add_argument("--methods", default=None, help=f"comma-separated: {choices_text()} (default: all); a method "
                    "brings its controls, the baselines always run")
     b.add_argument("--budget", default=None, help="training budget of every network, with its unit: 4000steps or "
@@ -258,6 +259,12 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--sigma-rel", type=float, default=None, help="use the post-hoc EMA of this relative width "
                    "(written by scorefast ema) instead of the run's own EMA")
+
+
+def _sampler_flags(p: argparse.ArgumentParser) -> None:
+    from .choices import SAMPLERS, SCHEDULES
+    p.add_argument("--sampler", default=None, help=f"{SAMPLERS.listing()} (default: the run's)")
+    p.add_argument("--schedule", default=None, help=f"{SCHEDULES.listing()} (default: the sampler's own)")
 
 
 def _overwrite_flag(p: argparse.ArgumentParser) -> None:
@@ -303,8 +310,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         _run_flags(s)
         s.add_argument("--n", type=int, default=1000, help="number of samples (default: 1000)")
         s.add_argument("--out", required=True, help="output .npy file (a .png picture is written beside it)")
-        s.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the run's)")
-        s.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
+        _sampler_flags(s)
         s.add_argument("--steps", type=int, default=None, help="sampler steps (default: the run's, scaled by T)")
         _overwrite_flag(s)
         s.set_defaults(func=cmd_sample)
@@ -324,14 +330,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             e.set_defaults(func=cmd_nll)
         else:
             e.add_argument("--n", type=int, default=2000, help="samples to draw (default: 2000)")
-            e.add_argument("--sampler", default=None, help="ode, em, pc, dpmpp-2m, heun or euler-a (default: the "
-                           "run's)")
-            e.add_argument("--schedule", default=None, help="uniform, karras or logsnr (default: the sampler's own)")
+            _sampler_flags(e)
             e.add_argument("--steps", type=int, default=None, help="sampler steps")
-            from .evaluate import METRICS
+            from .choices import METRICS
             e.add_argument("--metric", action="append", default=None, choices=list(METRICS), metavar="NAME",
                            help="a metric to compute, repeatable (default: swd, mmd and the data's own): "
-                           + "; ".join(f"{k}: {v}" for k, v in METRICS.items()))
+                           + METRICS.listing())
             e.set_defaults(func=cmd_evaluate)
     elif command == "fp":
         f = sub.add_parser("fp", help=helps["fp"], description="Writes axes, t, alpha, sigma, bandwidth, logp and "
@@ -341,7 +345,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         f.add_argument("--grid", type=int, default=181, help="grid points per dimension (default: 181)")
         f.add_argument("--steps", type=int, default=50, help="time steps (default: 50)")
         f.add_argument("--bandwidth", type=float, default=None, help="KDE bandwidth (default: Scott's rule)")
-        f.add_argument("--sde", default="vp", help="forward SDE (default: vp)")
+        from .choices import SDES
+        f.add_argument("--sde", default=SDES.default, help=f"forward SDE: {SDES.listing()} (default: {SDES.default})")
         f.add_argument("--T", type=float, default=1.0, help="end time (default: 1)")
         f.add_argument("--eps", type=float, default=1e-3, help="start time (default: 1e-3)")
         f.add_argument("--solver", default="lu", help="lu (SuperLU, default) or krylov (BiCGSTAB + LU preconditioner)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import UserError
+from ..registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,12 @@ class Preset:
     evaluation: dict | None = None  # the curves' protocol (curves.Protocol's fields), when not the bench's own
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS = Registry("preset", flag="preset", title="named study", default="quick")
 
 
 def preset(p: Preset) -> Preset:
-    """Register a preset under its name."""
-    if p.name in PRESETS:
-        raise ValueError(f"preset '{p.name}' is registered twice")
-    PRESETS[p.name] = p
-    return p
+    """Register a preset under its name, with its description as its help."""
+    return PRESETS.add(p.name, p, p.description)
 
 
 preset(Preset("quick", "every method and control once, tiny sizes and budgets, on a 2-D set and 8x8 digits: a "
@@ -101,9 +98,8 @@ preset(Preset("readme-images", "plain DSM, the default recipe and every other re
 
 
 def get_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise UserError(f"unknown --preset '{name}'; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    """The preset ``name``; one line listing the presets otherwise."""
+    return PRESETS.get(name)
 
 
 __all__ = ["PRESETS", "Preset", "get_preset", "preset"]

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import UserError
+from ..registry import Registry
 
 ROLES = ("baseline", "method", "control")
 GROUPS = ("baselines", "recipes", "targets", "truncation", "intervals", "combined")
@@ -78,7 +79,7 @@ class Scenario:
         return None
 
 
-SCENARIOS: dict[str, Scenario] = {}
+SCENARIOS = Registry("scenario", flag="methods", title="bench scenario")
 
 
 def scenario_named(name: str) -> Scenario:
@@ -90,11 +91,9 @@ def scenario(name: str, group: str, role: str, help: str, controls: tuple[str, .
              uses_T: bool = False) -> Callable[[Callable[[Setting], dict]], Callable[[Setting], dict]]:
     """Decorator: register the flags function of scenario ``name`` (its name and description beside it)."""
     def decorate(fn: Callable[[Setting], dict]) -> Callable[[Setting], dict]:
-        if name in SCENARIOS:
-            raise ValueError(f"scenario '{name}' is registered twice")
         if group not in GROUPS or role not in ROLES:
             raise ValueError(f"scenario '{name}': unknown group '{group}' or role '{role}'")
-        SCENARIOS[name] = Scenario(name, group, role, help, fn, controls, needs_grid, uses_T)
+        SCENARIOS.add(name, Scenario(name, group, role, help, fn, controls, needs_grid, uses_T), help)
         return fn
     return decorate
 
