@@ -15,6 +15,7 @@ from scorefast.couplings import COUPLINGS, MAX_BATCH, PROBABILITY_FLOW_SAMPLERS,
 from scorefast.errors import UserError
 from scorefast.nets import make_model
 from scorefast.objective import Objective
+from scorefast.registry import help_of
 from scorefast.sampling import SAMPLERS
 from scorefast.sde import make_sde
 from scorefast.training.config import Config
@@ -31,7 +32,7 @@ def pairs(n: int, d: int, seed: int, device) -> tuple[torch.Tensor, torch.Tensor
 
 def test_every_registered_coupling_is_listed_in_the_flag_help():
     field = next(f for f in dataclasses.fields(Config().objective) if f.name == "coupling")
-    assert all(name in field.metadata["help"] for name in COUPLINGS.names())
+    assert all(f"{name} ({COUPLINGS.help(name)})" in help_of(field) for name in COUPLINGS.names())
     assert set(COUPLED) == {"minibatch-ot", "immiscible"}
 
 

@@ -243,11 +243,7 @@ class LogNormal(TimePlugin):
     p_mean: float = option(-1.2, "lognormal time sampler: mean of ln(sigma_t / alpha_t) (EDM images -1.2, EDM2's "
                            "2-D toy -2.3)")
     p_std: float = option(1.2, "lognormal time sampler: std of ln(sigma_t / alpha_t) (EDM images 1.2, EDM2's 2-D "
-                          "toy 1.5)")
-
-    def validate(self):
-        if not self.p_std > 0:
-            raise UserError(f"--p-std must be > 0, got {self.p_std}")
+                          "toy 1.5)", above=0)
 
     def cdf(self, sde, t):
         import torch
@@ -417,23 +413,14 @@ class AdaptiveTimes(PiecewiseTimes):
 class Adaptive(TimePlugin):
     """Bins in log-SNR with shares that follow the measured decrease of a held-out bound (``AdaptiveTimes``)."""
 
-    adapt_bins: int = option(16, "adaptive time sampler: bins of equal width in log-SNR")
-    adapt_every: int = option(100, "adaptive time sampler: steps between measurements of the held-out bound")
-    adapt_floor: float = option(0.2, "adaptive time sampler: share of the draws kept uniform in log-SNR")
+    adapt_bins: int = option(16, "adaptive time sampler: bins of equal width in log-SNR", min=2)
+    adapt_every: int = option(100, "adaptive time sampler: steps between measurements of the held-out bound", min=1)
+    adapt_floor: float = option(0.2, "adaptive time sampler: share of the draws kept uniform in log-SNR", above=0,
+                                max=1)
     adapt_probe: int = option(256, "adaptive time sampler: held-out examples of the probe set (kept out of "
-                              "training)")
+                              "training)", min=1)
     adapt_smoothing: float = option(0.5, "adaptive time sampler: weight of the past in the smoothed gains")
     adapt_power: float = option(1.0, "adaptive time sampler: shares proportional to gain^power")
-
-    def validate(self):
-        if self.adapt_bins < 2:
-            raise UserError(f"--adapt-bins must be >= 2, got {self.adapt_bins}")
-        if self.adapt_every < 1:
-            raise UserError(f"--adapt-every must be >= 1, got {self.adapt_every}")
-        if not 0 < self.adapt_floor <= 1:
-            raise UserError(f"--adapt-floor must be in (0, 1], got {self.adapt_floor}")
-        if self.adapt_probe < 1:
-            raise UserError(f"--adapt-probe must be >= 1, got {self.adapt_probe}")
 
     def bind(self, sde, t_min, t_max):
         return AdaptiveTimes(sde, t_min, t_max, self.adapt_bins, self.adapt_floor, self.adapt_smoothing,

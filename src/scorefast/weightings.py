@@ -70,21 +70,13 @@ class InvG2(Weighting):
         return 0.5 / sde.g2(t)
 
 
-def _check_gamma(gamma: float) -> None:
-    if not gamma > 0:
-        raise UserError(f"--snr-gamma must be > 0, got {gamma}")
-
-
 @WEIGHTINGS.register("min-snr")
 @dataclass
 class MinSNR(Weighting):
     """Min-SNR-gamma (Hang et al. 2023): x0-space weight min(SNR, gamma), i.e. min(SNR, gamma) / SNR on the
     epsilon loss (min(SNR, gamma) / (SNR + 1) on the v loss)."""
 
-    snr_gamma: float = option(5.0, "gamma of the min-snr and soft-min-snr weightings")
-
-    def validate(self):
-        _check_gamma(self.snr_gamma)
+    snr_gamma: float = option(5.0, "gamma of the min-snr and soft-min-snr weightings", above=0)
 
     def __call__(self, sde, t):
         ratio = sde.snr(t)
@@ -97,10 +89,7 @@ class SoftMinSNR(Weighting):
     """The smooth minimum of min-SNR: x0-space weight SNR gamma / (SNR + gamma), i.e. gamma / (SNR + gamma) on
     the epsilon loss. k-diffusion's soft-min-snr is gamma = 1 with the SNR measured against sigma_data^2."""
 
-    snr_gamma: float = option(5.0, "gamma of the min-snr and soft-min-snr weightings")
-
-    def validate(self):
-        _check_gamma(self.snr_gamma)
+    snr_gamma: float = option(5.0, "gamma of the min-snr and soft-min-snr weightings", above=0)
 
     def __call__(self, sde, t):
         return self.snr_gamma / (sde.snr(t) + self.snr_gamma)

@@ -65,11 +65,8 @@ class Partition(Plugin):
 class WarmStartOption:
     """Option of the partitions whose networks can start from one briefly trained shared network."""
 
-    warm_start: int = option(0, "train a shared network this many steps first, then split it into the intervals")
-
-    def validate(self) -> None:
-        if self.warm_start < 0:
-            raise UserError(f"--warm-start must be >= 0, got {self.warm_start}")
+    warm_start: int = option(0, "train a shared network this many steps first, then split it into the intervals",
+                             min=0)
 
 
 @PARTITIONS.register("single")
@@ -93,12 +90,11 @@ class Intervals(WarmStartOption, Partition):
 
     intervals: int = option(2, "parallel score matching: number of time intervals, one network each", selects=True)
     partition: str = option("logsnr", "how --intervals splits [eps, T]: allocation (each network an equal share of "
-                            "the time sampler's draws), logsnr (equal in log-SNR) or equal (equal in t)")
+                            "the time sampler's draws), logsnr (equal in log-SNR) or equal (equal in t)",
+                            choices=("allocation", "logsnr", "equal"))
 
     def validate(self):
         super().validate()
-        if self.partition not in ("allocation", "logsnr", "equal"):
-            raise UserError(f"unknown --partition '{self.partition}'; choose one of allocation, logsnr, equal")
         if self.intervals < 2:
             raise UserError(f"--intervals must be >= 2 for interval networks, got {self.intervals} (omit it for one "
                             "network)")
@@ -132,11 +128,7 @@ class PerTimePoint(Partition):
 
     time_conditioned: ClassVar[bool] = False
     per_time_point: int = option(2, "N time-unconditioned networks, one per time point (the paper's extreme case)",
-                                 selects=True)
-
-    def validate(self):
-        if self.per_time_point < 1:
-            raise UserError(f"--per-time-point must be >= 1, got {self.per_time_point}")
+                                 selects=True, min=1)
 
     def edges(self, sde, times=None):
         from .piecewise import partition

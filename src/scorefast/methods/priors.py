@@ -13,7 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..errors import UserError
 from ..registry import Plugin, Registry, option
 
 if TYPE_CHECKING:
@@ -30,10 +29,6 @@ class PriorPlugin(Plugin):
 
     fit: str = option("alongside", "when to fit the prior: before, alongside (default, in a background thread) or "
                       "after training", flag="prior_fit", choices=FIT_WHEN)
-
-    def validate(self) -> None:
-        if self.fit not in FIT_WHEN:
-            raise UserError(f"unknown --prior-fit '{self.fit}'; choose one of {', '.join(FIT_WHEN)}")
 
     def needed(self, sde: SDE) -> bool:
         """Whether a run on ``sde`` samples from (and so must fit) this prior rather than the SDE's reference prior:
@@ -72,15 +67,11 @@ class Gaussian(PriorPlugin):
 class FittedOptions:
     """Options of the priors fitted by iterations."""
 
-    prior_steps: int = option(2000, "maximum optimisation steps of the prior fit (early-stopped on held-out data)")
+    prior_steps: int = option(2000, "maximum optimisation steps of the prior fit (early-stopped on held-out data)",
+                              min=1)
 
     def fit_options(self) -> dict:
         return {"steps": self.prior_steps}
-
-    def validate(self) -> None:
-        super().validate()
-        if self.prior_steps < 1:
-            raise UserError(f"--prior-steps must be >= 1, got {self.prior_steps}")
 
 
 @PRIORS.register("gmm")
@@ -88,12 +79,7 @@ class FittedOptions:
 class GMM(FittedOptions, PriorPlugin):
     """A Gaussian mixture fitted by online EM on fresh forward samples."""
 
-    prior_components: int = option(8, "mixture components of the gmm prior")
-
-    def validate(self):
-        super().validate()
-        if self.prior_components < 1:
-            raise UserError(f"--prior-components must be >= 1, got {self.prior_components}")
+    prior_components: int = option(8, "mixture components of the gmm prior", min=1)
 
     def build(self, dim, sde):
         from .densities import GMMPrior

@@ -60,11 +60,6 @@ class DSM(Target):
         return Goal(), {}
 
 
-def _check_bandwidth(bandwidth: float | None) -> None:
-    if bandwidth is not None and not (bandwidth >= 0 and math.isfinite(bandwidth)):
-        raise UserError(f"--bandwidth must be >= 0, got {bandwidth}")
-
-
 def _reference(sde, x, bandwidth: float | None, reference_size: int, band=None):
     """The reference-batch (Stable Target Field) provider; bandwidth 0 unless given: the empirical distribution."""
     from ..estimators import ReferenceBatchTarget
@@ -98,15 +93,11 @@ class BandOptions:
     """Options of the targets that can be restricted to a band of noise levels (DSM's target outside)."""
 
     sigma_lo: float | None = option(None, "lower end of the sigma band where the target is used (DSM's target "
-                                    "outside; default: no band)")
-    sigma_hi: float | None = option(None, "upper end of the sigma band (default: the SDE's sigma at T)")
+                                    "outside; default: no band)", above=0)
+    sigma_hi: float | None = option(None, "upper end of the sigma band (default: the SDE's sigma at T)", above=0)
 
     def validate(self) -> None:
         super().validate()
-        if self.sigma_lo is not None and not self.sigma_lo > 0:
-            raise UserError(f"--sigma-lo must be > 0, got {self.sigma_lo}")
-        if self.sigma_hi is not None and not self.sigma_hi > 0:
-            raise UserError(f"--sigma-hi must be > 0, got {self.sigma_hi}")
         if None not in (self.sigma_lo, self.sigma_hi) and not self.sigma_lo < self.sigma_hi:
             raise UserError(f"--sigma-lo {self.sigma_lo} must be below --sigma-hi {self.sigma_hi}")
 
@@ -122,17 +113,10 @@ class BandOptions:
 class GridOptions:
     """Options of the targets that solve the Fokker-Planck equation on a grid."""
 
-    fp_grid: int = option(129, "Fokker-Planck grid points per dimension")
-    fp_steps: int = option(48, "Fokker-Planck time steps")
+    fp_grid: int = option(129, "Fokker-Planck grid points per dimension", min=3)
+    fp_steps: int = option(48, "Fokker-Planck time steps", min=1)
     bandwidth: float | None = option(None, "KDE bandwidth of the initial density (default: Scott's rule for the "
-                                     "grid methods, 0 - the data's own distribution - for empirical)")
-
-    def validate(self) -> None:
-        if self.fp_grid < 3:
-            raise UserError(f"--fp-grid must be >= 3, got {self.fp_grid}")
-        if self.fp_steps < 1:
-            raise UserError(f"--fp-steps must be >= 1, got {self.fp_steps}")
-        _check_bandwidth(self.bandwidth)
+                                     "grid methods, 0 - the data's own distribution - for empirical)", min=0)
 
 
 @TARGETS.register("fp-regress")
@@ -158,15 +142,12 @@ class Empirical(BandOptions, Target):
     (Xu et al. 2023) as published: the batch plus random training points, redrawn each step - any dimension."""
 
     reference_size: int = option(1024, "data points in the reference batch of the empirical target (the batch plus "
-                                 "random others, redrawn each step; the whole data set when it is smaller)")
+                                 "random others, redrawn each step; the whole data set when it is smaller)", min=1)
     bandwidth: float | None = option(None, "KDE bandwidth of the initial density (default: Scott's rule for the "
-                                     "grid methods, 0 - the data's own distribution - for empirical)")
+                                     "grid methods, 0 - the data's own distribution - for empirical)", min=0)
 
     def validate(self):
         super().validate()
-        if self.reference_size < 1:
-            raise UserError(f"--reference-size must be >= 1, got {self.reference_size}")
-        _check_bandwidth(self.bandwidth)
         if self.bandwidth and (self.sigma_lo is not None or self.sigma_hi is not None):
             raise UserError("a sigma band falls back to DSM's target, the score of the data itself: it needs "
                             f"--bandwidth 0, got {self.bandwidth}")
@@ -182,22 +163,16 @@ class KNN(BandOptions, Target):
     """Regression onto the posterior mean over the k training points nearest to x_t / alpha_t (Niedoba et al.
     2024), found by an exact search: the cost after the search grows with k, not with the data."""
 
-    neighbours: int = option(32, "knn target: nearest training points in the target")
+    neighbours: int = option(32, "knn target: nearest training points in the target", min=1)
     knn_tail: int = option(0, "knn target: uniform draws from the other points, the own example included (exactly "
-                           "unbiased, noisier)")
+                           "unbiased, noisier)", min=0)
     knn_search: str = option("auto", "knn target: exact search: auto (k-d tree up to d = 16 on CPU), tree, brute",
                              choices=("auto", "tree", "brute"))
     knn_outside: int = option(0, "knn target: outside the sigma band use the reference-batch target of this size "
-                              "instead of DSM's (0: DSM's)")
+                              "instead of DSM's (0: DSM's)", min=0)
 
     def validate(self):
         super().validate()
-        if self.neighbours < 1:
-            raise UserError(f"--neighbours must be >= 1, got {self.neighbours}")
-        if self.knn_tail < 0 or self.knn_outside < 0:
-            raise UserError("--knn-tail and --knn-outside must be >= 0")
-        if self.knn_search not in ("auto", "tree", "brute"):
-            raise UserError(f"unknown --knn-search '{self.knn_search}'; choose one of auto, tree, brute")
         if self.knn_outside and self.sigma_lo is None and self.sigma_hi is None:
             raise UserError("--knn-outside needs a sigma band (--sigma-lo / --sigma-hi)")
 
@@ -219,18 +194,9 @@ class FPEmbed(GridOptions, Target):
     draws_own_times: ClassVar[bool] = True
     fp_variant: str = option("sound", "sound (consistent scheme, default) or paper (the published construction, "
                              "defects included: images only)", choices=("sound", "paper"))
-    embed_bins: int = option(10, "fp-embed: stratified time bins per batch (the published 10)")
+    embed_bins: int = option(10, "fp-embed: stratified time bins per batch (the published 10)", min=1)
     reference_size: int = option(1024, "data points in the reference batch of the empirical target (the batch plus "
-                                 "random others, redrawn each step; the whole data set when it is smaller)")
-
-    def validate(self):
-        super().validate()
-        if self.fp_variant not in ("sound", "paper"):
-            raise UserError(f"unknown --fp-variant '{self.fp_variant}'; choose one of sound, paper")
-        if self.embed_bins < 1:
-            raise UserError(f"--embed-bins must be >= 1, got {self.embed_bins}")
-        if self.reference_size < 1:
-            raise UserError(f"--reference-size must be >= 1, got {self.reference_size}")
+                                 "random others, redrawn each step; the whole data set when it is smaller)", min=1)
 
     def check(self, shape):
         if self.fp_variant == "paper" and not (len(shape) == 3 and shape[-1] == shape[-2]):

@@ -36,11 +36,7 @@ class FixedEMA(EMAProfile):
     """min(ema, (1 + n) / (10 + n)): a fixed decay with the usual warm-up."""
 
     ema: float = option(0.999, "EMA decay of the weights used for sampling (with the usual (1+n)/(10+n) warm-up)",
-                        locked=False)
-
-    def validate(self):
-        if not 0 <= self.ema < 1:
-            raise UserError(f"--ema must be in [0, 1), got {self.ema}")
+                        locked=False, min=0, below=1)
 
     def decay(self, n):
         return min(self.ema, (1 + n) / (10 + n))
@@ -76,11 +72,7 @@ class PowerEMA(EMAProfile):
     k^gamma, with relative standard deviation ``ema_std`` of its profile."""
 
     ema_std: float = option(0.05, "power EMA: relative standard deviation of the averaging profile (EDM2 uses "
-                            "0.05-0.15)", locked=False)
-
-    def validate(self):
-        if not 0 < self.ema_std < math.sqrt(1 / 12):
-            raise UserError(f"--ema-std must be in (0, 0.2887), got {self.ema_std}")
+                            "0.05-0.15)", locked=False, above=0, below=math.sqrt(1 / 12))
 
     def decay(self, n):
         return (1 - 1 / n) ** (power_gamma(self.ema_std) + 1) if n > 1 else 0.0
@@ -92,14 +84,8 @@ class WarmupEMA(EMAProfile):
     """k-diffusion's EMAWarmup: decay 1 - (1 + n)^-ema_power, at most ema_max."""
 
     ema_power: float = option(2 / 3, "warm-up EMA: exponent (2/3 suits runs of about 1M steps, 3/4 shorter ones)",
-                              locked=False)
-    ema_max: float = option(0.9999, "warm-up EMA: largest decay", locked=False)
-
-    def validate(self):
-        if not self.ema_power > 0:
-            raise UserError(f"--ema-power must be > 0, got {self.ema_power}")
-        if not 0 <= self.ema_max < 1:
-            raise UserError(f"--ema-max must be in [0, 1), got {self.ema_max}")
+                              locked=False, above=0)
+    ema_max: float = option(0.9999, "warm-up EMA: largest decay", locked=False, min=0, below=1)
 
     def decay(self, n):
         return min(self.ema_max, max(0.0, 1 - (1 + n) ** -self.ema_power))
@@ -129,11 +115,7 @@ class RSqrt(LRSchedule):
     """EDM2's inverse square root: 1 / sqrt(max(n / lr_ref_steps, 1))."""
 
     lr_ref_steps: int = option(2000, "rsqrt schedule: the step after which the rate decays as 1/sqrt(step)",
-                               locked=False)
-
-    def validate(self):
-        if self.lr_ref_steps < 1:
-            raise UserError(f"--lr-ref-steps must be >= 1, got {self.lr_ref_steps}")
+                               locked=False, min=1)
 
     def factor(self, n, total):
         return 1 / math.sqrt(max(n / self.lr_ref_steps, 1.0))
@@ -145,11 +127,8 @@ class Cosine(LRSchedule):
     """Cosine decay over the run's steps to lr_min_ratio x lr at the last one."""
 
     needs_total = True
-    lr_min_ratio: float = option(0.1, "cosine schedule: final learning rate as a fraction of --lr", locked=False)
-
-    def validate(self):
-        if not 0 <= self.lr_min_ratio <= 1:
-            raise UserError(f"--lr-min-ratio must be in [0, 1], got {self.lr_min_ratio}")
+    lr_min_ratio: float = option(0.1, "cosine schedule: final learning rate as a fraction of --lr", locked=False,
+                                 min=0, max=1)
 
     def factor(self, n, total):
         progress = min(1.0, n / max(total, 1))
