@@ -282,7 +282,7 @@ def test_a_resumed_run_continues_the_adaptive_sampler_exactly(tmp_path):
     (["--snr-gamma", "3", "--steps", "5"], "--snr-gamma is an option of weighting min-snr, soft-min-snr"),
     (["--recipe", "fastest", "--steps", "5"], "unknown --recipe 'fastest'"),
     (["--precision", "fp8", "--steps", "5"], "--precision"),
-    (["--adam-beta2", "1", "--steps", "5"], "--adam-beta2 must be in [0, 1)"),
+    (["--adam-beta2", "1", "--steps", "5"], "--adam-beta2 must be < 1, got 1.0"),
 ])
 def test_recipe_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, flags, needle):
     out = tmp_path / "never"
