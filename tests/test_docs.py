@@ -91,6 +91,7 @@ def test_the_generated_references_list_every_flag_plugin_and_recipe(tmp_path):
                                  "extensions = ['myst_parser', 'generated']\n")
     (src / "index.md").write_text("# CLI\n\n```{cli-reference}\n```\n\n# Times\n\n"
                                   "```{plugin-table} scorefast.time_sampling.TIME_SAMPLERS\n```\n\n"
+                                  "# Data\n\n```{plugin-table} scorefast.choices.DATASETS\n```\n\n"
                                   "# Recipes\n\n```{recipe-table}\n```\n")
     assert sphinx_build.build_main(["-q", "-W", "-b", "text", str(src), str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "index.txt").read_text()
@@ -103,6 +104,10 @@ def test_the_generated_references_list_every_flag_plugin_and_recipe(tmp_path):
     from scorefast.time_sampling import TIME_SAMPLERS
     from scorefast.training.recipes import RECIPES
 
-    times = text[text.index("Times\n"):text.index("Recipes\n")]
+    times = text[text.index("Times\n"):text.index("Data\n")]
     assert all(f'"{name}"' in times for name in TIME_SAMPLERS.names()) and "--adapt-every" in times
+    from scorefast.choices import DATASETS
+
+    sets = text[text.index("Data\n"):text.index("Recipes\n")]
+    assert all(f'"{name}"' in sets for name in DATASETS) and DATASETS.help("sharpbroad")[:40] in sets
     assert all(f'"{name}"' in text[text.index("Recipes\n"):] for name in RECIPES)

@@ -2,8 +2,9 @@
 
 - ``{cli-reference}``: one section per command of ``scorefast.cli.build_parser()`` with its usage and every
   flag with its own help text.
-- ``{plugin-table} MODULE.REGISTRY``: the names of one plug-in registry, what each is (the first paragraph
-  of its docstring) and its option flags.
+- ``{plugin-table} MODULE.REGISTRY``: the names of one registry (a plug-in slot, the samplers, the data
+  sets, ...), what each is (its help: for a plug-in, the first paragraph of its docstring) and, for plug-ins,
+  their option flags.
 - ``{recipe-table}``: every training recipe of ``training.recipes.RECIPES`` with what it sets.
 
 Texts are inserted as plain text (no markup is parsed from them).
@@ -94,22 +95,22 @@ def table(header: list[str], rows: list[list[str]], widths: list[int]) -> nodes.
     return nodes.table("", group)
 
 
-def summary(cls: type) -> str:
-    """The first paragraph of a class's own docstring (a dataclass without one has none)."""
-    doc = cls.__dict__.get("__doc__") or ""
-    first = "" if doc.startswith(f"{cls.__name__}(") else doc.strip().split("\n\n")[0]
-    return " ".join(first.replace("``", "").split())
-
-
 def plugin_rows(path: str) -> list[list[str]]:
-    """[name, what it is, its flags] for every plug-in of the registry at ``path`` (module.NAME)."""
+    """[name, what it is, its flags] for every name of the registry at ``path`` (module.NAME); a name that is no
+    plug-in class has no flags."""
+    import dataclasses
+
     from scorefast.registry import flag_of, options_of
 
     module, _, name = path.rpartition(".")
     registry = getattr(importlib.import_module(module), name)
-    return [[f"`{n}`", summary(registry.get(n)),
-             ", ".join(f"--{flag_of(f).replace('_', '-')}" for f in options_of(registry.get(n)))]
-            for n in registry.names()]
+
+    def flags(obj) -> str:
+        if not (isinstance(obj, type) and dataclasses.is_dataclass(obj)):
+            return ""
+        return ", ".join(f"--{flag_of(f).replace('_', '-')}" for f in options_of(obj))
+
+    return [[f"`{n}`", registry.help(n), flags(registry.get(n))] for n in registry.names()]
 
 
 def recipe_rows() -> list[list[str]]:
@@ -131,12 +132,15 @@ class CliReference(SphinxDirective):
 
 
 class PluginTable(SphinxDirective):
-    """``{plugin-table} module.REGISTRY``: the plug-ins of one registry."""
+    """``{plugin-table} module.REGISTRY``: the names of one registry."""
 
     required_arguments = 1
 
     def run(self) -> list[nodes.Node]:
-        return [table(["name", "what it is", "its options"], plugin_rows(self.arguments[0]), [16, 60, 30])]
+        rows = plugin_rows(self.arguments[0])
+        if not any(row[2] for row in rows):
+            return [table(["name", "what it is"], [row[:2] for row in rows], [16, 90])]
+        return [table(["name", "what it is", "its options"], rows, [16, 60, 30])]
 
 
 class RecipeTable(SphinxDirective):

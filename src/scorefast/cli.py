@@ -39,7 +39,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     for flag, slot in SELECTORS.items():
         if flag not in skip:
             group(slot).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
-                                     metavar=flag.upper(), help=f"{SELECTOR_HELP[flag]}")
+                                     metavar=flag.upper(), help=SELECTOR_HELP[flag].replace("%", "%%"))
     for flag, spec in FLAGS.items():
         if flag in skip:
             continue
@@ -51,7 +51,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
         kw = {"nargs": "?", "const": "true", "metavar": "BOOL"} if spec.kind is bool else \
             {"metavar": flag.upper().replace("_", "-")}
         group(spec.section).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
-                                         help=f"{spec.help}{shown}{owners}", **kw)
+                                         help=f"{spec.help}{shown}{owners}".replace("%", "%%"), **kw)
 
 
 def config_flags(args: argparse.Namespace) -> dict:
