@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import operator
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -125,9 +126,9 @@ def check(f: dataclasses.Field, value: Any, where: str | None = None) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         refuse("must be a finite number")
     if isinstance(value, (int, float)):
-        for key, ok, text in (("min", lambda b: value >= b, ">="), ("max", lambda b: value <= b, "<="),
-                              ("above", lambda b: value > b, ">"), ("below", lambda b: value < b, "<")):
-            if m.get(key) is not None and not ok(m[key]):
+        for key, holds, text in (("min", operator.ge, ">="), ("max", operator.le, "<="), ("above", operator.gt, ">"),
+                                 ("below", operator.lt, "<")):
+            if m.get(key) is not None and not holds(value, m[key]):
                 refuse(f"must be {text} {m[key]}")
     choices = m.get("choices")
     if choices is not None and isinstance(value, str) and value not in choices:
