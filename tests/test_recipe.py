@@ -334,6 +334,18 @@ def test_edm_recipe_resolves_to_edms_published_settings():
     assert Config(recipe="edm", lr=2e-3).for_data("image").optim.lr == 2e-3  # a flag given wins
 
 
+def test_the_default_recipe_sets_its_image_flags_on_images_only():
+    fast = RECIPES[DEFAULT_RECIPE]
+    image, points = Config().for_data("image").flags(), Config().for_data("points").flags()
+    default = Config(recipe="plain").for_data("points").flags()
+    assert fast.by_kind["image"]
+    for flag, value in fast.by_kind["image"].items():
+        assert image[flag] == value, flag
+        assert points.get(flag) == fast.by_kind["points"].get(flag, fast.flags.get(flag, default.get(flag))), flag
+    for flag, value in fast.by_kind["points"].items():
+        assert points[flag] == value, flag
+
+
 @pytest.mark.slow
 def test_digits_trains_with_the_default_recipe(tmp_path):
     out = tmp_path / "digits"
