@@ -101,6 +101,16 @@ def test_a_reconstructed_average_equals_one_tracked_directly(tmp_path):
     assert fit_profile(steps, stds, 1000, 0.003).residual > 0.3
 
 
+def test_combine_weighs_the_averages_and_keeps_what_they_share():
+    """Coefficients need not sum to one exactly: a tensor equal in every average (a buffer the EMA copies, such as
+    EDM's sigma_data) is kept as it is rather than scaled."""
+    states = [[{"w": torch.tensor([1.0, 2.0]), "sigma_data": torch.tensor(0.5)},
+               {"w": torch.tensor([3.0, 0.0]), "sigma_data": torch.tensor(0.5)}]]
+    out = combine(states, np.array([0.7, 0.32]))
+    torch.testing.assert_close(out["w"], torch.tensor([0.7 + 0.96, 1.4]))
+    assert out["sigma_data"] == 0.5
+
+
 TINY = ["--data", "moons", "--n-data", "600", "--batch-size", "64", "--width", "16", "--eval-every", "100",
         "--eval-samples", "50", "--eval-steps", "5", "--quiet", "--threads", "1"]
 
