@@ -13,7 +13,7 @@ import copy
 import torch
 from torch import nn
 
-from .schedules import Constant, EMAProfile, FixedEMA, LRSchedule, PowerEMA, learning_rate
+from ..config.schedules import Constant, EMAProfile, FixedEMA, LRSchedule, PowerEMA, learning_rate
 
 POSTHOC_STDS = (0.05, 0.10)  # the power EMAs a run keeps for post-hoc reconstruction (EDM2's pair)
 

@@ -23,6 +23,8 @@ import torch
 
 from .. import __version__, fid
 from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..config import Config
+from ..config.recipes import RECIPES
 from ..data import Dataset, ToModel, to_model
 from ..errors import UserError
 from ..evaluate import Evaluator, check_metric, metric_name, quality, sample_steps
@@ -31,13 +33,11 @@ from ..run import RunDir, new_model, resolve_device, split_data
 from ..sde import SDE
 from ..time_sampling import FixedTime
 from . import launcher
-from .config import Config
 from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, PostHocEMA, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit, rng_state, set_rng_state
 from .optim import EMA, Optimiser, posthoc_emas
-from .recipes import RECIPES
-from .systems import training_step
+from .systems import check_compile, training_step
 
 
 @dataclass
@@ -109,6 +109,8 @@ def context(cfg: Config, run: RunDir) -> RunContext:
     train, test = split_data(cfg)
     cfg = cfg.for_data(train.kind)
     cfg.validate()
+    if cfg.launch.compile:
+        check_compile()
     cfg = data_options(cfg, train)
     if cfg.optim.batch_size > len(train) and len(train) >= 10:
         raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "

@@ -182,11 +182,6 @@ class LaunchSection(Section):
                             choices=("fp32", "bf16"))
     compile: bool = option(False, "compile the training step with torch.compile", locked=False)
 
-    def validate(self) -> None:
-        if self.compile:
-            from ..training.systems import check_compile
-            check_compile()
-
 
 @dataclass
 class RecipeSection(Section):
