@@ -10,9 +10,9 @@ import sys
 
 import pytest
 
+from scorefast.config import FLAGS, SECTIONS, SELECTORS, SLOTS, Config, read_config_file, to_toml
 from scorefast.errors import UserError
 from scorefast.registry import Plugin, Registry, option
-from scorefast.training.config import FLAGS, SECTIONS, SELECTORS, SLOTS, Config, read_config_file, to_toml
 
 
 def test_registry_keeps_names_beside_classes_and_refuses_bad_use():

@@ -11,6 +11,7 @@ import torch
 
 import scorefast
 from scorefast.cli import main
+from scorefast.config import Config
 from scorefast.couplings import COUPLINGS, MAX_BATCH, PROBABILITY_FLOW_SAMPLERS, assign
 from scorefast.errors import UserError
 from scorefast.nets import make_model
@@ -18,7 +19,6 @@ from scorefast.objective import Objective
 from scorefast.registry import help_of
 from scorefast.sampling import SAMPLERS
 from scorefast.sde import make_sde
-from scorefast.training.config import Config
 
 COUPLED = [name for name in COUPLINGS.names() if COUPLINGS.get(name).coupled]
 

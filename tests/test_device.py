@@ -8,11 +8,11 @@ import torch
 
 from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import save_checkpoint
+from scorefast.config import Config
 from scorefast.evaluate import Evaluator
 from scorefast.methods.densities import GaussianPrior
 from scorefast.run import RunDir
 from scorefast.time_sampling import TimeSampler, UniformTimes
-from scorefast.training.config import Config
 from scorefast.training.loop import RandomBatches, TrainState
 from scorefast.training.optim import EMA
 

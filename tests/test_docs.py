@@ -101,8 +101,8 @@ def test_the_generated_references_list_every_flag_plugin_and_recipe(tmp_path):
     assert [f for f in flags if f not in listed] == []
     for command in ("train", "sample", "nll", "evaluate", "fp", "sweep-T", "bench"):
         assert f"scorefast {command}\n" in text
+    from scorefast.config.recipes import RECIPES
     from scorefast.time_sampling import TIME_SAMPLERS
-    from scorefast.training.recipes import RECIPES
 
     times = text[text.index("Times\n"):text.index("Data\n")]
     assert all(f'"{name}"' in times for name in TIME_SAMPLERS.names()) and "--adapt-every" in times

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from scorefast.analytic import GaussianScore
+from scorefast.config import Config
 from scorefast.methods.targets import TARGETS
 from scorefast.nets import ScoreParam, make_model
 from scorefast.objective import FixedField, Objective, ScoreGoal
 from scorefast.sde import append_dims, make_sde
 from scorefast.time_sampling import UniformTimes
-from scorefast.training.config import Config
 from scorefast.weightings import WEIGHTINGS
 
 MEAN = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64)

@@ -12,11 +12,11 @@ from torch import nn
 
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
+from scorefast.config.schedules import EMA_PROFILES, power_gamma, power_std
 from scorefast.posthoc_ema import combine, fit_profile, profile_inner
 from scorefast.training.hooks import PostHocEMA
 from scorefast.training.loop import TrainState
 from scorefast.training.optim import EMA, posthoc_emas
-from scorefast.training.schedules import EMA_PROFILES, power_gamma, power_std
 
 
 @pytest.mark.parametrize("std", [0.01, 0.05, 0.1, 0.15, 0.25, 0.288])

@@ -15,14 +15,14 @@ import torch
 from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
+from scorefast.config import Config
+from scorefast.config.recipes import DEFAULT_RECIPE, RECIPES
+from scorefast.config.schedules import EMA_PROFILES, LR_SCHEDULES, learning_rate, power_gamma
 from scorefast.errors import UserError
 from scorefast.nets import DataParam, EDMParam, EpsilonParam, ScoreParam, make_model
 from scorefast.objective import Objective
 from scorefast.sde import make_sde
 from scorefast.time_sampling import TIME_SAMPLERS, AdaptiveTimes
-from scorefast.training.config import Config
-from scorefast.training.recipes import DEFAULT_RECIPE, RECIPES
-from scorefast.training.schedules import EMA_PROFILES, LR_SCHEDULES, learning_rate, power_gamma
 from scorefast.weightings import WEIGHTINGS
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)

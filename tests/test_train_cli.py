@@ -238,7 +238,7 @@ def test_config_file_and_print_config(tmp_path, capsys):
     assert saved["budget"]["steps"] == 12 and saved["partition"]["intervals"] == 2
     # the printed file holds the recipe's defaults for the data's kind: a run from it trains as the flags would
     from scorefast import Config
-    from scorefast.training.config import read_config_file
+    from scorefast.config import read_config_file
     capsys.readouterr()
     assert main(["train", "--data", "moons", "--steps", "30", "--print-config"]) == 0
     cfg.write_text(capsys.readouterr().out)

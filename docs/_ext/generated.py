@@ -5,7 +5,7 @@
 - ``{plugin-table} MODULE.REGISTRY``: the names of one registry (a plug-in slot, the samplers, the data
   sets, ...), what each is (its help: for a plug-in, the first paragraph of its docstring) and, for plug-ins,
   their option flags.
-- ``{recipe-table}``: every training recipe of ``training.recipes.RECIPES`` with what it sets.
+- ``{recipe-table}``: every training recipe of ``config.recipes.RECIPES`` with what it sets.
 
 Texts are inserted as plain text (no markup is parsed from them).
 """
@@ -115,7 +115,7 @@ def plugin_rows(path: str) -> list[list[str]]:
 
 def recipe_rows() -> list[list[str]]:
     """[name, what it is, what it sets, what it sets by kind of data] for every recipe."""
-    from scorefast.training.recipes import DEFAULT_RECIPE, RECIPES
+    from scorefast.config.recipes import DEFAULT_RECIPE, RECIPES
 
     def flags(values: dict) -> str:
         return ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())

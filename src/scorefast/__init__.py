@@ -10,8 +10,8 @@
 
 __version__ = "0.2.0"
 
-_LAZY = {"train": ("training.recipe", "train"), "Config": ("training.config", "Config"),
-         "TrainConfig": ("training.config", "Config"), "open_run": ("run", "open_run"), "Run": ("run", "Run")}
+_LAZY = {"train": ("training.recipe", "train"), "Config": ("config", "Config"),
+         "TrainConfig": ("config", "Config"), "open_run": ("run", "open_run"), "Run": ("run", "Run")}
 
 
 def __getattr__(name):

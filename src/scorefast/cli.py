@@ -1,6 +1,6 @@
 """The ``scorefast`` command line: a thin layer over the Python API.
 
-The flags of ``train`` and ``sweep-T`` are generated from the configuration's fields (``training.config``);
+The flags of ``train`` and ``sweep-T`` are generated from the configuration's fields (``config``);
 heavy modules (torch and what needs it) are imported only once a command runs, so ``--help`` is
 instant. Every bad input ends in one line on stderr and exit status 2; nothing of an existing run is
 touched.
@@ -25,7 +25,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     values are parsed by the configuration."""
     import dataclasses
 
-    from .training.config import FLAGS, SELECTOR_HELP, SELECTORS, SLOTS
+    from .config import FLAGS, SELECTOR_HELP, SELECTORS, SLOTS
     groups: dict[str, argparse._ArgumentGroup] = {}
 
     def group(section: str) -> argparse._ArgumentGroup:
@@ -56,7 +56,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
 
 def config_flags(args: argparse.Namespace) -> dict:
     """The configuration flags given on the command line, after those of ``--config FILE`` (the command line wins)."""
-    from .training.config import FLAGS, SELECTORS, read_config_file
+    from .config import FLAGS, SELECTORS, read_config_file
     given = {k: v for k, v in vars(args).items() if (k in FLAGS or k in SELECTORS) and v is not None}
     if getattr(args, "config", None):
         given = {**read_config_file(args.config), **given}
@@ -64,7 +64,7 @@ def config_flags(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args) -> int:
-    from .training.config import Config, to_toml
+    from .config import Config, to_toml
     cfg = Config(**config_flags(args))
     if args.print_config:  # resolved for the data's kind, so that the file reproduces the run
         from .data import load_data
@@ -164,8 +164,8 @@ def cmd_ema(args) -> int:
 
 
 def cmd_sweep_T(args) -> int:
+    from .config import Config
     from .sweep import format_table, parse_Ts, sweep_T
-    from .training.config import Config
     flags = config_flags(args)
     if "out" not in flags:
         raise UserError("--out DIR is required (one run per T is written under it)")

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from .config import Config
 from .errors import run_command
 from .run import open_run
-from .training.config import Config
 from .training.recipe import train
 
 

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .config.schedules import power_gamma, power_std
 from .errors import UserError
 from .run import RunDir
-from .training.schedules import power_gamma, power_std
 
 MAX_RESIDUAL = 0.05  # largest relative L2 error of the reconstructed profile that counts as representable
 _STD_LIMIT = power_std(0.0)  # sqrt(1/12): the uniform average over the whole run, the widest profile of --ema-std

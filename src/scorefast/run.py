@@ -44,10 +44,10 @@ from .checkpoint import (
     remove_stale_temporaries,
     write_json,
 )
+from .config import Config
 from .data import Dataset, load_data
 from .errors import UserError
 from .sde import SDE
-from .training.config import Config
 
 RUN_FORMAT = 2
 MAX_STEPS = 100_000  # sampler and probability-flow ODE steps: far past every measured gain (a few hundred at most)

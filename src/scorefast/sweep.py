@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from .checkpoint import check_output, check_path, write_json
+from .config import Config
 from .errors import UserError
-from .training.config import Config
 
 DEFAULT_TS = (0.2, 0.3, 0.4, 0.6, 1.0)
 

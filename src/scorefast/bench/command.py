@@ -35,8 +35,8 @@ def numbers(text: str | None, kind: type, flag: str) -> tuple | None:
 def settings_of(items: list[str]) -> dict:
     """--set FLAG=VALUE items as training flags (dashes or underscores), each value parsed as its flag's type
     (so that '--set batch_size=64' is the preset's batch_size 64, and the study it makes is the same)."""
+    from ..config import FLAGS
     from ..registry import coerce
-    from ..training.config import FLAGS
     flags = {}
     for item in items:
         key, eq, value = item.partition("=")

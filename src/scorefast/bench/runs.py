@@ -108,7 +108,7 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
 def run_config(part: Part, variant: Variant, seed: int):
     """The configuration of one run as the run will store it: the recipe's defaults for this kind of data
     applied, a time budget shared along a worker's queue."""
-    from ..training.config import Config
+    from ..config import Config
     return queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
 
 

@@ -45,12 +45,12 @@ class Setting:
 
     @property
     def batch(self) -> int:
-        from ..training.config import Config
+        from ..config import Config
         return int(self.base.get("batch_size", Config().optim.batch_size))
 
     def interval_edge(self) -> float:
         """The inner edge of the two-interval partition the 'intervals-2' variant trains on."""
-        from ..training.config import Config
+        from ..config import Config
         cfg = Config(**{**self.base, "recipe": "plain", "intervals": 2})
         return cfg.edges(cfg.sde.build())[1]
 
@@ -140,7 +140,7 @@ def _recipe(name: str) -> Callable[[Setting], dict]:
 
 def _register_recipes() -> None:
     """One scenario per registered recipe besides plain and the default (which the baselines are)."""
-    from ..training.recipes import DEFAULT_RECIPE, RECIPES
+    from ..config.recipes import DEFAULT_RECIPE, RECIPES
     for name, recipe in RECIPES.items():
         if name not in (PLAIN["recipe"], DEFAULT_RECIPE):
             scenario(f"recipe-{name}", "recipes", "method", f"the {name} recipe: {recipe.description}")(_recipe(name))

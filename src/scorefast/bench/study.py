@@ -188,14 +188,14 @@ class Study:
                  **({"n_data": part.n} if part.n is not None else {}),
                  **self.budget.flags(snapshot_every), "eval_samples": protocol.samples,
                  "eval_steps": protocol.sample_steps, **self.settings}
-        from ..training.config import Config
+        from ..config import Config
         Config(**self.applicable(flags, part)).validate()  # a bad --set is one error, not a failed row per variant
         return flags
 
     def applicable(self, flags: dict, part: Part) -> dict:
         """``flags`` without the study's settings that are options of a plug-in these flags do not select (a
         --set fp_variant=paper reaches the fp-embed variants only)."""
-        from ..training.config import applies, selected
+        from ..config import applies, selected
         chosen = selected(flags, part.kind)
         return {k: v for k, v in flags.items() if k not in self.settings or applies(k, chosen)}
 
@@ -227,7 +227,7 @@ class Study:
     def check_settings(self, flags: dict, label: str, part: Part) -> None:
         """A UserError when the study's settings make this variant's configuration invalid (a bad plug-in
         value in --set reaches only its plug-in's variants, so the study-wide check cannot see it)."""
-        from ..training.config import Config
+        from ..config import Config
         try:
             Config(**flags).for_data(part.kind).validate()
         except UserError as exc:
