@@ -9,6 +9,7 @@ import torch
 from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import save_checkpoint
 from scorefast.config import Config
+from scorefast.data import load_data
 from scorefast.evaluate import Evaluator
 from scorefast.methods.densities import GaussianPrior
 from scorefast.run import RunDir
@@ -48,7 +49,7 @@ def test_a_run_loads_its_prior_on_the_device_it_samples_on(tmp_path, device):
     x_T from it: with the exact score and p_T itself as the prior, the PF-ODE samples have p_eps's mean."""
     cfg = Config(data="gaussian2d", out=str(tmp_path / "run"), T=0.3, prior="gaussian")
     run = RunDir(cfg.log.out)
-    run.write_config(cfg)
+    run.write_config(cfg, load_data(cfg.data.spec, n=10))
     sde = cfg.sde.build()
     score = GaussianScore(sde, MEAN, COV)
     exact = GaussianPrior.from_moments(*score.marginal(torch.tensor(sde.T, dtype=torch.float64)))

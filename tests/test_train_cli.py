@@ -21,7 +21,7 @@ from scorefast.cli import main
 from scorefast.errors import UserError
 from scorefast.methods.targets import DSM, TARGETS
 from scorefast.objective import Goal
-from scorefast.run import RUN_FORMAT
+from scorefast.run import RUN_FORMAT, RunDir
 
 TINY = ["--steps", "40", "--eval-every", "20", "--eval-samples", "200", "--eval-steps", "10", "--batch-size", "64",
         "--n-data", "500", "--width", "32", "--eval-budget", "0", "--quiet"]
@@ -57,6 +57,10 @@ def test_run_directory_contents(trained):
     assert {"model", "ema", "optimizer", "rng", "wall"} <= set(state)
     cfg = json.loads((trained / "config.json").read_text())
     assert cfg["config"]["budget"]["steps"] == 40 and cfg["run_format"] == RUN_FORMAT
+    assert cfg["data"] == {"kind": "points", "shape": [2]}
+    from scorefast import Config  # resolved once, with the data's kind: the configuration says what the run trained
+    assert Config(data="moons").time_sampler.name == cfg["config"]["time_sampler"]["name"] == "adaptive"
+    assert RunDir(trained).read_config().data_kind == "points"
 
 
 def test_sample_nll_evaluate(trained, tmp_path, capsys):
@@ -242,9 +246,9 @@ def test_config_file_and_print_config(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "--data", "moons", "--steps", "30", "--print-config"]) == 0
     cfg.write_text(capsys.readouterr().out)
-    resolved = Config(data="moons", steps=30).for_data("points")
-    assert resolved.optim.lr != Config(data="moons", steps=30).optim.lr
-    assert Config(**read_config_file(cfg)).for_data("points") == resolved
+    resolved = Config(data="moons", steps=30)
+    assert resolved.for_data("points") is resolved and resolved.optim.lr == 4e-3  # the recipe's on points
+    assert Config(**read_config_file(cfg)) == resolved
     bad = tmp_path / "bad.toml"
     bad.write_text("[optim]\nlearning_rate = 0.1\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "never")]) == 2

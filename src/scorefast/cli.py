@@ -25,7 +25,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     values are parsed by the configuration."""
     import dataclasses
 
-    from .config import FLAGS, SELECTOR_HELP, SELECTORS, SLOTS
+    from .config import FLAGS, SELECTORS, SLOTS, selector_help
     groups: dict[str, argparse._ArgumentGroup] = {}
 
     def group(section: str) -> argparse._ArgumentGroup:
@@ -39,7 +39,7 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     for flag, slot in SELECTORS.items():
         if flag not in skip:
             group(slot).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
-                                     metavar=flag.upper(), help=SELECTOR_HELP[flag].replace("%", "%%"))
+                                     metavar=flag.upper(), help=selector_help(slot).replace("%", "%%"))
     for flag, spec in FLAGS.items():
         if flag in skip:
             continue

@@ -1,6 +1,7 @@
 """The run directory, in both directions, and the Python API over a trained run.
 
-    config.json      {"run_format", "scorefast_version", "config": the nested configuration}
+    config.json      {"run_format", "scorefast_version", "data": the kind and per-example shape of the data
+                     the configuration was resolved for, "config": the nested configuration}
     metrics.jsonl    one JSON object per log line: step, wall (training seconds, precomputation included:
                      FP solve, a prior fitted before training; evaluation excluded), loss, net, time, and
                      the periodic metric
@@ -105,11 +106,16 @@ class RunDir:
         if isinstance(data, dict):  # written before --xflip and --dequantise existed: it trained without them
             data.setdefault("xflip", False)
             data.setdefault("dequantise", False)
-        return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json")
+        kind = saved.get("data", {}).get("kind") if isinstance(saved.get("data"), dict) else None
+        return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json",
+                                data_kind=kind if kind in ("points", "image") else None)
 
-    def write_config(self, cfg: Config) -> None:
+    def write_config(self, cfg: Config, data: Dataset) -> None:
+        """config.json: the resolved configuration and the kind and per-example shape of the data it was
+        resolved for."""
         self.mkdir()
         write_json(self.config_path, {"run_format": RUN_FORMAT, "scorefast_version": __version__,
+                                      "data": {"kind": data.kind, "shape": list(data.shape)},
                                       "config": cfg.to_dict()})
 
     def check_new(self) -> None:

@@ -7,7 +7,7 @@ its flag name and whether a resumed run may change it (``registry.option``), so 
 config files and the resume check are all generated from the fields and never drift from them.
 
     cfg = Config(data="moons", out="runs/moons", steps=4000, method="empirical", reference_size=512)
-    cfg.optim.lr, cfg.target.reference_size, cfg.partition.name      # 0.001, 512, 'single'
+    cfg.target.reference_size, cfg.partition.name, cfg.time_sampler.name   # 512, 'single', 'adaptive'
 
 Keywords are flag names (the ``scorefast train`` flags with underscores). A flag that belongs to a
 plug-in that is not selected is an error, not silently ignored. Nothing here imports torch.
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..choices import DATASETS
 from ..errors import UserError
 from ..methods.partitions import PARTITIONS, select_partition
 from ..methods.priors import PRIORS
@@ -77,8 +78,13 @@ def _flag_table() -> dict[str, Flag]:
 
 FLAGS: dict[str, Flag] = _flag_table()
 SELECTORS: dict[str, str] = {reg.flag: slot for slot, reg in SLOTS.items() if reg.flag}
-SELECTOR_HELP = {reg.flag: f"{reg.title}: one of {reg.listing(with_help=False)} (default: the recipe's, else "
-                             f"{reg.default})" for reg in SLOTS.values() if reg.flag}
+
+
+def selector_help(slot: str) -> str:
+    """The help of the flag that selects a slot's plug-in, with every name registered when it is asked for (a
+    user's own plug-in included)."""
+    reg = SLOTS[slot]
+    return f"{reg.title}: one of {reg.listing(with_help=False)} (default: the recipe's, else {reg.default})"
 
 
 def _coerced(flags: dict, where: str) -> dict:
@@ -112,13 +118,18 @@ class Config:
 
     Built from flag keywords over the defaults of the recipe (``--recipe``, see ``recipes``); a flag
     given wins over the recipe's, and a recipe option of a plug-in the flags replace is dropped. A recipe
-    may set some defaults by the kind of data ('points' or 'image'); they apply once the kind is known
-    (:meth:`for_data`). ``given`` records which flags were set explicitly."""
+    may set some defaults by the kind of data ('points' or 'image'), so the configuration is resolved with
+    the data's kind: a built-in data set's is known by its name (``choices.DATASETS``), so that the
+    configuration says what the run trains from the start; a file's is known once it is read
+    (:meth:`for_data`, which the recipe calls before anything is written). ``given`` records which flags
+    were set explicitly."""
 
     def __init__(self, data_kind: str | None = None, **flags: Any):
         given = _coerced(flags, "configuration")
         self.given: frozenset[str] = frozenset(given)
-        self.data_kind = data_kind
+        spec = given.get("data", DATASETS.default)
+        self.data_kind = data_kind or (DATASETS.tag(spec, "kind") if spec in DATASETS else None)
+        data_kind = self.data_kind
         chosen = selected(given, data_kind)
         name = given.get("recipe", DEFAULT_RECIPE)
         defaults = _coerced(RECIPES[name].defaults(data_kind), f"recipe '{name}'")
@@ -165,8 +176,9 @@ class Config:
         return json.loads(json.dumps(out))  # tuples -> lists, as they will be read back
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "configuration") -> Config:
-        """Inverse of :meth:`to_dict`; one clear error for unknown sections or keys and wrong types."""
+    def from_dict(cls, data: dict, where: str = "configuration", data_kind: str | None = None) -> Config:
+        """Inverse of :meth:`to_dict` (``data_kind``: the kind of the data it was resolved for, when known); one
+        clear error for unknown sections or keys and wrong types."""
         if not isinstance(data, dict):
             raise UserError(f"{where}: expected a mapping of sections, got {type(data).__name__}")
         flags: dict[str, Any] = {}
@@ -189,8 +201,7 @@ class Config:
                 if key not in known:
                     raise UserError(f"{where}: unknown key {key!r} in section '{name}'")
                 flags[flag_of(known[key])] = coerce(owner, known[key], value, where)
-        cfg = cls(**flags)
-        return cfg
+        return cls(data_kind, **flags)
 
     def replace(self, **flags: Any) -> Config:
         """A copy with some flags changed (``given`` keeps the original's plus these)."""
@@ -300,5 +311,5 @@ def to_toml(cfg: Config) -> str:
     return tomli_w.dumps(tables)
 
 
-__all__ = ["Config", "FLAGS", "SECTIONS", "SELECTORS", "SELECTOR_HELP", "SLOTS", "applies", "read_config_file",
-           "selected", "to_toml"]
+__all__ = ["Config", "FLAGS", "SECTIONS", "SELECTORS", "SLOTS", "applies", "read_config_file",
+           "selected", "selector_help", "to_toml"]

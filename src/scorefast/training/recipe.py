@@ -372,7 +372,7 @@ def _train(ctx: RunContext, resume: bool, progress: bool) -> dict:
     cfg, run = ctx.cfg, ctx.run
     if resume:
         run.tidy()
-    run.write_config(cfg)
+    run.write_config(cfg, ctx.train)
     if progress:
         print(f"scorefast: recipe '{cfg.recipe.name}': {RECIPES[cfg.recipe.name].description}", file=sys.stderr)
     began = time.perf_counter()
@@ -396,7 +396,7 @@ def prepare(cfg: Config) -> Path:
     run.check_new()
     ctx = context(cfg, run)
     with run.lock(new=True):
-        run.write_config(ctx.cfg)
+        run.write_config(ctx.cfg, ctx.train)
     return run.path
 
 
