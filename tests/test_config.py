@@ -98,6 +98,17 @@ def test_option_bounds_and_choices_are_one_coercion_with_one_line(flags, message
     assert field.metadata["above"] == 0
 
 
+def test_the_configuration_is_resolved_with_the_kind_of_a_built_in_set():
+    """A recipe's defaults by kind apply from the start for a built-in set; a file's kind is known once read."""
+    points, image, unread = Config(data="moons"), Config(data="digits"), Config(data="my.npy")
+    assert (points.data_kind, image.data_kind, unread.data_kind) == ("points", "image", None)
+    assert points.time_sampler.name == "adaptive" and image.time_sampler.name == "lognormal"
+    assert unread.time_sampler.name == "uniform"
+    assert unread.for_data("points") == Config(data="my.npy", data_kind="points") != unread
+    assert points.for_data("points") is points
+    assert Config(data="moons", time_sampler="uniform").time_sampler.name == "uniform"  # a flag given wins
+
+
 def test_plain_registries_hold_any_object_with_its_help():
     reg = Registry("colour", flag="colour", title="colours", default="red")
     reg.add("red", (255, 0, 0), "the colour of blood", warm=True)
