@@ -198,12 +198,19 @@ class Registry:
         return [n for n in self._items if all(self._tags[n].get(k) == v for k, v in tags.items())]
 
     def help(self, name: str) -> str:
-        self.get(name)
+        """What ``name`` is (read without importing the implementing module)."""
+        self._known(name)
         return self._help[name]
 
     def tag(self, name: str, key: str) -> Any:
-        self.get(name)
+        """A tag ``name`` was declared with (None if it has none)."""
+        self._known(name)
         return self._tags[name].get(key)
+
+    def _known(self, name: str) -> None:
+        if name not in self._items:
+            what = f"--{self.flag.replace('_', '-')}" if self.flag else self.slot
+            raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(self._items)}")
 
     def listing(self, with_help: bool = True) -> str:
         """Every name for a flag's help text, with its help: 'a (what a is), b (what b is)', or without."""
@@ -220,9 +227,7 @@ class Registry:
 
     def get(self, name: str) -> Any:
         """What ``name`` names (its module imported if need be); one UserError listing the names otherwise."""
-        if name not in self._items:
-            what = f"--{self.flag.replace('_', '-')}" if self.flag else self.slot
-            raise UserError(f"unknown {what} {name!r}; choose one of {', '.join(self._items)}")
+        self._known(name)
         if self._items[name] is None and self.module is not None:
             importlib.import_module(self.module)
         return self._items[name]
