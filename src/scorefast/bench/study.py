@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..checkpoint import read_json, write_json
 from ..errors import UserError
+from ..registry import check, option, options_of
 from .curves import QUICK_PROTOCOL, TIMING, Protocol
 from .jobs import side_by_side
 from .runs import Part, Variant, run_job
@@ -100,16 +101,16 @@ class Study:
     data: tuple[str, ...]
     methods: tuple[str, ...]
     budget: Budget
-    seeds: int = 3
+    seeds: int = option(3, "seeds 0..S-1 of every variant", min=1)
     n_data: tuple[int | None, ...] = (None,)
     T: tuple[float, ...] = (0.4,)
-    workers: int = 1
-    threads: int | None = None
+    workers: int = option(1, "workers of the interval variants and their control", min=1)
+    threads: int | None = option(None, "torch CPU threads of each worker", min=1)
     quick: bool = False
-    snapshot_every: int | None = None
+    snapshot_every: int | None = option(None, "steps between kept snapshots", min=1)
     settings: dict = field(default_factory=dict)
     evaluation: Protocol | None = None
-    jobs: int = 1
+    jobs: int = option(1, "runs trained side by side, each in its own process", min=1)
     preset: str | None = None  # the preset it was made from (its evaluation protocol comes with the name)
 
     @property
@@ -134,22 +135,14 @@ class Study:
             raise UserError("--data is required (a built-in set or a path; several separated by commas)")
         if len(set(self.data)) != len(self.data):
             raise UserError(f"--data names a data set twice: {','.join(self.data)}")
-        if self.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {self.threads}")
-        if self.jobs < 1:
-            raise UserError(f"--jobs must be >= 1, got {self.jobs}")
+        for f in options_of(self):
+            check(f, getattr(self, f.name))
         if self.jobs > 1:
             cores = os.cpu_count() or 1
             used = self.jobs * self.cores_per_run
             if used > cores:
                 raise UserError(f"--jobs {self.jobs} x --workers {self.workers} x --threads {self.threads_per_worker} "
                                 f"= {used} threads on {cores} cores would oversubscribe the CPU; lower --jobs")
-        if self.snapshot_every is not None and self.snapshot_every < 1:
-            raise UserError(f"--snapshot-every must be >= 1, got {self.snapshot_every}")
         if self.budget.unit == "steps":
             every, steps = self.snapshot_every or self.budget.default_snapshot_every(), int(self.budget.value)
             if every > steps:
