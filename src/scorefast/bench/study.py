@@ -79,15 +79,17 @@ class Budget:
 
 
 def data_defaults(part: Part, quick: bool) -> dict:
-    """Network and batch for a kind of data: an MLP for points and small images (8x8), the U-Net otherwise;
-    tiny ones, on at most 2,000 points or 256 images of the data, for --quick."""
+    """Network and batch for a kind of data: an MLP for points; for images the trainer's own U-Net and each
+    recipe's own batch (what a user of ``scorefast train`` gets); tiny ones, on at most 2,000 points or 256
+    images of the data (an MLP for 8x8 images), for --quick."""
     few = min(2000 if part.kind == "points" else 256, part.size or 10**9)
     if part.kind == "points":
         return {"width": 64, "batch_size": 256, "n_data": few} if quick else {"width": 128, "batch_size": 512}
+    if not quick:
+        return {}
     if part.dim <= 256:
-        return {"arch": "mlp", "width": 128, "batch_size": 128} if quick else \
-            {"arch": "mlp", "width": 256, "batch_size": 256}
-    return {"batch_size": 32, "n_data": few} if quick else {"batch_size": 128}
+        return {"arch": "mlp", "width": 128, "batch_size": 128}
+    return {"batch_size": 32, "n_data": few}
 
 
 @dataclass
