@@ -101,14 +101,19 @@ def time_ratio(curve: list[dict], reference: list[dict], target: float, key: str
     return mine / max(theirs, 1e-12), bound
 
 
+def middle(values: Sequence[float | None]) -> float | None:
+    """The median of some values, None ranking last (a median that falls on a None is None: 'never')."""
+    v = sorted(values, key=lambda x: (x is None, x))
+    half = len(v) // 2
+    return v[half] if len(v) % 2 or v[half] is None or v[half - 1] is None else (v[half - 1] + v[half]) / 2
+
+
 def spread3(values: Sequence[float | None], spec: str = ".3f") -> str:
     """min / median / max as text (one value when they agree); None ranks last and reads 'never'."""
     if not values:
         return "-"
     v = sorted(values, key=lambda x: (x is None, x))
-    mid = v[len(v) // 2] if len(v) % 2 or v[len(v) // 2] is None or v[len(v) // 2 - 1] is None else \
-        (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
-    parts = ["never" if x is None else format(x, spec) for x in (v[0], mid, v[-1])]
+    parts = ["never" if x is None else format(x, spec) for x in (v[0], middle(v), v[-1])]
     return parts[0] if len(set(parts)) == 1 else " / ".join(parts)
 
 

@@ -11,6 +11,13 @@ family); ``data=LABEL`` keeps one data set. What lies between the markers is a l
 its command, machine and timing rules, then the table, all made from ``results.json`` alone, so that every
 figure has its source and its command beside it. ``python -m scorefast.bench.tables`` rewrites the marked
 tables in place; ``--check`` rewrites nothing and exits 1 naming each table that differs from its file.
+
+A summary table that gathers cells from several studies sits between
+``<!-- results-summary: benchmarks/results/summary.toml -->`` and ``<!-- /results -->``: its TOML file lists
+the columns and, per row, each cell's text with ``{}`` where a figure goes and, per figure, the study folder
+(beside the TOML file), the data label, the variant, its reference, the key (``nll``, ``metric``, or a list:
+the first the results file has a ratio for) and ``median`` or ``range`` of the per-seed time ratios, as the
+study's report prints them. Under the table, one line per study names its file and command (``caption``).
 """
 
 from __future__ import annotations
@@ -23,11 +30,12 @@ from pathlib import Path
 from ..checkpoint import atomic_write, read_json
 from ..errors import UserError, run_command
 from .curves import TIMING
-from .report import ratio_cell, spread3
-from .scenarios import GROUPS
+from .report import as_ratio, middle, ratio_cell, spread3
+from .scenarios import BASELINE, GROUPS
 from .shapes import RESULTS, checked
 
-MARKER = re.compile(r"(<!-- results: (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)", re.DOTALL)
+MARKER = re.compile(r"(<!-- results(?P<summary>-summary)?: (?P<args>[^>]*?) -->\n)(?P<body>.*?)(<!-- /results -->)",
+                    re.DOTALL)
 KINDS = {"all": "every method family's rows", **{g: f"the rows of the '{g}' tables" for g in GROUPS}}
 
 
@@ -92,16 +100,117 @@ def render(results: dict, kind: str, data: str | None, file: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+FIGURE = {"study": str, "data": str, "variant": str, "reference": str, "key": (str, list), "stat": str}
+STATS = {"median": "the median of the per-seed time ratios", "range": "their range, as the study's report prints it"}
+KEYS = {"nll": "time to plain's final held-out NLL", "metric": "time to plain's final sample metric"}
+
+
+def read_spec(file: Path) -> dict:
+    """A summary table's TOML file, its shape checked: ``columns`` (header cells) and ``rows``, each with a
+    ``name`` and one cell per column (``text`` with a ``{}`` per entry of ``figures``)."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        spec = tomllib.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"summary file '{file}': cannot be read ({str(exc).splitlines()[0][:120]})") from None
+    columns = spec.get("columns")
+    if not isinstance(columns, list) or not columns or not all(isinstance(c, str) for c in columns) \
+            or not isinstance(spec.get("rows"), list) or not spec["rows"]:
+        raise UserError(f"summary file '{file}': needs 'columns' (a list of header texts) and [[rows]]")
+    for i, row in enumerate(spec["rows"], 1):
+        cells = row.get("cells") if isinstance(row, dict) else None
+        if not isinstance(row.get("name"), str) or not isinstance(cells, list) or len(cells) != len(columns) - 1:
+            raise UserError(f"summary file '{file}': row {i} needs a 'name' and {len(columns) - 1} [[rows.cells]] "
+                            f"(one per column after the first)")
+        for j, cell in enumerate(cells, 1):
+            where = f"summary file '{file}': row {i} ('{row['name']}'), cell {j}"
+            figures = cell.get("figures", [])
+            if not isinstance(cell.get("text"), str) or cell["text"].count("{}") != len(figures):
+                raise UserError(f"{where}: 'text' needs one {{}} per figure ({len(figures)})")
+            for f in figures:
+                wrong = [k for k in f if k not in FIGURE or not isinstance(f[k], FIGURE[k])] + \
+                    [k for k in ("study", "data", "variant") if k not in f]
+                if wrong:
+                    raise UserError(f"{where}: a figure needs study, data, variant (text) and may set reference, "
+                                    f"key, stat; '{wrong[0]}' is missing or wrong")
+                if f.get("stat", "median") not in STATS or not set(always_list(f.get("key", "nll"))) <= set(KEYS):
+                    raise UserError(f"{where}: stat is one of {', '.join(STATS)} and key one of {', '.join(KEYS)}")
+                if f.get("reference", BASELINE) != BASELINE:
+                    raise UserError(f"{where}: reference '{f['reference']}': a results file keeps the per-seed "
+                                    f"ratios against {BASELINE} only")
+    return spec
+
+
+def always_list(value: str | list) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def figure(results: dict, f: dict, file: str) -> str:
+    """One figure of a summary cell: the median time ratio (or the range) of a variant against plain, from the
+    study's table of its data set; a median of bounds is no number, so a cell whose seeds include a bound
+    prints their range. A ratio in the sample metric names it."""
+    row, table = next(((r, t) for t in results["tables"] if t["data"] == f["data"] for r in t["rows"]
+                       if r["variant"] == f["variant"]), (None, None))
+    if row is None:
+        raise UserError(f"{file}: no row '{f['variant']}' on data '{f['data']}' in its tables")
+    target = table.get("target", "nll")
+    other = row.get("ratio_other", row.get("ratio_metric"))  # the other key's ratios ("ratio_metric": older files)
+    by_key = {target: row["ratio"], **({"metric" if target == "nll" else "nll": other} if other is not None else {})}
+    key = next((k for k in always_list(f.get("key", "nll")) if k in by_key), None)
+    if key is None:
+        raise UserError(f"{file}: its '{f['data']}' table has no time ratio in {f.get('key')}")
+    ratios = by_key[key]
+    if not ratios:
+        return row["status"]
+    rs = [as_ratio(r) for r in ratios]
+    if f.get("stat", "median") == "range" or any(b not in ("=", "never") for _, b in rs):
+        text = ratio_cell(ratios)
+    else:
+        mid = middle([v for v, _ in rs])
+        text = "never" if mid is None else f"{mid:.2f}x"
+    return text + (f" by {table['metric']}" if key == "metric" else "")
+
+
+def summary(root: Path, spec_path: str) -> str:
+    """The region of a ``results-summary`` marker: the table its TOML file describes, then one line per study
+    naming its results file and command."""
+    file = root / spec_path
+    if not file.is_file():
+        raise UserError(f"summary file '{spec_path}' does not exist")
+    spec = read_spec(file)
+    studies: dict[str, dict] = {}
+    lines = ["| " + " | ".join(spec["columns"]) + " |", "|" + "---|" * len(spec["columns"])]
+    for row in spec["rows"]:
+        cells = []
+        for cell in row["cells"]:
+            texts = []
+            for f in cell.get("figures", []):
+                source = f"{Path(spec_path).parent.as_posix()}/{f['study']}/results.json"
+                if source not in studies:
+                    studies[source] = load(file.parent / f["study"])
+                texts.append(figure(studies[source], f, source))
+            pieces = cell["text"].split("{}")
+            cells.append(pieces[0] + "".join(t + rest for t, rest in zip(texts, pieces[1:])))
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"- {caption(r, source)}" for source, r in studies.items()]) + "\n"
+
+
 def regenerate(text: str, root: Path, where: str) -> tuple[str, list[str]]:
     """``text`` with every marked table made again from its results file; the markers whose table changed."""
     changed: list[str] = []
 
     def one(m: re.Match) -> str:
-        folder, options = parse(m.group("args"), where)
-        body = render(load(root / folder), options["table"], options.get("data"), f"{folder}/results.json")
+        if m.group("summary"):
+            body = summary(root, m.group("args").strip())
+        else:
+            folder, options = parse(m.group("args"), where)
+            body = render(load(root / folder), options["table"], options.get("data"), f"{folder}/results.json")
         if body != m.group("body"):
             changed.append(f"{where}: {m.group('args')}")
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + m.group(5)
 
     return MARKER.sub(one, text), changed
 
