@@ -84,4 +84,62 @@ def test_a_bad_marker_is_one_line(tmp_path, args, needle):
 def test_the_repository_tables_equal_their_results_files():
     marked = [p for p in documents(ROOT) if "<!-- results: " in p.read_text(encoding="utf-8")]
     assert marked, "no table in README.md or docs/ is marked with its results file"
+    assert "<!-- results-summary: benchmarks/results/summary.toml -->" in (ROOT / "README.md").read_text()
     assert run(ROOT, check=True) == []
+
+
+SPEC = """columns = ["data", "target `empirical`"]
+
+[[rows]]
+name = "2-D points"
+
+[[rows.cells]]
+text = "**{}** (moons; by the sample metric where recorded: {}; range {})"
+figures = [
+  { study = "tiny", data = "moons", variant = "empirical" },
+  { study = "tiny", data = "moons", variant = "empirical", key = ["metric", "nll"] },
+  { study = "tiny", data = "moons", variant = "empirical", stat = "range" },
+]
+"""
+
+
+def summary_page(root: Path, spec: str = SPEC) -> Path:
+    (root / "benchmarks" / "results" / "summary.toml").write_text(spec)
+    readme = root / "README.md"
+    readme.write_text("# x\n\n<!-- results-summary: benchmarks/results/summary.toml -->\nstale\n<!-- /results -->\n")
+    return readme
+
+
+def test_a_summary_table_gathers_its_figures_from_the_results_files_and_is_checked(tmp_path):
+    results_folder(tmp_path)
+    readme = summary_page(tmp_path)
+    assert run(tmp_path, check=True) == ["README.md: benchmarks/results/summary.toml"]
+    run(tmp_path)
+    text = readme.read_text()
+    # plain falls from 5 to 3 in 4 s; empirical passes 3 at 1.5 s (linear between 4 at 1 s and 2 at 2 s):
+    # 1.5 / 4 = 0.375 on every seed, in the NLL and in the metric (NLL / 10) alike
+    assert "| 2-D points | **0.38x** (moons; by the sample metric where recorded: 0.38x by swd; range 0.38x) |" in text
+    assert "- From `benchmarks/results/tiny/results.json`: `scorefast bench --data moons --methods empirical`" in text
+    assert text.startswith("# x\n\n<!-- results-summary:") and text.endswith("<!-- /results -->\n")
+    assert run(tmp_path, check=True) == []
+    readme.write_text(text.replace("**0.38x**", "**0.35x**"))  # a figure edited by hand
+    assert run(tmp_path, check=True) == ["README.md: benchmarks/results/summary.toml"]
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("columns = [", "summary file '"),
+    ('columns = ["data"]', "needs 'columns' (a list of header texts) and [[rows]]"),
+    (SPEC.replace('[[rows.cells]]', '[[rows.cells]]\ntext = "{}"\n[[rows.cells]]', 1), "row 1 needs a 'name' and 1"),
+    (SPEC.replace("; range {})", ")"), "cell 1: 'text' needs one {} per figure (3)"),
+    (SPEC.replace('variant = "empirical" },', 'variant = "empirical", colour = "red" },', 1), "'colour' is missing"),
+    (SPEC.replace('stat = "range"', 'stat = "mean"'), "stat is one of median, range and key one of nll, metric"),
+    (SPEC.replace('stat = "range"', 'reference = "batch-2x"'), "reference 'batch-2x': a results file keeps"),
+    (SPEC.replace('variant = "empirical" },', 'variant = "knn" },', 1), "no row 'knn' on data 'moons'"),
+    (SPEC.replace('study = "tiny"', 'study = "gone"', 1), "results/gone/results.json': cannot be read"),
+])
+def test_a_bad_summary_file_is_one_line(tmp_path, spec, needle):
+    results_folder(tmp_path)
+    summary_page(tmp_path, spec)
+    with pytest.raises(UserError, match=re.escape(needle)) as caught:
+        run(tmp_path, check=True)
+    assert "\n" not in str(caught.value)
