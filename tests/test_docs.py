@@ -47,6 +47,11 @@ def shrink(code: str) -> str:
     return code
 
 
+def test_the_readme_stays_short():
+    """The README is the front page: at most 200 lines, the rest lives in docs/."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
 def test_blocks_are_found_and_marked_ones_are_left_out(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("text\n\n```bash\necho 1\n```\n\n<!-- no-run -->\n```bash\nmake demo\n```\n\n"
