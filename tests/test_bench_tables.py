@@ -143,3 +143,24 @@ def test_a_bad_summary_file_is_one_line(tmp_path, spec, needle):
     with pytest.raises(UserError, match=re.escape(needle)) as caught:
         run(tmp_path, check=True)
     assert "\n" not in str(caught.value)
+
+
+def test_a_key_list_falls_back_to_the_nll_when_a_file_has_no_metric_ratio(tmp_path):
+    file = results_folder(tmp_path) / "results.json"
+    results = json.loads(file.read_text())
+    for table in results["tables"]:
+        for row in table["rows"]:
+            row["ratio_other"] = [[v * 2, bound] for v, bound in row.pop("ratio_other")]
+    file.write_text(json.dumps(results))
+    readme = summary_page(tmp_path)
+    run(tmp_path)
+    assert "by the sample metric where recorded: 0.75x by swd;" in readme.read_text()  # the metric's ratios, doubled
+    for table in results["tables"]:
+        for row in table["rows"]:
+            del row["ratio_other"]
+    file.write_text(json.dumps(results))
+    run(tmp_path)
+    assert "by the sample metric where recorded: 0.38x;" in readme.read_text()
+    readme.write_text(readme.read_text().replace("summary.toml", "gone.toml", 1))
+    with pytest.raises(UserError, match=re.escape("summary file 'benchmarks/results/gone.toml' does not exist")):
+        run(tmp_path, check=True)
