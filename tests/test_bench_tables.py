@@ -131,6 +131,8 @@ def test_a_summary_table_gathers_its_figures_from_the_results_files_and_is_check
     ('columns = ["data"]', "needs 'columns' (a list of header texts) and [[rows]]"),
     (SPEC.replace('[[rows.cells]]', '[[rows.cells]]\ntext = "{}"\n[[rows.cells]]', 1), "row 1 needs a 'name' and 1"),
     (SPEC.replace("; range {})", ")"), "cell 1: 'text' needs one {} per figure (3)"),
+    (SPEC + '\n[[rows]]\nname = "images"\ncells = ["1.0x"]\n', "row 2 needs a 'name' and 1 [[rows.cells]]"),
+    (SPEC.replace("figures = [", "figures = ['x', ", 1), "cell 1: 'figures' is a list of tables"),
     (SPEC.replace('variant = "empirical" },', 'variant = "empirical", colour = "red" },', 1), "'colour' is missing"),
     (SPEC.replace('stat = "range"', 'stat = "mean"'), "stat is one of median, range and key one of nll, metric"),
     (SPEC.replace('stat = "range"', 'reference = "batch-2x"'), "reference 'batch-2x': a results file keeps"),

@@ -121,13 +121,17 @@ def read_spec(file: Path) -> dict:
             or not isinstance(spec.get("rows"), list) or not spec["rows"]:
         raise UserError(f"summary file '{file}': needs 'columns' (a list of header texts) and [[rows]]")
     for i, row in enumerate(spec["rows"], 1):
-        cells = row.get("cells") if isinstance(row, dict) else None
-        if not isinstance(row.get("name"), str) or not isinstance(cells, list) or len(cells) != len(columns) - 1:
+        row = row if isinstance(row, dict) else {}
+        cells = row.get("cells")
+        if not isinstance(row.get("name"), str) or not isinstance(cells, list) or len(cells) != len(columns) - 1 \
+                or not all(isinstance(c, dict) for c in cells):
             raise UserError(f"summary file '{file}': row {i} needs a 'name' and {len(columns) - 1} [[rows.cells]] "
                             f"(one per column after the first)")
         for j, cell in enumerate(cells, 1):
             where = f"summary file '{file}': row {i} ('{row['name']}'), cell {j}"
             figures = cell.get("figures", [])
+            if not isinstance(figures, list) or not all(isinstance(f, dict) for f in figures):
+                raise UserError(f"{where}: 'figures' is a list of tables ({{ study = ..., data = ..., ... }})")
             if not isinstance(cell.get("text"), str) or cell["text"].count("{}") != len(figures):
                 raise UserError(f"{where}: 'text' needs one {{}} per figure ({len(figures)})")
             for f in figures:
