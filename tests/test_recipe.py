@@ -16,7 +16,7 @@ from scorefast.analytic import GaussianScore
 from scorefast.checkpoint import load_checkpoint
 from scorefast.cli import main
 from scorefast.config import Config
-from scorefast.config.recipes import DEFAULT_RECIPE, RECIPES
+from scorefast.config.recipes import DEFAULT_RECIPE
 from scorefast.config.schedules import EMA_PROFILES, LR_SCHEDULES, learning_rate, power_gamma
 from scorefast.errors import UserError
 from scorefast.nets import DataParam, EDMParam, EpsilonParam, ScoreParam, make_model
@@ -335,15 +335,17 @@ def test_edm_recipe_resolves_to_edms_published_settings():
 
 
 def test_the_default_recipe_sets_its_image_flags_on_images_only():
-    fast = RECIPES[DEFAULT_RECIPE]
     image, points = Config().for_data("image").flags(), Config().for_data("points").flags()
-    default = Config(recipe="plain").for_data("points").flags()
-    assert fast.by_kind["image"]
-    for flag, value in fast.by_kind["image"].items():
-        assert image[flag] == value, flag
-        assert points.get(flag) == fast.by_kind["points"].get(flag, fast.flags.get(flag, default.get(flag))), flag
-    for flag, value in fast.by_kind["points"].items():
-        assert points[flag] == value, flag
+    plain = Config(recipe="plain").for_data("points").flags()
+    assert {k: image[k] for k in ("param", "time_sampler", "weighting", "batch_size", "lr", "warmup", "lr_schedule",
+                                  "lr_ref_steps", "ema_profile", "ema_std")} == \
+        {"param": "edm", "time_sampler": "lognormal", "weighting": "edm", "batch_size": 256, "lr": 2e-3, "warmup": 100,
+         "lr_schedule": "rsqrt", "lr_ref_steps": 400, "ema_profile": "power", "ema_std": 0.10}
+    # points keep their own recipe (adaptive times, lr 4e-3 with warm-up 200 and 1/sqrt decay) and plain's rest
+    assert (points["time_sampler"], points["lr"], points["warmup"], points["lr_ref_steps"]) == \
+        ("adaptive", 4e-3, 200, 500)
+    for flag in ("param", "weighting", "batch_size", "ema_profile"):
+        assert points[flag] == plain[flag], flag
 
 
 @pytest.mark.slow
