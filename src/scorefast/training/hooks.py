@@ -215,13 +215,12 @@ class Progress(Hook):
         self.total, self.desc, self.enabled, self.seconds, self.eval_budget = total, desc, enabled, seconds, eval_budget
         self.terminal = sys.stderr.isatty() if terminal is None else terminal
         self.every = every
-        self.bar, self.first, self.fields, self.line = None, None, {}, 0
+        self.bar, self.estimated, self.fields, self.line = None, False, {}, 0
 
     def start(self, state):
         self.bar = tqdm(total=self.total, initial=state.step, desc=self.desc,
                         disable=not (self.enabled and self.terminal), dynamic_ncols=True, file=sys.stderr)
-        self.first = (state.step, state.wall)
-        self.began = (state.step, state.wall)
+        self.began, self.estimated = (state.step, state.wall), False
         self.line = self.share(state)
 
     def say(self, text: str) -> None:
@@ -250,19 +249,19 @@ class Progress(Hook):
         return max(0.0, min(left)) if left else None
 
     def estimate(self, state: TrainState) -> None:
-        steps, wall = state.step - self.first[0], state.wall - self.first[1]
+        steps, wall = state.step - self.began[0], state.wall - self.began[1]
         pace = wall / steps
         left = self.left(state)
         expect = left / (1 - self.eval_budget) if left is not None and self.eval_budget < 1 else None
         if expect is not None:
             self.say(f"scorefast: {pace * 1e3:.1f} ms a step; about {expect / 60:.1f} min more of training and "
                      f"evaluation (evaluation at most {self.eval_budget:.0%})")
-        self.first = None
+        self.estimated = True
 
     def step(self, state, row):
         if not self.enabled:
             return
-        if self.first is not None and state.wall - self.first[1] >= self.ESTIMATE_AFTER:
+        if not self.estimated and state.wall - self.began[1] >= self.ESTIMATE_AFTER:
             self.estimate(state)
         if "metric" in row:
             self.fields[row["metric_name"]] = f"{row['metric']:.4f}"
