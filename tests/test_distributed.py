@@ -82,13 +82,14 @@ def test_bad_layout_fails_before_any_process(tmp_path):
 def test_two_intervals_train_concurrently_and_assemble(tmp_path):
     from scorefast.run import open_run
     run = tmp_path / "par"
-    # long enough (about 2 s per network) that the workers' start-up jitter (up to ~1 s) cannot hide the overlap
-    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "1000",
+    # long enough (a few seconds per network) that the workers' start-up jitter (over 1 s was seen on a quiet
+    # 2-core machine, where 1,000 steps took 1.1 s) cannot hide the overlap
+    p = cli("train", "--out", str(run), "--intervals", "2", "--workers", "2", "--steps", "4000",
             "--eval-every", "50", *SMALL)
     out, err = p.communicate(timeout=300)
     assert p.returncode == 0, err
     for k in (0, 1):
-        assert load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] == 1000
+        assert load_checkpoint(run / "checkpoints" / f"net-{k}.pt")["step"] == 4000
     r = rows(run)
     spans = {k: (min(x["time"] for x in r if x["net"] == k), max(x["time"] for x in r if x["net"] == k))
              for k in (0, 1)}
