@@ -208,7 +208,7 @@ def cmd_bench(args) -> int:
     results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
                         quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
                         threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set,
-                        jobs=args.jobs, metric=args.metric)
+                        jobs=args.jobs, metric=args.metric, base_recipe=args.base_recipe)
     for table in results["tables"]:
         for sentence in table["sentences"]:
             print(f"{table['data']}: {sentence.replace('**', '')}")
@@ -248,6 +248,8 @@ def _bench_parser(sub, text: str) -> None:
                    "evaluate --metric`'s (default: the data's own periodic metric)")
     b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
                    help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
+    b.add_argument("--base-recipe", default=None, help="the training recipe every method and control starts from "
+                   "(default: plain, or the preset's); the baselines keep theirs and plain stays the reference")
     b.set_defaults(func=cmd_bench)
 
 

@@ -53,7 +53,7 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                seeds: int | None = None, quick: bool = False, preset: str | None = None, n_data: str | None = None,
                T: str | None = None, workers: int | None = None, threads: int | None = None,
                snapshot_every: int | None = None, settings: list[str] | None = None, jobs: int | None = None,
-               metric: str | None = None) -> Study:
+               metric: str | None = None, base_recipe: str | None = None) -> Study:
     """The study the bench flags describe: the preset's (``--quick`` alone is the quick preset), each flag
     given replacing the preset's value."""
     base: Preset | None = get_preset(preset) if preset else (PRESETS["quick"] if quick else None)
@@ -77,7 +77,8 @@ def make_study(data: str | None = None, methods: str | None = None, budget: str 
                  workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
                  snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
                  jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
-                 evaluation=evaluation, preset=base.name if base else None)
+                 evaluation=evaluation, preset=base.name if base else None,
+                 base_recipe=pick(base_recipe, base and base.base_recipe, "plain"))
     study.validate()
     return replace(study, threads=study.threads_per_worker)  # written into the command: the same cores elsewhere
 
@@ -110,6 +111,8 @@ def command_of(study: Study, out: Path) -> str:
         words += ["--snapshot-every", str(study.snapshot_every)]
     if study.protocol.metric:
         words += ["--metric", study.protocol.metric]
+    if study.base_recipe != (get_preset(study.preset).base_recipe if study.preset else "plain"):
+        words += ["--base-recipe", study.base_recipe]
     for key, value in study.settings.items():
         words += ["--set", f"{key}={value}"]
     return shlex.join(words)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..config.recipes import DEFAULT_RECIPE
 from ..registry import Registry
 
 
@@ -31,6 +32,7 @@ class Preset:
     snapshot_every: int | None = None
     settings: dict = field(default_factory=dict)
     evaluation: dict | None = None  # the curves' protocol (curves.Protocol's fields), when not the bench's own
+    base_recipe: str = "plain"  # the recipe every method and control starts from
 
 
 PRESETS = Registry("preset", flag="preset", title="named study", default="quick")
@@ -45,19 +47,21 @@ preset(Preset("quick", "every method and control once, tiny sizes and budgets, o
               "smoke test of the whole bench (minutes on 2 CPU cores; its numbers mean little)",
               data=("checkerboard", "digits"), methods="all", budget="200steps", seeds=1, quick=True, threads=1))
 
-preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-D sets and 8x8 digits (the "
-              "README's training-recipe table)", data=("checkerboard", "8gaussians", "sharpbroad", "digits"),
-              methods="baselines", budget="4000steps", seeds=3, threads=1))
+preset(Preset("readme-recipe", "plain DSM against the default recipe on three 2-D sets (the README's "
+              "training-recipe table; images are measured by readme-images-cpu)",
+              data=("checkerboard", "8gaussians", "sharpbroad"), methods="baselines", budget="4000steps", seeds=3,
+              threads=1))
 
 preset(Preset("readme-truncation", "shorter diffusion times with each prior against T = 1 with fewer large-t draws "
-              "and with the likelihood time sampler (the README's truncation tables)",
-              data=("offcentre", "digits"), methods="truncation", budget="2000steps", seeds=3, T=(0.2, 0.4),
-              threads=1))
+              "and with the likelihood time sampler on a 2-D set (the README's truncation tables; images are "
+              "measured by readme-images-methods-cpu)",
+              data=("offcentre",), methods="truncation", budget="2000steps", seeds=3, T=(0.2, 0.4), threads=1))
 
 preset(Preset("readme-parallel", "two interval networks side by side on 2 workers against one network with their "
               "time allocation and samples per step on the same 2 cores (2 threads, no DDP), and the one-network "
-              "baselines on 2 threads (the README's parallel table)",
-              data=("checkerboard", "8gaussians", "digits"), methods="intervals", budget="2000steps", seeds=3,
+              "baselines on 2 threads, on two 2-D sets (the README's parallel table; images are measured by "
+              "readme-images-methods-cpu)",
+              data=("checkerboard", "8gaussians"), methods="intervals", budget="2000steps", seeds=3,
               workers=2, threads=1, settings={"sde": "vp-psm"}))
 
 preset(Preset("data-efficiency", "the score targets and plain DSM at 80, 320, 2,000 and 5,120 examples of a 2-D "
@@ -103,6 +107,29 @@ preset(Preset("readme-images-cpu", "readme-images at the size of a 2-core CPU: 8
               "them, from scorefast evaluate --metric fid)",
               data=("digits",), methods="baselines,recipes", budget="600steps", seeds=3, threads=1, jobs=2,
               evaluation={"nll_n": 300, "nll_steps": 40, "samples": 500, "sample_steps": 40, "points": 4}))
+
+
+IMAGE_METHODS = ("trunc-gaussian,-t1-likelihood,intervals-2,empirical,-batch-4x,coupling-minibatch-ot,"
+                 "coupling-immiscible")
+
+preset(Preset("readme-images-methods-cpu", "the methods on top of the default recipe, each beside its control on "
+              "top of it, training the trainer's U-Net on 8x8 digits at the size of a 2-core CPU (600 steps, the "
+              "protocol of readme-images-cpu): T = 0.6 bridged by a Gaussian prior fitted at T against T = 1 with "
+              "fewer large-t draws; two interval networks against one with their time allocation at twice the "
+              "batch; the empirical target against twice the batch (512); the minibatch-OT and immiscible noise "
+              "couplings against the default recipe itself (the independent coupling); plain DSM stays the "
+              "reference of every time to target",
+              data=("digits",), methods=IMAGE_METHODS, budget="600steps", seeds=3, T=(0.6,), threads=1, jobs=2,
+              base_recipe=DEFAULT_RECIPE,
+              evaluation={"nll_n": 300, "nll_steps": 40, "samples": 500, "sample_steps": 40, "points": 4}))
+
+preset(Preset("readme-images-methods", "readme-images-methods-cpu at GPU size: the same methods and controls on top "
+              "of the default recipe, on 8x8 digits and 28x28 MNIST, 2,000 steps, scored by the standard FID of "
+              "1,000 samples against the held-out images (needs scorefast[fid])",
+              data=("digits", "mnist"), methods=IMAGE_METHODS, budget="2000steps", seeds=3, T=(0.6,), threads=1,
+              settings={"arch": "unet"}, base_recipe=DEFAULT_RECIPE,
+              evaluation={"nll_n": 500, "nll_steps": 50, "samples": 1000, "sample_steps": 50, "points": 6,
+                          "metric": "fid"}))
 
 
 def get_preset(name: str) -> Preset:

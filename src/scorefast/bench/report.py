@@ -155,11 +155,13 @@ class Tables:
         return SCENARIOS[self.of(data, variant)[0]["scenario"]]
 
     def controls_of(self, data: str, variant: str) -> list[str]:
-        """The variants that control ``variant``: each of its scenario's controls, the one made for the same
-        end time where a control runs once per T (the SpeeD-style split at the variant's own T)."""
-        mine = self.of(data, variant)[0].get("variant_T")
+        """The variants that control ``variant``: each of the controls its study named (its scenario's own in a
+        row that names none), a baseline among them; the one made for the same end time where a control runs
+        once per T (the SpeeD-style split at the variant's own T)."""
+        first = self.of(data, variant)[0]
+        mine = first.get("variant_T")
         found = []
-        for control in self.scenario(data, variant).controls:
+        for control in first.get("controls", self.scenario(data, variant).controls):
             labels = [v for v in self.variants(data) if self.of(data, v)[0]["scenario"] == control]
             paired = [v for v in labels if self.of(data, v)[0].get("variant_T") in (None, mine)]
             found += paired[:1] or labels[:1]
@@ -220,7 +222,7 @@ class Tables:
             sc = SCENARIOS[every[0]["scenario"]]
             if self.same_as_plain(data, name):
                 out["sentences"].append(f"**{name}** is the same configuration as plain here (one run serves both).")
-            elif name != BASELINE and sc.role != "control" and every[0]["status"] != "n/a":
+            elif sc.group == group and name != BASELINE and sc.role != "control" and every[0]["status"] != "n/a":
                 said = [f"**{name}** against plain: {verdict(ratios, self.failed(data, name))}"]
                 for control in self.controls_of(data, name):
                     against = verdict(self.ratios(data, name, control, key), self.failed(data, name))

@@ -40,6 +40,7 @@ class Variant:
     flags: dict
     skipped: str | None = None
     T: float | None = None  # the end time this variant was made for (a truncated variant or its T-control)
+    controls: tuple[str, ...] = ()  # the scenarios that control it in this study (``Scenario.controls_on``)
 
 
 def config_hash(cfg) -> str:
@@ -80,6 +81,7 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
            "scenario": variant.scenario.name, "group": variant.scenario.group, "role": variant.scenario.role,
            "seed": seed, "status": "ok", "reused": False, "warnings": [], "variant_T": variant.T,
+           "controls": list(variant.controls),
            "resources": {"workers": int(variant.flags.get("workers", 1)), "threads": variant.flags.get("threads")}}
     if variant.skipped:
         return {**row, "status": "n/a", "error": variant.skipped}
@@ -109,7 +111,7 @@ def run_config(part: Part, variant: Variant, seed: int):
     """The configuration of one run as the run will store it: the recipe's defaults for this kind of data
     applied, a time budget shared along a worker's queue."""
     from ..config import Config
-    return queue_budget(Config(**variant.flags, seed=seed).for_data(part.kind))
+    return queue_budget(Config(part.kind, **variant.flags, seed=seed))
 
 
 def queue_budget(cfg):

@@ -2,8 +2,10 @@
 
 A scenario is a name, its family (``group``), its ``role`` (baseline, method or control) and the
 ``scorefast train`` flags it sets on top of the study's settings for a data set (``Setting``). Every
-method and control starts from the plain recipe, so that a comparison isolates the one thing it adds.
-Each method names its controls - the cheaper explanation of its claimed gain that the method must beat:
+method and control starts from the study's base recipe (plain unless the study says otherwise: the default
+recipe for images, which a user trains with), so that a comparison isolates the one thing it adds; plain
+stays the reference of every time to target. Each method names its controls - the cheaper explanation of
+its claimed gain that the method must beat:
 
 - score targets (empirical, knn, fp-regress, fp-embed) against DSM at 2x and 4x batch (a lower-variance
   target competes with simply averaging more noise), and fp-embed against itself with the embedding off;
@@ -12,6 +14,8 @@ Each method names its controls - the cheaper explanation of its claimed gain tha
 - interval networks against one network with the same time allocation (bins at the interval edge,
   equal shares) and the same samples per step (the batch doubled), on the same cores without DDP (on a
   small network the all-reduce would cost more than it shares);
+- noise couplings (minibatch OT, immiscible) against the same base with the independent coupling: the
+  baseline that trains the base recipe (plain, or default on the default recipe), never a second run of it;
 - combined (a target, short T with a fitted prior, intervals) against DSM at 2x batch.
 
 Nothing here imports torch at import time (``scorefast bench --help`` lists the names instantly).
@@ -26,7 +30,7 @@ from ..errors import UserError
 from ..registry import Registry
 
 ROLES = ("baseline", "method", "control")
-GROUPS = ("baselines", "recipes", "targets", "truncation", "intervals", "combined")
+GROUPS = ("baselines", "recipes", "targets", "truncation", "intervals", "couplings", "combined")
 PRIORS_AT_T = ("gaussian", "gmm", "flow")
 BASELINE = "plain"
 
@@ -35,23 +39,46 @@ BASELINE = "plain"
 class Setting:
     """What a scenario's flags depend on: the study's flags for one data set (``base``: batch size,
     network, ...), the data dimension, the end time of the truncation variants, the workers of the
-    interval variants, and whether the study is the tiny --quick one."""
+    interval variants, whether the study is the tiny --quick one, the recipe every method and control
+    starts from (``recipe``) and the kind of data ('points', 'image'; a recipe's defaults depend on it)."""
 
     base: dict
     dim: int
     T: float = 0.4
     workers: int = 1
     quick: bool = False
+    recipe: str = BASELINE
+    kind: str | None = None
+
+    @property
+    def start(self) -> dict:
+        """The flags that select the base recipe: none for the default recipe (the flag a user leaves out)."""
+        from ..config.recipes import DEFAULT_RECIPE
+        return {} if self.recipe == DEFAULT_RECIPE else {"recipe": self.recipe}
+
+    @property
+    def baseline(self) -> str:
+        """The scenario that trains the base recipe as it is: plain, default, or the recipe's own scenario."""
+        from ..config.recipes import DEFAULT_RECIPE
+        return {BASELINE: BASELINE, DEFAULT_RECIPE: "default"}.get(self.recipe, f"recipe-{self.recipe}")
+
+    def config(self, **flags):
+        """The configuration of the study's flags on the base recipe with ``flags`` on top, for this data (a
+        study-wide option of a plug-in these flags do not select left out)."""
+        from ..config import Config, applies, selected
+        merged = {**self.base, **self.start, **flags}
+        chosen = selected(merged, self.kind)
+        return Config(self.kind, **{k: v for k, v in merged.items() if applies(k, chosen)})
 
     @property
     def batch(self) -> int:
-        from ..config import Config
-        return int(self.base.get("batch_size", Config().optim.batch_size))
+        """The base's batch: the study's, else the base recipe's for this kind of data (256 on images under the
+        default recipe), else the trainer's own."""
+        return self.config().optim.batch_size
 
     def interval_edge(self) -> float:
         """The inner edge of the two-interval partition the 'intervals-2' variant trains on."""
-        from ..config import Config
-        cfg = Config(**{**self.base, "recipe": "plain", "intervals": 2})
+        cfg = self.config(intervals=2)
         return cfg.edges(cfg.sde.build())[1]
 
 
@@ -67,6 +94,13 @@ class Scenario:
     controls: tuple[str, ...] = ()
     needs_grid: bool = False  # the Fokker-Planck grid target: data of dimension <= 3 only
     uses_T: bool = False  # one variant per end time of the study's --T
+    base_control: bool = False  # also controlled by the scenario that trains the base recipe as it is
+
+    def controls_on(self, setting: Setting) -> tuple[str, ...]:
+        """Its controls in a study on ``setting``: its own, and the base recipe's own scenario where that is its
+        control (plain, the reference of every comparison anyway, is not named twice)."""
+        base = (setting.baseline,) if self.base_control and setting.baseline != BASELINE else ()
+        return (*self.controls, *base)
 
     def __reduce__(self):  # sent to a --jobs process by name: its flags function may be a closure
         return scenario_named, (self.name,)
@@ -88,12 +122,13 @@ def scenario_named(name: str) -> Scenario:
 
 
 def scenario(name: str, group: str, role: str, help: str, controls: tuple[str, ...] = (), needs_grid: bool = False,
-             uses_T: bool = False) -> Callable[[Callable[[Setting], dict]], Callable[[Setting], dict]]:
+             uses_T: bool = False, base_control: bool = False
+             ) -> Callable[[Callable[[Setting], dict]], Callable[[Setting], dict]]:
     """Decorator: register the flags function of scenario ``name`` (its name and description beside it)."""
     def decorate(fn: Callable[[Setting], dict]) -> Callable[[Setting], dict]:
         if group not in GROUPS or role not in ROLES:
             raise ValueError(f"scenario '{name}': unknown group '{group}' or role '{role}'")
-        SCENARIOS.add(name, Scenario(name, group, role, help, fn, controls, needs_grid, uses_T), help)
+        SCENARIOS.add(name, Scenario(name, group, role, help, fn, controls, needs_grid, uses_T, base_control), help)
         return fn
     return decorate
 
@@ -157,41 +192,41 @@ TARGET_CONTROLS = ("batch-2x", "batch-4x")
 @scenario("empirical", "targets", "method", "regression on the closed-form score of the diffused data over a "
           "reference batch (Stable Target Field)", TARGET_CONTROLS)
 def _empirical(s: Setting) -> dict:
-    return {**PLAIN, "method": "empirical"}
+    return {**s.start, "method": "empirical"}
 
 
 @scenario("knn", "targets", "method", "regression on the posterior mean over the nearest training points",
           TARGET_CONTROLS)
 def _knn(s: Setting) -> dict:
-    return {**PLAIN, "method": "knn"}
+    return {**s.start, "method": "knn"}
 
 
 @scenario("fp-regress", "targets", "method", "regression on the Fokker-Planck grid score of the data's KDE "
           "(d <= 3)", TARGET_CONTROLS, needs_grid=True)
 def _fp_regress(s: Setting) -> dict:
-    return {**PLAIN, "method": "fp-regress", **quick_grid(s)}
+    return {**s.start, "method": "fp-regress", **quick_grid(s)}
 
 
 @scenario("fp-embed", "targets", "method", "the score-embedding paper's transport embedding of a pre-computed score",
           (*TARGET_CONTROLS, "fp-embed-off"))
 def _fp_embed(s: Setting) -> dict:
-    return {**PLAIN, "method": "fp-embed", **quick_grid(s)}
+    return {**s.start, "method": "fp-embed", **quick_grid(s)}
 
 
-@scenario("batch-2x", "targets", "control", "plain DSM at twice the batch (control of the score targets)")
+@scenario("batch-2x", "targets", "control", "the base recipe at twice its batch (control of the score targets)")
 def _batch2(s: Setting) -> dict:
-    return {**PLAIN, "batch_size": 2 * s.batch}
+    return {**s.start, "batch_size": 2 * s.batch}
 
 
-@scenario("batch-4x", "targets", "control", "plain DSM at four times the batch (control of the score targets)")
+@scenario("batch-4x", "targets", "control", "the base recipe at four times its batch (control of the score targets)")
 def _batch4(s: Setting) -> dict:
-    return {**PLAIN, "batch_size": 4 * s.batch}
+    return {**s.start, "batch_size": 4 * s.batch}
 
 
 @scenario("fp-embed-off", "targets", "control", "fp-embed with every pre-computed score zero: its pipeline and "
           "precomputation without the embedding (control of fp-embed)")
 def _fp_embed_off(s: Setting) -> dict:
-    return {**PLAIN, "method": "fp-embed-off", **quick_grid(s)}
+    return {**s.start, "method": "fp-embed-off", **quick_grid(s)}
 
 
 # -- truncation -----------------------------------------------------------------------------------------
@@ -201,7 +236,7 @@ TRUNCATION_CONTROLS = ("t1-downweighted", "t1-likelihood")
 
 def _truncated(prior: str) -> Callable[[Setting], dict]:
     def flags(s: Setting) -> dict:
-        return {**PLAIN, "T": s.T, **fitted_prior(prior, s)}
+        return {**s.start, "T": s.T, **fitted_prior(prior, s)}
     return flags
 
 
@@ -213,13 +248,13 @@ for _prior in PRIORS_AT_T:
 @scenario("t1-downweighted", "truncation", "control", "T = 1 with large-t steps down-weighted (SpeeD-style: 0.8 of "
           "the draws below the T of the truncated variant it controls, 0.2 above)", uses_T=True)
 def _downweighted(s: Setting) -> dict:
-    return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.T:g}", "time_shares": "0.8,0.2"}
+    return {**s.start, "time_sampler": "bins", "time_edges": f"{s.T:g}", "time_shares": "0.8,0.2"}
 
 
 @scenario("t1-likelihood", "truncation", "control", "T = 1 with the likelihood-importance time sampler (control of "
           "truncation)")
 def _likelihood(s: Setting) -> dict:
-    return {**PLAIN, "time_sampler": "likelihood"}
+    return {**s.start, "time_sampler": "likelihood"}
 
 
 # -- interval networks ----------------------------------------------------------------------------------
@@ -227,14 +262,46 @@ def _likelihood(s: Setting) -> dict:
 @scenario("intervals-2", "intervals", "method", "two networks on two log-SNR intervals of [eps, T], each with the "
           "study's batch, on the study's --workers (queued on one, one after the other)", ("one-net-allocation",))
 def _intervals(s: Setting) -> dict:
-    return {**PLAIN, "intervals": 2, "workers": s.workers}
+    return {**s.start, "intervals": 2, "workers": s.workers}
 
 
-@scenario("one-net-allocation", "intervals", "control", "one network with the time allocation of intervals-2 (bins "
-          "at its edge, equal shares) and its samples per step (twice the batch), on the same cores without DDP")
+@scenario("one-net-allocation", "intervals", "control", "one network with the time allocation of intervals-2 and its "
+          "samples per step (twice the batch), on the same cores without DDP: bins at its edge with equal shares, "
+          "or the base's own time sampler where intervals-2 splits it into equal shares (the default recipe's "
+          "log-normal noise levels on images: then it is batch-2x)")
 def _one_net(s: Setting) -> dict:
-    return {**PLAIN, "time_sampler": "bins", "time_edges": f"{s.interval_edge():.6g}", "time_shares": "0.5,0.5",
-            "batch_size": 2 * s.batch}
+    intervals = s.config(intervals=2)
+    sde = intervals.sde.build()
+    times = intervals.time_sampler.bind(sde, sde.eps, sde.T)
+    if intervals.partition.partition == "allocation" and not hasattr(times, "update"):
+        allocation = {}  # each interval holds an equal share of the base sampler's draws: the mixture is that sampler
+    else:
+        allocation = {"time_sampler": "bins", "time_edges": f"{s.interval_edge():.6g}", "time_shares": "0.5,0.5"}
+    return {**s.start, **allocation, "batch_size": 2 * s.batch}
+
+
+# -- noise couplings ------------------------------------------------------------------------------------
+
+def _coupled(name: str) -> Callable[[Setting], dict]:
+    def flags(s: Setting) -> dict:
+        return {**s.start, "coupling": name}
+    return flags
+
+
+def _register_couplings() -> None:
+    """One scenario per registered coupling besides the independent one (the base's own, their control)."""
+    from ..couplings import COUPLINGS
+    for name in COUPLINGS:
+        if name != COUPLINGS.default:
+            scenario(f"coupling-{name}", "couplings", "method", f"the base recipe with the {name} noise coupling "
+                     f"({COUPLINGS.help(name).rstrip('.')}): each batch's noise draws are reassigned to its examples "
+                     "(the papers' claim: straighter paths, easier to learn); the assignment's seconds count in its "
+                     "wall-clock; its control is the base with the independent coupling (the baseline that trains "
+                     "the base recipe, not run twice); scored by the probability-flow NLL and ODE samples (a coupled "
+                     "path allows no SDE sampler, no prior fitted at T, no ELBO)", base_control=True)(_coupled(name))
+
+
+_register_couplings()
 
 
 # -- everything at once ---------------------------------------------------------------------------------
@@ -242,7 +309,7 @@ def _one_net(s: Setting) -> dict:
 @scenario("combined", "combined", "method", "the empirical target + T = the study's --T with a fitted GMM prior + "
           "two interval networks (none of the papers tried it)", ("batch-2x",), uses_T=True)
 def _combined(s: Setting) -> dict:
-    return {**PLAIN, "method": "empirical", "T": s.T, **fitted_prior("gmm", s), "intervals": 2,
+    return {**s.start, "method": "empirical", "T": s.T, **fitted_prior("gmm", s), "intervals": 2,
             "workers": s.workers}
 
 

@@ -98,7 +98,8 @@ class Study:
     training flags for every variant (they win over the data defaults and lose to the scenarios' own),
     ``T`` the end times of the truncated variants (one variant per T when several), ``workers`` those of the
     interval variants and their control, ``evaluation`` the protocol of the curves, ``jobs`` the runs trained
-    side by side (each in its own process with ``threads`` torch threads)."""
+    side by side (each in its own process with ``threads`` torch threads), ``base_recipe`` the recipe every
+    method and control starts from (plain DSM stays the reference of every time to target)."""
 
     data: tuple[str, ...]
     methods: tuple[str, ...]
@@ -114,6 +115,7 @@ class Study:
     evaluation: Protocol | None = None
     jobs: int = option(1, "runs trained side by side, each in its own process", min=1)
     preset: str | None = None  # the preset it was made from (its evaluation protocol comes with the name)
+    base_recipe: str = "plain"  # the recipe every method and control starts from (the baselines keep theirs)
 
     @property
     def threads_per_worker(self) -> int:
@@ -159,6 +161,11 @@ class Study:
         unknown = [m for m in self.methods if m not in SCENARIOS]
         if unknown:
             raise UserError(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+        own = Setting({}, 1, recipe=self.base_recipe).baseline
+        needing = [m for m in self.methods if SCENARIOS[m].base_control]
+        if needing and own not in self.methods:
+            raise UserError(f"--methods {', '.join(needing)} on the base recipe {self.base_recipe} need its own "
+                            f"scenario {own} beside them (their control); add it to --methods")
 
     def parts(self) -> list[Part]:
         """The data sets, each read once here (an unreadable one is a UserError before anything runs)."""
@@ -206,11 +213,11 @@ class Study:
             for T in Ts:
                 label = name if len(Ts) == 1 else f"{name}-T{T:g}"
                 skipped = sc.applies(part.dim)
-                setting = Setting(base, part.dim, T, self.workers, self.quick)
+                setting = Setting(base, part.dim, T, self.workers, self.quick, self.base_recipe, part.kind)
                 flags = {} if skipped else self.on_cores(self.applicable({**base, **sc.flags(setting)}, part))
                 if not skipped:
                     self.check_settings(flags, label, part)
-                out.append(Variant(label, sc, flags, skipped, T if sc.uses_T else None))
+                out.append(Variant(label, sc, flags, skipped, T if sc.uses_T else None, sc.controls_on(setting)))
         return out
 
     def on_cores(self, flags: dict) -> dict:
