@@ -12,7 +12,7 @@ import pytest
 
 from scorefast.config import FLAGS, SECTIONS, SELECTORS, SLOTS, Config, read_config_file, to_toml
 from scorefast.errors import UserError
-from scorefast.registry import Plugin, Registry, option
+from scorefast.registry import Plugin, Registry, coerce, option
 
 
 def test_registry_keeps_names_beside_classes_and_refuses_bad_use():
@@ -96,6 +96,28 @@ def test_option_bounds_and_choices_are_one_coercion_with_one_line(flags, message
     with pytest.raises(UserError, match="^--lr must be > 0, got -1.0$"):
         cfg.validate()
     assert field.metadata["above"] == 0
+
+
+def test_a_tuple_or_list_option_reads_its_items_by_their_declared_type_and_bounds():
+    """A tuple field's items are of its declared item type (text split at commas, or a list) and each is held to
+    the field's bounds; a list field is a repeatable flag, each value as given."""
+    @dataclasses.dataclass
+    class Options:
+        times: tuple[float, ...] | None = option(None, "end times", above=0)
+        names: tuple[str, ...] | None = option(None, "names")
+        items: list[str] | None = option(None, "repeatable", flag="item")
+
+    times, names, items = dataclasses.fields(Options)
+    assert coerce(Options, times, "0.2, 0.4", "here") == (0.2, 0.4) == coerce(Options, times, [0.2, 0.4], "here")
+    assert coerce(Options, names, "moons, digits", "here") == ("moons", "digits")
+    assert coerce(Options, items, "a=1,2", "here") == ["a=1,2"] and coerce(Options, items, ["a", "b"], "here") == \
+        ["a", "b"]
+    for field, value, message in [(times, "0.2,0", "^here: --times must be > 0, got 0.0$"),
+                                  (times, "0.2,late", "^here: --times expects comma-separated numbers, got '0.2,l"),
+                                  (names, [1, 2], "--names expects comma-separated names"),
+                                  (items, [3], "--item expects strings")]:
+        with pytest.raises(UserError, match=message):
+            coerce(Options, field, value, "here")
 
 
 def test_the_configuration_is_resolved_with_the_kind_of_a_built_in_set():

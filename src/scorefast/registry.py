@@ -29,20 +29,23 @@ from typing import Any, ClassVar, TypeVar
 from .errors import UserError
 
 T = TypeVar("T")
+ITEMS = {int: "integers", float: "numbers", str: "names"}  # how an error names the items of a tuple field
 
 
 def option(default: Any, help: str, *, flag: str | None = None, locked: bool = True, selects: bool = False,
            choices: Registry | tuple[str, ...] | None = None, min: float | None = None, max: float | None = None,
-           above: float | None = None, below: float | None = None) -> Any:
+           above: float | None = None, below: float | None = None, metavar: str | None = None) -> Any:
     """A configuration field: ``default``, ``help`` (shown by ``--help``), the flag name if it differs
-    from the field name (underscores; ``--`` and dashes are added by the CLI), ``locked`` if a resumed
+    from the field name (underscores; ``--`` and dashes are added by the CLI), the ``metavar`` of its value in
+    ``--help`` if not the flag's name in capitals, ``locked`` if a resumed
     run may not change it, ``selects`` if giving the flag selects the plug-in that owns it (a partition's
     --intervals), and the values it accepts: ``choices`` (a registry, whose names and help the flag's
     help lists, or a tuple of names), the inclusive bounds ``min`` / ``max`` and the exclusive ``above`` /
     ``below``. :func:`check` enforces them; None passes."""
     return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "locked": locked,
                                                         "selects": selects, "choices": choices, "min": min,
-                                                        "max": max, "above": above, "below": below})
+                                                        "max": max, "above": above, "below": below,
+                                                        "metavar": metavar})
 
 
 def options_of(cls_or_obj) -> list[dataclasses.Field]:
@@ -56,12 +59,23 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or f.name
 
 
-def field_type(owner: type, f: dataclasses.Field) -> type:
-    """The concrete value type of a field (int, float, str, bool or tuple), with ``X | None`` unwrapped."""
+def _hint(owner: type, f: dataclasses.Field) -> Any:
+    """The type annotation of a field, with ``X | None`` unwrapped."""
     hint = typing.get_type_hints(owner)[f.name]
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+def field_type(owner: type, f: dataclasses.Field) -> type:
+    """The concrete value type of a field (int, float, str, bool, tuple or list), with ``X | None`` unwrapped."""
+    hint = _hint(owner, f)
     return typing.get_origin(hint) or hint
+
+
+def item_type(owner: type, f: dataclasses.Field) -> type:
+    """The type of the items of a tuple or list field (``tuple[float, ...]``: float; int when not said)."""
+    return next(iter(typing.get_args(_hint(owner, f))), int)
 
 
 def optional(owner: type, f: dataclasses.Field) -> bool:
@@ -98,16 +112,25 @@ def _as_type(owner: type, f: dataclasses.Field, value: Any, where: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return float(value)
-        if kind is tuple:
+        if kind is tuple:  # comma-separated text, or a list
+            item = item_type(owner, f)
             items = value.split(",") if isinstance(value, str) else list(value)
-            return tuple(int(v) for v in items if str(v).strip() != "")
+            if item is str and not all(isinstance(v, str) for v in items):
+                raise TypeError
+            return tuple(item(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip() != "")
+        if kind is list:  # a repeatable flag: each value given, as it is
+            items = [value] if isinstance(value, str) else list(value)
+            if not all(isinstance(v, str) for v in items):
+                raise TypeError
+            return items
         if kind is str:
             if not isinstance(value, str):
                 raise TypeError
             return value
     except (TypeError, ValueError):
         pass
-    name = {tuple: "comma-separated integers"}.get(kind, getattr(kind, "__name__", str(kind)))
+    name = f"comma-separated {ITEMS.get(item_type(owner, f), 'values')}" if kind is tuple else \
+        "strings" if kind is list else getattr(kind, "__name__", str(kind))
     raise UserError(f"{where}: {flag} expects {name}, got {value!r}")
 
 
@@ -118,6 +141,10 @@ def check(f: dataclasses.Field, value: Any, where: str | None = None) -> Any:
     flag = "--" + flag_of(f).replace("_", "-")
     m = f.metadata
     if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, tuple):  # each item held to the field's rule
+        for item in value:
+            check(f, item, where)
         return value
 
     def refuse(what: str) -> typing.NoReturn:
@@ -279,5 +306,5 @@ class Plugin:
         """Raise UserError (one line) for an option out of range; called before anything is written."""
 
 
-__all__ = ["Plugin", "Registry", "check", "coerce", "field_type", "flag_of", "help_of", "option", "optional",
-           "options_of"]
+__all__ = ["Plugin", "Registry", "check", "coerce", "field_type", "flag_of", "help_of", "item_type", "option",
+           "optional", "options_of"]
