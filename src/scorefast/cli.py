@@ -205,14 +205,33 @@ def cmd_fp(args) -> int:
 
 def cmd_bench(args) -> int:
     from .bench import run_bench
+    if args.rejudge is not None:
+        return cmd_rejudge(args)
+    if args.out is None:
+        raise UserError("--out is required: the study folder (or --rejudge FOLDER)")
     results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
                         quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
                         threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set,
                         jobs=args.jobs, metric=args.metric, base_recipe=args.base_recipe)
+    return _bench_said(results, Path(args.out))
+
+
+def cmd_rejudge(args) -> int:
+    """``bench --rejudge FOLDER``: the folder's own results judged again; any study flag beside it is refused."""
+    from .bench import rejudge
+    given = [f"--{k.replace('_', '-')}" for k, v in vars(args).items()
+             if k not in ("rejudge", "func", "command") and v not in (None, False, [])]
+    if given:
+        raise UserError(f"--rejudge re-judges a folder's own results and takes no other flag (got {given[0]})")
+    return _bench_said(rejudge(args.rejudge), Path(args.rejudge))
+
+
+def _bench_said(results: dict, out: Path) -> int:
+    """The verdict sentences of a study and where its report is."""
     for table in results["tables"]:
         for sentence in table["sentences"]:
             print(f"{table['data']}: {sentence.replace('**', '')}")
-    print(f"report: {Path(args.out) / 'report.md'}   numbers: {Path(args.out) / 'results.json'}")
+    print(f"report: {out / 'report.md'}   numbers: {out / 'results.json'}")
     return 0
 
 
@@ -230,7 +249,11 @@ def _bench_parser(sub, text: str) -> None:
     b.add_argument("--budget", default=None, help="training budget of every network, with its unit: 4000steps or "
                    "60s (default: 2000steps, or the preset's)")
     b.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 of every variant (default: 3)")
-    b.add_argument("--out", required=True, help="study folder (runs/, report.md, results.json, pictures)")
+    b.add_argument("--out", default=None, help="study folder (runs/, report.md, results.json, pictures); required "
+                   "unless --rejudge")
+    b.add_argument("--rejudge", default=None, metavar="FOLDER", help="judge a study folder of the earlier timing "
+                   "rules again by today's, from its results.json: keeps the one-network, one-process variants, "
+                   "names the others, trains nothing")
     b.add_argument("--quick", action="store_true", help="tiny sizes and budgets; alone, the quick preset")
     b.add_argument("--preset", default=None, help=f"a named study: {', '.join(PRESETS)}; flags given override it")
     b.add_argument("--n-data", default=None, help="training examples, comma-separated for a data-efficiency curve")

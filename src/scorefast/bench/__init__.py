@@ -8,7 +8,8 @@ side (``jobs``), each run (``runs``) reused by the hash of its configuration; ``
 EMA snapshot with one evaluator and times it as the run ran; ``report`` writes OUT/report.md,
 OUT/results.json and the pictures, each table with its verdict; ``shapes`` checks the files a study
 folder holds when they are read back, and ``tables`` makes the documentation's tables from results.json.
-Named studies are in ``presets``; the ``fp-embed-off`` control target is a plug-in of ``methods.targets``.
+Named studies are in ``presets``; the ``fp-embed-off`` control target is a plug-in of ``methods.targets``;
+``rejudging`` judges a study folder of the bench's earlier timing rules again by today's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from .presets import PRESETS, Preset, get_preset
 from .scenarios import GROUPS, SCENARIOS, Selection, choices_text
 
 _LAZY = {"run_bench": "command", "make_study": "command", "command_of": "command", "Study": "study",
-         "Budget": "study", "run_study": "study", "verdict": "report", "write_report": "report"}
+         "Budget": "study", "run_study": "study", "verdict": "report", "write_report": "report",
+         "rejudge": "rejudging"}
 
 
 def __getattr__(name):
@@ -29,4 +31,4 @@ def __getattr__(name):
 
 
 __all__ = ["GROUPS", "PRESETS", "SCENARIOS", "Budget", "Preset", "Selection", "Study", "choices_text", "command_of",
-           "get_preset", "make_study", "run_bench", "run_study", "verdict", "write_report"]
+           "get_preset", "make_study", "rejudge", "run_bench", "run_study", "verdict", "write_report"]

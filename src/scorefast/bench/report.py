@@ -403,8 +403,14 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
     results = json_safe({"command": command, "machine": machine, "study": study, "tables": every, "rows": rows,
                          "pictures": made, "timing": TIMING, "date": time.strftime("%Y-%m-%d", time.gmtime())})
     write_json(out / "results.json", results)
-    lines = ["# scorefast bench", "", "Regenerate (finished runs are reused, so this only re-reports):", "",
-             f"    {command}", "",
+    write_markdown(out, f"Regenerate (finished runs are reused, so this only re-reports):\n\n    {command}\n", results)
+    return results
+
+
+def write_markdown(out: Path, head: str, results: dict) -> None:
+    """report.md, atomically: ``head``, the machine, the rules, then per data set its tables and pictures."""
+    machine, study, made = results["machine"], results["study"], results["pictures"]
+    lines = ["# scorefast bench", "", head,
              f"Machine: {machine.get('platform')}, {machine.get('cpus')} CPUs"
              f"{', ' + machine['cuda'] if 'cuda' in machine else ''}, torch {machine.get('torch')}, "
              f"{machine.get('threads')} torch threads, load average {machine.get('loadavg_start', '?')} at the start "
@@ -419,16 +425,13 @@ def write_report(rows: list[dict], out: Path, command: str, study: dict, machine
              "does a reference that never reaches it (timed at its whole budget). Ratio cells are the interval "
              "over seeds; other cells min / median / max. Verdict: 'helps' only when the whole interval lies "
              "below 1, 'slower' when above, else 'no measurable difference' (always so with one seed).", ""]
-    for data in tables.parts:
+    for data in dict.fromkeys(r["data"] for r in results["rows"]):
         lines += [f"## {data}", ""]
-        for t in every:
-            if t["data"] != data:
-                continue
+        for t in (t for t in results["tables"] if t["data"] == data):
             lines += [f"### {t['group']}", "", *markdown(t), "", *(f"- {s}" for s in t["sentences"]), "",
                       *(f"![{name}]({name})" for name in made.get(f"{data}: {t['group']}", [])), ""]
         lines += [f"![{name}]({name})" for name in made.get(data, [])] + [""]
     atomic_write(out / "report.md", lambda f: f.write("\n".join(lines).encode()), what="report")
-    return results
 
 
 def json_safe(obj):
@@ -445,4 +448,4 @@ def json_safe(obj):
 
 
 __all__ = ["Tables", "json_safe", "machine_info", "markdown", "pictures", "spread3", "time_ratio", "verdict",
-           "write_report"]
+           "write_markdown", "write_report"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..checkpoint import atomic_write, read_json
 from ..errors import UserError, run_command
 from .curves import TIMING
+from .rejudging import left_out_text
 from .report import as_ratio, middle, ratio_cell, spread3
 from .scenarios import BASELINE, GROUPS
 from .shapes import RESULTS, checked
@@ -57,7 +58,8 @@ def load(folder: Path) -> dict:
 
 
 def caption(results: dict, file: str) -> str:
-    """Where the table comes from: the file, the command, the machine, the date and the timing rules."""
+    """Where the table comes from: the file, the command, the machine, the date and the timing rules (and, for a
+    study re-judged from the earlier rules, what it left out)."""
     m = results.get("machine", {})
     when = f", {results['date']}" if results.get("date") else ", date not recorded"
     line = (f"From `{file}`: `{results['command']}` ({m.get('cpus', '?')} CPUs, torch {m.get('torch', '?')}, "
@@ -65,6 +67,9 @@ def caption(results: dict, file: str) -> str:
     if results.get("timing", 1) != TIMING:
         line += (f" Timed under the bench's earlier rules ({results.get('timing', 1)}: queued interval networks "
                  "timed turn by turn, unequal cores, no margin); its command run again measures it anew.")
+    if results.get("rejudged_from"):
+        line += (f" Re-judged by the bench's current rules from a study timed under timing "
+                 f"{results['rejudged_from']}; {left_out_text(results)}.")
     return line
 
 
