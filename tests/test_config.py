@@ -120,15 +120,38 @@ def test_a_tuple_or_list_option_reads_its_items_by_their_declared_type_and_bound
             coerce(Options, field, value, "here")
 
 
-def test_the_configuration_is_resolved_with_the_kind_of_a_built_in_set():
-    """A recipe's defaults by kind apply from the start for a built-in set; a file's kind is known once read."""
-    points, image, unread = Config(data="moons"), Config(data="digits"), Config(data="my.npy")
-    assert (points.data_kind, image.data_kind, unread.data_kind) == ("points", "image", None)
-    assert points.time_sampler.name == "adaptive" and image.time_sampler.name == "lognormal"
-    assert unread.time_sampler.name == "uniform"
-    assert unread.for_data("points") == Config(data="my.npy", data_kind="points") != unread
-    assert points.for_data("points") is points
+def test_the_configuration_is_resolved_once_with_the_kind_of_its_data(tmp_path):
+    """A recipe's defaults by kind apply from the start: a built-in set's kind from its name, a file's from its
+    header, without reading the data (this .npy declares a million 8x8 images and holds none of them)."""
+    import numpy as np
+    header_only, points = tmp_path / "header-only.npy", tmp_path / "points.npz"
+    with open(header_only, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**6, 1, 8, 8)})
+    np.savez(points, x=np.zeros((5, 2), np.float32))
+    (tmp_path / "folder").mkdir()
+    image_defaults, points_defaults = ("lognormal", "edm", 256), ("adaptive", "eps", 512)
+    for spec, kind, defaults in [("moons", "points", points_defaults), ("digits", "image", image_defaults),
+                                 (header_only, "image", image_defaults), (points, "points", points_defaults),
+                                 (tmp_path / "folder", "image", image_defaults),
+                                 (tmp_path / "missing.npy", None, ("uniform", "eps", 512))]:
+        cfg = Config(data=str(spec))
+        assert (cfg.data_kind, cfg.time_sampler.name, cfg.net.param, cfg.optim.batch_size) == (kind, *defaults)
+    moved = Config(data="moons", steps=5).replace(data=str(header_only))
+    assert (moved.data_kind, moved.time_sampler.name, moved.budget.max_steps) == ("image", "lognormal", 5)
     assert Config(data="moons", time_sampler="uniform").time_sampler.name == "uniform"  # a flag given wins
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4', 'fort", "cannot be read as a .npy file"),
+    (b"NUMPY but not its magic", "cannot be read as a .npy file (bad header)"),
+    (b"\x93NUMPY\x07\x00", ".npy format version 7.0 is not supported"),
+])
+def test_a_damaged_npy_header_is_one_line_naming_the_file(tmp_path, content, needle):
+    bad = tmp_path / "damaged.npy"
+    bad.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        Config(data=str(bad))
+    assert needle in str(err.value) and f"data file '{bad}'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_plain_registries_hold_any_object_with_its_help():

@@ -14,7 +14,7 @@ PACKAGE = Path(scorefast.__file__).parent
 
 # bottom to top; a module may import its own layer and the layers below (docs/design.md, "Layers")
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundations", ("scorefast", "errors", "checkpoint", "registry", "choices")),
+    ("foundations", ("scorefast", "errors", "checkpoint", "registry", "choices", "dataformats")),
     ("the engine", ("sde", "nets", "weightings", "time_sampling", "couplings", "objective", "time_grids",
                     "ksampling", "sampling", "likelihood", "analytic", "estimators")),
     ("the methods", ("methods",)),

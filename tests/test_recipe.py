@@ -311,6 +311,22 @@ def test_the_recipe_is_recorded_and_plain_is_scorefast_0_1(tmp_path):
     assert json.loads(json.dumps(cfg.to_dict()))["recipe"] == {"name": "plain"}
 
 
+def test_data_of_another_kind_than_the_configuration_was_resolved_for_is_refused(tmp_path):
+    """The configuration is resolved once: data that turns out to be of another kind (a file replaced after the
+    configuration was made) is one line, nothing written, never a silent change of the recipe's defaults."""
+    import numpy as np
+
+    from scorefast.training.recipe import train
+    data = tmp_path / "images.npy"
+    np.save(data, np.zeros((20, 1, 8, 8), np.uint8))
+    cfg = Config(data=str(data), out=str(tmp_path / "never"), steps=2, batch_size=8)
+    assert cfg.data_kind == "image"
+    np.save(data, np.zeros((20, 2), np.float32))
+    with pytest.raises(UserError, match="holds points data, but the configuration was resolved for image data"):
+        train(cfg, progress=False)
+    assert not (tmp_path / "never").exists()
+
+
 # -- the recipes on images --------------------------------------------------------------------------
 
 def test_edm_recipe_resolves_to_edms_published_settings():
@@ -318,7 +334,7 @@ def test_edm_recipe_resolves_to_edms_published_settings():
     weighting, Adam lr 1e-3 with betas (0.9, 0.999) and no clipping, dropout 0.13, Heun's sampler in 35 network
     evaluations, and an EMA whose half-life is 5 % of the images seen: decay 0.5^(1 / (0.05 n)) at step n, which
     is the power EMA with gamma + 1 = 20 ln 2."""
-    image = Config(recipe="edm").for_data("image")
+    image = Config(recipe="edm", data_kind="image")
     flags = image.flags()
     assert (flags["param"], flags["time_sampler"], flags["weighting"], flags["ema_profile"], flags["sampler"]) == \
         ("edm", "lognormal", "edm", "power", "heun")
@@ -329,14 +345,14 @@ def test_edm_recipe_resolves_to_edms_published_settings():
     assert power_gamma(flags["ema_std"]) + 1 == pytest.approx(20 * math.log(2), rel=0.005)
     for n in (100, 2000):
         assert 1 - image.ema_profile.decay(n) == pytest.approx(1 - 0.5 ** (1 / (0.05 * n)), rel=0.01)
-    points = Config(recipe="edm").for_data("points")
+    points = Config(recipe="edm", data_kind="points")
     assert points.net.dropout is None and points.data.sigma_data is None  # EDM's 0.5 is for pixels in [-1, 1]
-    assert Config(recipe="edm", lr=2e-3).for_data("image").optim.lr == 2e-3  # a flag given wins
+    assert Config(recipe="edm", lr=2e-3, data_kind="image").optim.lr == 2e-3  # a flag given wins
 
 
 def test_the_default_recipe_sets_its_image_flags_on_images_only():
-    image, points = Config().for_data("image").flags(), Config().for_data("points").flags()
-    plain = Config(recipe="plain").for_data("points").flags()
+    image, points = Config(data_kind="image").flags(), Config(data_kind="points").flags()
+    plain = Config(recipe="plain", data_kind="points").flags()
     assert {k: image[k] for k in ("param", "time_sampler", "weighting", "batch_size", "lr", "warmup", "lr_schedule",
                                   "lr_ref_steps", "ema_profile", "ema_std")} == \
         {"param": "edm", "time_sampler": "lognormal", "weighting": "edm", "batch_size": 256, "lr": 2e-3, "warmup": 100,

@@ -31,7 +31,6 @@ REFERENCE: dict = {}
 
 def config(recipe: str, sampler: str | None) -> Config:
     cfg = Config(recipe=recipe, **TINY, **({} if sampler is None else {"time_sampler": sampler}))
-    cfg = cfg.for_data("points")
     if cfg.time_sampler.name == "adaptive":
         cfg = cfg.replace(adapt_every=EVERY, adapt_probe=16)
     return cfg

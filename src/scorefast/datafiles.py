@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import pickletools
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -26,9 +25,9 @@ import numpy as np
 import torch
 
 from .checkpoint import display_path, error_reason, open_regular
+from .dataformats import CIFAR_BATCHES, IDX_NAME, IMAGE_SUFFIXES, idx_header, kind_of_rank, npy_header, npz_member
 from .errors import UserError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_IMAGE_PIXELS = 4096 * 4096  # per image file, read from its header before decoding (memory stays bounded)
 
 MAX_ABS_VALUE = 1e10
@@ -37,9 +36,6 @@ the batch and divides by noise variances down to ~1e-4: with |x| <= 1e10 those s
 far inside float32's 3.4e38, while |x| ~ 1e19 already overflows x^2. No real data set needs more
 (standardise it); larger values are almost always a unit mistake or a corrupt file."""
 
-_IDX_NAME = re.compile(r"-idx\d-ubyte(\.gz)?$")
-_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-_NPY_MAGIC = b"\x93NUMPY"
 MMAP_FRACTION = 0.25  # a uint8 .npy larger than this fraction of physical memory is memory-mapped, not read
 
 
@@ -51,9 +47,9 @@ def read_data_path(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None
     if path.is_file() and path.stat().st_size == 0:
         raise UserError(f"{label}: is empty (0 bytes)")
     name = path.name
-    if name.startswith(("data_batch", "test_batch")):
+    if name.startswith(CIFAR_BATCHES):
         return _to_model_space(_load_cifar([path]), label, channels_last_ok=False)
-    if _IDX_NAME.search(name):
+    if IDX_NAME.search(name):
         return _to_model_space(_load_idx(path, label), label)
     suffix = path.suffix.lower()
     if suffix in (".npy", ".npz"):
@@ -97,15 +93,15 @@ def _load_dir(path: Path, spec: str) -> tuple[torch.Tensor, str, int | None]:
     label = f"data folder '{display_path(spec)}'"
     top = _entries(str(path), label)
     files = [Path(e.path) for e in top if not e.is_dir(follow_symlinks=False)]
-    batches = [p for p in files if p.name.startswith("data_batch")] or [
-        p for p in files if p.name.startswith("test_batch")
+    batches = [p for p in files if p.name.startswith(CIFAR_BATCHES[0])] or [
+        p for p in files if p.name.startswith(CIFAR_BATCHES[1])
     ]
     if batches:
         return _to_model_space(_load_cifar(batches), label, channels_last_ok=False)
     images, folders = _find_images(path, label)
     if images:
         return _to_model_space(_load_images(images, spec), label, channels_last_ok=False)
-    idx = [p for p in files if _IDX_NAME.search(p.name) and "images" in p.name]
+    idx = [p for p in files if IDX_NAME.search(p.name) and "images" in p.name]
     idx = [p for p in idx if p.name.startswith("train")] or idx
     if idx:
         return _to_model_space(_load_idx(idx[0], f"data file '{display_path(idx[0])}'"), label)
@@ -150,14 +146,7 @@ def _read_npy(f: BinaryIO, size: int, label: str, path: Path | None = None) -> n
 
     A uint8 array in C order larger than ``MMAP_FRACTION`` of this machine's memory is memory-mapped from
     ``path`` (read-only) instead: pages are read when a batch touches them."""
-    head = f.read(8)
-    if len(head) < 8 or head[:6] != _NPY_MAGIC:
-        raise UserError(f"{label}: cannot be read as a .npy file (bad header), corrupt?")
-    read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-    version = (head[6], head[7])
-    if version not in read_header:
-        raise UserError(f"{label}: .npy format version {version[0]}.{version[1]} is not supported (1.0, 2.0 are)")
-    shape, fortran_order, dtype = read_header[version](f)
+    shape, fortran_order, dtype = npy_header(f, label)
     if dtype.hasobject:
         raise UserError(f"{label}: holds Python objects (object dtype), not numbers; they are not unpickled")
     count = math.prod(shape)
@@ -196,20 +185,10 @@ def _load_numpy(path: Path, label: str) -> np.ndarray:
 
 def _read_npz_member(archive: zipfile.ZipFile, label: str) -> np.ndarray:
     """The array named x, data or arr_0 (or the only one) of an .npz archive."""
-    members = {(n[:-4] if n.endswith(".npy") else n): n for n in archive.namelist()}
-    if not members:
-        raise UserError(f"{label}: holds no arrays")
-    if len(members) == 1:
-        key = next(iter(members))
-    else:
-        key = next((k for k in ("x", "data", "arr_0") if k in members), None)
-        if key is None:
-            shown = ", ".join(display_path(k)[:40] for k in list(members)[:8])
-            raise UserError(f"{label}: holds {len(members)} arrays ({shown}), none named x, data or arr_0")
-    info = archive.getinfo(members[key])
+    info, member_label = npz_member(archive, label)
     _check_memory(info.file_size, label)
     with archive.open(info) as member:
-        return _read_npy(member, info.file_size, f"{label}, array '{display_path(key)[:40]}'")
+        return _read_npy(member, info.file_size, member_label)
 
 
 def _load_idx(path: Path, label: str) -> np.ndarray:
@@ -223,15 +202,12 @@ def _load_idx(path: Path, label: str) -> np.ndarray:
         size = os.fstat(f.fileno()).st_size
         try:
             stream = gzip.GzipFile(fileobj=f, mode="rb") if gz else f
-            magic = stream.read(4)
-            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _IDX_DTYPES:
-                raise UserError(f"{label}: not an idx file (bad magic number)")
-            ndim = magic[3]
+            code, ndim = idx_header(stream, label)
             raw_dims = stream.read(4 * ndim)
             if ndim == 0 or len(raw_dims) < 4 * ndim:
                 raise UserError(f"{label}: idx header is truncated")
             dims = tuple(int(d) for d in np.frombuffer(raw_dims, dtype=">u4"))
-            dtype = np.dtype(_IDX_DTYPES[magic[2]])
+            dtype = np.dtype(code)
             nbytes = math.prod(dims) * dtype.itemsize
             header = 4 + 4 * ndim
             if not gz and size != header + nbytes:
@@ -405,7 +381,8 @@ def _to_model_space(
     """Validate an array and map it into model space: points unchanged, images to [-1, 1] N x C x H x W."""
     if a.dtype.kind not in "biuf":
         raise UserError(f"{label}: array of dtype {a.dtype} is not numeric (need integers or floats)")
-    if a.ndim < 2 or a.ndim > 4:
+    kind = kind_of_rank(a.ndim)
+    if kind is None:
         raise UserError(
             f"{label}: array of shape {tuple(a.shape)} has rank {a.ndim}; "
             "need N x d points, N x H x W or N x C x H x W images"
@@ -422,8 +399,8 @@ def _to_model_space(
     if max(-lo, hi) > MAX_ABS_VALUE:
         raise UserError(f"{label}: values span [{lo:g}, {hi:g}], beyond +-{MAX_ABS_VALUE:g} where float32 "
                         "training overflows; rescale (standardise) the data")
-    if a.ndim == 2:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), "points", None
+    if kind == "points":
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), kind, None
     if a.ndim == 3:
         a = a[:, None]
     elif a.shape[1] not in (1, 3, 4):

@@ -231,10 +231,10 @@ class Study:
         value in --set reaches only its plug-in's variants, so the study-wide check cannot see it)."""
         from ..config import Config
         try:
-            Config(**flags).for_data(part.kind).validate()
+            Config(part.kind, **flags).validate()
         except UserError as exc:
             try:
-                Config(**{k: v for k, v in flags.items() if k not in self.settings}).for_data(part.kind).validate()
+                Config(part.kind, **{k: v for k, v in flags.items() if k not in self.settings}).validate()
             except UserError:
                 return  # wrong without the settings too: the run fails and its row says why
             raise UserError(f"--set on {label} ({part.label}): {exc}") from None

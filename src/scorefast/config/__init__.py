@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..choices import DATASETS
+from ..dataformats import kind_of_data
 from ..errors import UserError
 from ..methods.partitions import PARTITIONS, select_partition
 from ..methods.priors import PRIORS
@@ -118,17 +119,16 @@ class Config:
 
     Built from flag keywords over the defaults of the recipe (``--recipe``, see ``recipes``); a flag
     given wins over the recipe's, and a recipe option of a plug-in the flags replace is dropped. A recipe
-    may set some defaults by the kind of data ('points' or 'image'), so the configuration is resolved with
-    the data's kind: a built-in data set's is known by its name (``choices.DATASETS``), so that the
-    configuration says what the run trains from the start; a file's is known once it is read
-    (:meth:`for_data`, which the recipe calls before anything is written). ``given`` records which flags
-    were set explicitly."""
+    may set some defaults by the kind of data ('points' or 'image'), so the configuration is resolved once,
+    with the data's kind (``data_kind``, else told by ``dataformats.kind_of_data``: a built-in data set's by
+    its name, a file's by its header), and says what the run trains from the start. ``given`` records which
+    flags were set explicitly."""
 
     def __init__(self, data_kind: str | None = None, **flags: Any):
         given = _coerced(flags, "configuration")
         self.given: frozenset[str] = frozenset(given)
         spec = given.get("data", DATASETS.default)
-        self.data_kind = data_kind or (DATASETS.tag(spec, "kind") if spec in DATASETS else None)
+        self.data_kind = data_kind or kind_of_data(spec)
         data_kind = self.data_kind
         chosen = selected(given, data_kind)
         name = given.get("recipe", DEFAULT_RECIPE)
@@ -204,18 +204,15 @@ class Config:
         return cls(data_kind, **flags)
 
     def replace(self, **flags: Any) -> Config:
-        """A copy with some flags changed (``given`` keeps the original's plus these)."""
-        new = Config(self.data_kind, **{**self.flags(), **flags})
+        """A copy with some flags changed (``given`` keeps the original's plus these); a copy for other data is
+        resolved again from the flags given, for that data's kind."""
+        mine = self.flags()
+        if flags.get("data", self.data.spec) != self.data.spec:
+            new = Config(**{**{k: mine[k] for k in self.given}, **flags})
+        else:
+            new = Config(self.data_kind, **{**mine, **flags})
         new.given = self.given | {k for k, v in flags.items() if v is not None}
         return new
-
-    def for_data(self, kind: str) -> Config:
-        """This configuration with the recipe's defaults for data of ``kind`` ('points' or 'image'); the
-        flags given stay as they are."""
-        if kind == self.data_kind:
-            return self
-        flags = self.flags()
-        return Config(kind, **{k: flags[k] for k in self.given})
 
     def edges(self, sde) -> list[float]:
         """The partition's interval edges for this run's SDE and time sampler."""

@@ -105,9 +105,11 @@ class Group:
 
 def context(cfg: Config, run: RunDir) -> RunContext:
     """Check everything a run needs (data, partition, target, layout) without writing anything; the
-    configuration gets the recipe's defaults for the kind of data it turned out to be."""
+    configuration was resolved for the kind of data it reads."""
     train, test = split_data(cfg)
-    cfg = cfg.for_data(train.kind)
+    if train.kind != cfg.data_kind:
+        raise UserError(f"data '{cfg.data.spec}' holds {train.kind} data, but the configuration was resolved for "
+                        f"{cfg.data_kind} data (was the file replaced?)")
     cfg.validate()
     if cfg.launch.compile:
         check_compile()
