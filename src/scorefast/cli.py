@@ -67,8 +67,9 @@ def cmd_train(args) -> int:
     from .config import Config, to_toml
     cfg = Config(**config_flags(args))
     if args.print_config:  # resolved for the data's kind, so that the file reproduces the run
-        from .data import load_data
-        cfg = cfg.for_data(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).kind)
+        if cfg.data_kind is None:  # data whose kind neither its name nor its header tells: reading it says why
+            from .data import load_data
+            load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed)
         cfg.validate()
         print(to_toml(cfg), end="")
         return 0
