@@ -18,6 +18,7 @@ import torch
 
 from scorefast.checkpoint import load_checkpoint, save_checkpoint
 from scorefast.cli import main
+from scorefast.run import RunDir
 
 TINY = ["--data", "moons", "--steps", "30", "--eval-every", "10", "--eval-samples", "50", "--eval-steps", "5",
         "--batch-size", "32", "--n-data", "300", "--width", "16", "--quiet"]
@@ -62,11 +63,38 @@ def test_a_damaged_config_json_is_one_line_for_every_command(trained, tmp_path, 
     assert snapshot(run) == before and not (tmp_path / "s.npy").exists()
 
 
-def test_a_truncated_config_or_summary_is_one_line(trained, tmp_path, capsys):
+def test_the_data_shape_comes_from_config_json_and_a_bad_one_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    """The network is rebuilt from the shape config.json records, without reading the data; a run written before
+    config.json recorded it reads its summary.json's; a missing or invalid shape is one line naming the file."""
+    import scorefast.run
+
+    def unread(*args, **kwargs):
+        raise AssertionError("the data was read")
+
     run = copy_of(trained, tmp_path)
-    (run / "summary.json").write_text((run / "summary.json").read_text()[:40])
-    assert main(["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "s.npy")]) == 2
+    (run / "summary.json").unlink()
+    monkeypatch.setattr(scorefast.run, "load_data", unread)
+    assert RunDir(run).shape() == (2,)
+    assert main(["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "s.npy")]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    for shape, needle in [([2, 0], "config.json records a data shape [2, 0], expected a list of positive integers"),
+                          ("2", "config.json records a data shape '2'"), ([2.0], "config.json records a data shape"),
+                          (None, "config.json records no data shape (it was written before it did) and the run has "
+                                 "no summary.json")]:
+        data = {"kind": "points"} if shape is None else {"kind": "points", "shape": shape}
+        (run / "config.json").write_text(json.dumps({**saved, "data": data}))
+        assert main(["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "t.npy")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert needle in err and len(err.splitlines()) == 1, err
+    (run / "summary.json").write_text(json.dumps({"shape": [2]}))  # a run written before config.json held it
+    assert RunDir(run).shape() == (2,)
+    (run / "summary.json").write_text((trained / "summary.json").read_text()[:40])
+    assert main(["sample", "--run", str(run), "--n", "5", "--out", str(tmp_path / "t.npy")]) == 2
     assert "summary.json" in capsys.readouterr().err
+
+
+def test_a_truncated_config_is_one_line(trained, tmp_path, capsys):
+    run = copy_of(trained, tmp_path)
     (run / "config.json").write_text((run / "config.json").read_text()[:60])
     assert main(["nll", "--run", str(run), "--data", "moons"]) == 2
     err = capsys.readouterr().err.strip()

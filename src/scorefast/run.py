@@ -56,6 +56,12 @@ MAX_PROBES = 1_000  # Hutchinson probes of the NLL: one backward pass each at ev
 LOCK = ".lock"  # held (flock) by the one process that writes the run
 
 
+def _data_record(saved: dict) -> dict:
+    """config.json's record of the data the configuration was resolved for: its kind and per-example shape ({} for
+    a run written before config.json held it)."""
+    return saved["data"] if isinstance(saved.get("data"), dict) else {}
+
+
 class RunDir:
     """The files of one run directory."""
 
@@ -106,7 +112,7 @@ class RunDir:
         if isinstance(data, dict):  # written before --xflip and --dequantise existed: it trained without them
             data.setdefault("xflip", False)
             data.setdefault("dequantise", False)
-        kind = saved.get("data", {}).get("kind") if isinstance(saved.get("data"), dict) else None
+        kind = _data_record(saved).get("kind")
         return Config.from_dict(saved["config"], where=f"run directory '{self.path}': config.json",
                                 data_kind=kind if kind in ("points", "image") else None)
 
@@ -219,15 +225,20 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         write_json(self.path / "summary.json", summary)
 
-    def shape(self, cfg: Config) -> tuple[int, ...]:
-        """Per-example data shape (from summary.json, else from the run's data set)."""
+    def shape(self) -> tuple[int, ...]:
+        """The per-example shape of the run's data, as config.json records it (for a run written before it did,
+        as its summary.json does): the network is rebuilt without reading the data."""
+        shape, where = _data_record(read_json(self.config_path, "config.json")).get("shape"), "config.json"
         summary = self.path / "summary.json"
-        if summary.exists():
-            shape = read_json(summary, "summary.json").get("shape")
-            if not (isinstance(shape, list) and shape and all(isinstance(v, int) and v > 0 for v in shape)):
-                raise UserError(f"run directory '{self.path}': summary.json has no valid 'shape'")
-            return tuple(shape)
-        return tuple(load_data(cfg.data.spec, n=cfg.data.n, seed=cfg.optim.seed).shape)
+        if shape is None and summary.exists():
+            shape, where = read_json(summary, "summary.json").get("shape"), "summary.json"
+        if shape is None:
+            raise UserError(f"run directory '{self.path}': config.json records no data shape (it was written before "
+                            "it did) and the run has no summary.json to read it from; train it again")
+        if not (isinstance(shape, list) and shape and all(type(v) is int and v > 0 for v in shape)):
+            raise UserError(f"run directory '{self.path}': {where} records a data shape {shape!r}, expected a list "
+                            "of positive integers")
+        return tuple(shape)
 
     # -- weights --------------------------------------------------------------------------------------
     def load_model(self, cfg: Config, sde: SDE, shape, step: int | None = None,
@@ -418,7 +429,7 @@ def open_run(path: str | Path, device: str | None = None, step: int | None = Non
     cfg = rd.read_config()
     dev = resolve_device(device or cfg.launch.device)
     sde = cfg.sde.build()
-    shape = rd.shape(cfg)
+    shape = rd.shape()
     model = rd.load_model(cfg, sde, shape, step=step, sigma_rel=sigma_rel).to(dev)
     prior = rd.load_prior(cfg, sde, int(torch.Size(shape).numel()), dev)
     return Run(rd.path, cfg, sde, model, prior, shape, dev)
