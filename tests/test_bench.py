@@ -17,6 +17,7 @@ from scorefast import Config
 from scorefast.bench import PRESETS, SCENARIOS, Selection, get_preset
 from scorefast.bench.command import command_of, make_study
 from scorefast.bench.curves import TIMING, Protocol, launch_seconds, run_wall, spread
+from scorefast.bench.options import BenchOptions
 from scorefast.bench.report import Tables, markdown, spread3, time_ratio, verdict
 from scorefast.bench.runs import Part, config_hash, error_text
 from scorefast.bench.scenarios import Setting
@@ -233,7 +234,7 @@ def test_a_study_of_images_to_memorise_times_the_sample_metric_not_the_nll():
 
 
 def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the_plugin():
-    study = make_study(preset="readme-memorise")
+    study = make_study(BenchOptions(preset="readme-memorise"))
     part = Part("photos32", 1, 3 * 32 * 32, "image")
     flags = {v.name: v.flags for v in study.variants(part)}
     assert set(flags) == {"plain", "default", "fp-embed", "fp-embed-off"}
@@ -280,7 +281,7 @@ def test_every_variant_of_a_study_has_the_same_cores():
         assert flags[name].get("workers", 1) == 1 and flags[name]["threads"] == 2
     cores = os.cpu_count() or 1
     if cores >= 2:  # --jobs 2 without --threads: the cores shared out, never oversubscribed
-        two = make_study(data="moons", methods="plain", jobs=2)
+        two = make_study(BenchOptions(data="moons", methods="plain", jobs=2))
         assert two.threads == cores // 2 and "--threads" in command_of(two, "x")
 
 
@@ -418,12 +419,10 @@ def test_the_command_of_a_study_makes_that_study_again(name):
     """The command a report prints regenerates its study exactly: flags, settings and the preset's protocol."""
     import shlex
 
-    from scorefast.cli import build_parser
-    study = make_study(preset=name)
+    from scorefast.cli import build_parser, options_given
+    study = make_study(BenchOptions(preset=name))
     args = build_parser("bench").parse_args(shlex.split(command_of(study, "out"))[1:])
-    again = make_study(data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds, quick=args.quick,
-                       preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers, threads=args.threads,
-                       snapshot_every=args.snapshot_every, settings=args.set, jobs=args.jobs, metric=args.metric)
+    again = make_study(BenchOptions(**options_given(args, BenchOptions)))
     assert replace(again, jobs=study.jobs) == study
 
 

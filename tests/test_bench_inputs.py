@@ -24,7 +24,13 @@ CORES = os.cpu_count() or 1
     (["--data", "moons", "--methods", "plain,nope"], "unknown --methods entry 'nope'"),
     (["--data", "moons", "--methods", ""], "--methods is empty"),
     (["--data", "moons", "--methods", ","], "--methods is empty"),
-    (["--data", ""], "--data is empty"),
+    (["--data", ""], "--data is required"),
+    (["--data", "moons", "--seeds", "two"], "bench: --seeds expects int, got 'two'"),
+    (["--data", "moons", "--quick", "maybe"], "--quick expects bool"),
+    (["--data", "moons", "--T", "0.2,late"], "--T expects comma-separated numbers, got '0.2,late'"),
+    (["--data", "moons", "--n-data", "100,x"], "--n-data expects comma-separated integers"),
+    (["--data", "moons", "--n-data", ","], "--n-data is empty"),
+    (["--data", "moons", "--base-recipe", "nope"], "unknown --base-recipe 'nope'; choose one of plain"),
     (["--preset", "nope"], "unknown --preset 'nope'"),
     (["--data", "moons", "--budget", "0steps"], "--budget must be > 0"),
     (["--data", "missing/points.npy"], "does not exist"),
@@ -44,7 +50,7 @@ CORES = os.cpu_count() or 1
     (["--data", "moons", "--threads", "0"], "--threads must be >= 1"),
     (["--data", "moons", "--seeds", "0"], "--seeds must be >= 1"),
     (["--data", "moons", "--T", "1.5"], "--T must be end times in (0, 1)"),
-    (["--data", "moons", "--n-data", "0"], "--n-data must be >= 1"),
+    (["--data", "moons", "--n-data", "100,0"], "--n-data must be >= 1, got 0"),
     (["--data", "moons", "--budget", "100steps", "--snapshot-every", "200"], "is larger than the budget (100 steps)"),
     (["--data", "moons", "--budget", "300steps", "--snapshot-every", "200"], "fewer than two snapshots"),
     (["--data", "moons", "--budget", "1steps"], "fewer than two snapshots"),
@@ -176,12 +182,26 @@ def test_jobs_do_not_outlive_a_bench_killed_by_sigkill(tmp_path):
     assert len(steps) == 2 and min(steps) >= 50
 
 
+def test_the_bench_flags_and_python_values_make_the_same_options():
+    """The bench's parser is generated from BenchOptions' fields and its text read by the one coercion: the flags
+    and the same values given in Python are equal options (a --set value keeps its commas)."""
+    from scorefast.bench.options import BenchOptions
+    from scorefast.cli import build_parser, options_given
+    args = build_parser("bench").parse_args(["bench", "--data", "moons, digits", "--T", "0.2,0.4", "--n-data", "80,320",
+                                             "--seeds", "2", "--quick", "--set", "width=8", "--set",
+                                             "channel_mults=1,2", "--out", "x"])
+    assert BenchOptions(**options_given(args, BenchOptions)) == \
+        BenchOptions(data=("moons", "digits"), T=(0.2, 0.4), n_data=[80, 320], seeds=2, quick=True,
+                     settings=["width=8", "channel_mults=1,2"], out="x")
+
+
 def test_quick_on_a_small_file_trains_on_what_it_holds(tmp_path):
     """--quick's 2,000 points are at most the file's 50 (never a size the data cannot give)."""
     from scorefast.bench.command import make_study
+    from scorefast.bench.options import BenchOptions
     fifty = tmp_path / "fifty.npy"
     np.save(fifty, np.random.default_rng(0).normal(size=(50, 2)).astype(np.float32))
-    study = make_study(quick=True, data=str(fifty), methods="baselines")
+    study = make_study(BenchOptions(quick=True, data=str(fifty), methods="baselines"))
     (part,) = study.parts()
     assert part.size == 50 and {v.flags["n_data"] for v in study.variants(part)} == {50}
 

@@ -9,6 +9,7 @@ touched.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,8 +24,6 @@ SECTION_TITLES = {"recipe": "recipe", "data": "data", "sde": "forward SDE", "net
 def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """One flag per configuration field, grouped by section (a plug-in slot's group is titled by its registry);
     values are parsed by the configuration."""
-    import dataclasses
-
     from .config import FLAGS, SELECTORS, SLOTS, selector_help
     groups: dict[str, argparse._ArgumentGroup] = {}
 
@@ -43,15 +42,37 @@ def add_config_flags(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> 
     for flag, spec in FLAGS.items():
         if flag in skip:
             continue
-        default = spec.owners[0][1].default
-        hidden = default is None or default is dataclasses.MISSING or spec.owners[0][1].metadata.get("selects")
-        shown = "" if hidden else f" (default: {default})"
         owners = "" if spec.section not in SLOTS or spec.section == "partition" else \
             f" [{', '.join(cls.name for cls, _ in spec.owners)}]"
-        kw = {"nargs": "?", "const": "true", "metavar": "BOOL"} if spec.kind is bool else \
-            {"metavar": flag.upper().replace("_", "-")}
-        group(spec.section).add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
-                                         help=f"{spec.help}{shown}{owners}".replace("%", "%%"), **kw)
+        add_option_flag(group(spec.section), *spec.owners[0], note=owners)
+
+
+def add_option_flag(p: argparse.ArgumentParser | argparse._ArgumentGroup, owner: type, f: dataclasses.Field,
+                    note: str = "") -> None:
+    """The flag of a field declared with ``registry.option``: its help, its default when it has one to show, and
+    ``note``; BOOL for a bool field, repeatable for a list. The value stays text for the field's ``coerce``."""
+    from .registry import field_type, flag_of, help_of
+    flag, kind = flag_of(f), field_type(owner, f)
+    hidden = f.default is None or f.default is dataclasses.MISSING or f.metadata.get("selects")
+    shown = "" if hidden else f" (default: {f.default})"
+    kw = {"nargs": "?", "const": "true", "metavar": "BOOL"} if kind is bool else \
+        {"metavar": f.metadata.get("metavar") or flag.upper().replace("_", "-"),
+         **({"action": "append"} if kind is list else {})}
+    p.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None,
+                   help=f"{help_of(f)}{shown}{note}".replace("%", "%%"), **kw)
+
+
+def add_options_flags(p: argparse.ArgumentParser, owner: type) -> None:
+    """One flag per field of a dataclass of options (declared with ``registry.option``)."""
+    from .registry import options_of
+    for f in options_of(owner):
+        add_option_flag(p, owner, f)
+
+
+def options_given(args: argparse.Namespace, owner: type) -> dict:
+    """The flags of ``owner``'s fields given on the command line, by field name (as text, for its ``coerce``)."""
+    from .registry import flag_of, options_of
+    return {f.name: getattr(args, flag_of(f)) for f in options_of(owner) if getattr(args, flag_of(f)) is not None}
 
 
 def config_flags(args: argparse.Namespace) -> dict:
@@ -205,16 +226,11 @@ def cmd_fp(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .bench import run_bench
+    from .bench import BenchOptions, run_bench
     if args.rejudge is not None:
         return cmd_rejudge(args)
-    if args.out is None:
-        raise UserError("--out is required: the study folder (or --rejudge FOLDER)")
-    results = run_bench(args.out, data=args.data, methods=args.methods, budget=args.budget, seeds=args.seeds,
-                        quick=args.quick, preset=args.preset, n_data=args.n_data, T=args.T, workers=args.workers,
-                        threads=args.threads, snapshot_every=args.snapshot_every, settings=args.set,
-                        jobs=args.jobs, metric=args.metric, base_recipe=args.base_recipe)
-    return _bench_said(results, Path(args.out))
+    options = BenchOptions(**options_given(args, BenchOptions))
+    return _bench_said(run_bench(options), Path(options.out))
 
 
 def cmd_rejudge(args) -> int:
@@ -237,43 +253,12 @@ def _bench_said(results: dict, out: Path) -> int:
 
 
 def _bench_parser(sub, text: str) -> None:
-    from .bench import PRESETS, choices_text
+    from .bench import BenchOptions
     b = sub.add_parser("bench", help=text, description="Train every method beside its baselines (plain DSM, the "
                        "default recipe) and its controls, seeds side by side, evaluate every snapshot with one "
                        "evaluator, and write DIR/report.md, DIR/results.json and pictures. Finished runs in "
                        "DIR/runs are reused, so the same command again only re-reports.")
-    from .choices import DATASETS
-    b.add_argument("--data", default=None, help="data sets, separated by commas: paths or built-in names "
-                   f"({DATASETS.listing(with_help=False)})")
-    b.add_argument("--methods", default=None, help=f"comma-separated: {choices_text()} (default: all); a method "
-                   "brings its controls, the baselines always run")
-    b.add_argument("--budget", default=None, help="training budget of every network, with its unit: 4000steps or "
-                   "60s (default: 2000steps, or the preset's)")
-    b.add_argument("--seeds", type=int, default=None, help="seeds 0..S-1 of every variant (default: 3)")
-    b.add_argument("--out", default=None, help="study folder (runs/, report.md, results.json, pictures); required "
-                   "unless --rejudge")
-    b.add_argument("--rejudge", default=None, metavar="FOLDER", help="judge a study folder of the earlier timing "
-                   "rules again by today's, from its results.json: keeps the one-network, one-process variants, "
-                   "names the others, trains nothing")
-    b.add_argument("--quick", action="store_true", help="tiny sizes and budgets; alone, the quick preset")
-    b.add_argument("--preset", default=None, help=f"a named study: {', '.join(PRESETS)}; flags given override it")
-    b.add_argument("--n-data", default=None, help="training examples, comma-separated for a data-efficiency curve")
-    b.add_argument("--T", default=None, help="end time(s) of the truncated variants (default: 0.4)")
-    b.add_argument("--workers", type=int, default=None, help="workers of the interval variants and their control "
-                   "(default: 1, the networks queued)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads of each worker (default: the cores "
-                   "shared out over jobs x workers); every variant gets the same cores: one that trains one network "
-                   "in one process gets workers x threads threads")
-    b.add_argument("--jobs", type=int, default=None, help="runs trained side by side, each in its own process "
-                   "(default: 1); jobs x workers x threads beyond the cores is refused")
-    b.add_argument("--snapshot-every", type=int, default=None, help="steps between kept snapshots (default: 2%% "
-                   "of a step budget, 200 under a time budget); the evaluated ones are spread geometrically")
-    b.add_argument("--metric", default=None, help="the sample metric of every curve point, one of `scorefast "
-                   "evaluate --metric`'s (default: the data's own periodic metric)")
-    b.add_argument("--set", action="append", default=[], metavar="FLAG=VALUE",
-                   help="a `scorefast train` flag for every variant, e.g. --set width=256 (repeatable)")
-    b.add_argument("--base-recipe", default=None, help="the training recipe every method and control starts from "
-                   "(default: plain, or the preset's); the baselines keep theirs and plain stays the reference")
+    add_options_flags(b, BenchOptions)
     b.set_defaults(func=cmd_bench)
 
 

@@ -1,7 +1,8 @@
 """``scorefast bench``: every method against its baselines and its fair controls, on the user's data and machine.
 
-    from scorefast.bench import run_bench
-    results = run_bench(data="checkerboard", methods="truncation", budget="2000steps", seeds=3, out="bench/t")
+    from scorefast.bench import BenchOptions, run_bench
+    results = run_bench(BenchOptions(data="checkerboard", methods="truncation", budget="2000steps", seeds=3,
+                                     out="bench/t"))
 
 A study (``study``) trains data sets x variants (``scenarios``) x seeds, one run at a time or side by
 side (``jobs``), each run (``runs``) reused by the hash of its configuration; ``curves`` evaluates every
@@ -17,8 +18,8 @@ from __future__ import annotations
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import GROUPS, SCENARIOS, Selection, choices_text
 
-_LAZY = {"run_bench": "command", "make_study": "command", "command_of": "command", "Study": "study",
-         "Budget": "study", "run_study": "study", "verdict": "report", "write_report": "report",
+_LAZY = {"BenchOptions": "options", "run_bench": "command", "make_study": "command", "command_of": "command",
+         "Study": "study", "Budget": "study", "run_study": "study", "verdict": "report", "write_report": "report",
          "rejudge": "rejudging"}
 
 
@@ -30,5 +31,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["GROUPS", "PRESETS", "SCENARIOS", "Budget", "Preset", "Selection", "Study", "choices_text", "command_of",
-           "get_preset", "make_study", "rejudge", "run_bench", "run_study", "verdict", "write_report"]
+__all__ = ["GROUPS", "PRESETS", "SCENARIOS", "BenchOptions", "Budget", "Preset", "Selection", "Study", "choices_text",
+           "command_of", "get_preset", "make_study", "rejudge", "run_bench", "run_study", "verdict", "write_report"]

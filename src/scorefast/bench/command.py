@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .curves import QUICK_PROTOCOL, Protocol
+from .options import BenchOptions
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import Selection
 from .study import Budget, Study, run_study
@@ -17,19 +18,6 @@ from .study import Budget, Study, run_study
 RESERVED = {"seed": "--seeds", "out": "--out", "data": "--data", "n_data": "--n-data", "T": "--T",
             "workers": "--workers", "threads": "--threads", "recipe": "--methods (each variant sets it)",
             "method": "--methods (each variant sets it)"}
-
-
-def numbers(text: str | None, kind: type, flag: str) -> tuple | None:
-    """A comma-separated list of numbers, or None when not given."""
-    if text is None:
-        return None
-    try:
-        values = tuple(kind(v) for v in str(text).split(",") if v.strip())
-    except ValueError:
-        raise UserError(f"{flag} '{text}': expected comma-separated {kind.__name__}s") from None
-    if not values:
-        raise UserError(f"{flag} is empty")
-    return values
 
 
 def settings_of(items: list[str]) -> dict:
@@ -49,36 +37,33 @@ def settings_of(items: list[str]) -> dict:
     return flags
 
 
-def make_study(data: str | None = None, methods: str | None = None, budget: str | None = None,
-               seeds: int | None = None, quick: bool = False, preset: str | None = None, n_data: str | None = None,
-               T: str | None = None, workers: int | None = None, threads: int | None = None,
-               snapshot_every: int | None = None, settings: list[str] | None = None, jobs: int | None = None,
-               metric: str | None = None, base_recipe: str | None = None) -> Study:
+def make_study(options: BenchOptions) -> Study:
     """The study the bench flags describe: the preset's (``--quick`` alone is the quick preset), each flag
     given replacing the preset's value."""
-    base: Preset | None = get_preset(preset) if preset else (PRESETS["quick"] if quick else None)
+    o = options
+    base: Preset | None = get_preset(o.preset) if o.preset else (PRESETS["quick"] if o.quick else None)
 
     def pick(mine, theirs, default):
         return mine if mine is not None else (theirs if base is not None else default)
 
-    spec = pick(numbers(data, str, "--data"), base and base.data, None)
+    spec = pick(o.data, base and base.data, None)
     if not spec:
         raise UserError("--data is required (a built-in set or a path; several separated by commas), or a --preset")
-    given = {**(base.settings if base else {}), **settings_of(settings or [])}
+    given = {**(base.settings if base else {}), **settings_of(o.settings or [])}
     evaluation = Protocol(**base.evaluation) if base and base.evaluation else None
-    if metric is not None:
-        evaluation = replace(evaluation or (QUICK_PROTOCOL if quick or (base and base.quick) else Protocol()),
-                             metric=metric)
-    study = Study(data=tuple(spec), methods=tuple(Selection.parse(pick(methods, base and base.methods, "all")).names),
-                 budget=Budget.parse(pick(budget, base and base.budget, "2000steps")),
-                 seeds=pick(seeds, base and base.seeds, 3), quick=quick or bool(base and base.quick),
-                 n_data=pick(numbers(n_data, int, "--n-data"), base and base.n_data, (None,)),
-                 T=pick(numbers(T, float, "--T"), base and base.T, (0.4,)),
-                 workers=pick(workers, base and base.workers, 1), threads=pick(threads, base and base.threads, None),
-                 snapshot_every=pick(snapshot_every, base and base.snapshot_every, None), settings=given,
-                 jobs=jobs if jobs is not None else preset_jobs(base, workers, threads),
+    if o.metric is not None:
+        evaluation = replace(evaluation or (QUICK_PROTOCOL if o.quick or (base and base.quick) else Protocol()),
+                             metric=o.metric)
+    study = Study(data=spec, methods=tuple(Selection.parse(pick(o.methods, base and base.methods, "all")).names),
+                 budget=Budget.parse(pick(o.budget, base and base.budget, "2000steps")),
+                 seeds=pick(o.seeds, base and base.seeds, 3), quick=o.quick or bool(base and base.quick),
+                 n_data=pick(o.n_data, base and base.n_data, (None,)), T=pick(o.T, base and base.T, (0.4,)),
+                 workers=pick(o.workers, base and base.workers, 1),
+                 threads=pick(o.threads, base and base.threads, None),
+                 snapshot_every=pick(o.snapshot_every, base and base.snapshot_every, None), settings=given,
+                 jobs=o.jobs if o.jobs is not None else preset_jobs(base, o.workers, o.threads),
                  evaluation=evaluation, preset=base.name if base else None,
-                 base_recipe=pick(base_recipe, base and base.base_recipe, "plain"))
+                 base_recipe=pick(o.base_recipe, base and base.base_recipe, "plain"))
     study.validate()
     return replace(study, threads=study.threads_per_worker)  # written into the command: the same cores elsewhere
 
@@ -118,11 +103,14 @@ def command_of(study: Study, out: Path) -> str:
     return shlex.join(words)
 
 
-def run_bench(out: str | Path, **flags) -> dict:
-    """Run the study of ``flags`` (see :func:`make_study`) into ``out`` and write its report; the results."""
+def run_bench(options: BenchOptions) -> dict:
+    """Run the study of the bench flags (see :func:`make_study`) into their --out and write its report; the
+    results."""
     from .report import machine_info, write_report
-    out = Path(out)
-    study = make_study(**flags)
+    if options.out is None:
+        raise UserError("--out is required: the study folder (or --rejudge FOLDER)")
+    out = Path(options.out)
+    study = make_study(options)
     command = command_of(study, out)
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     rows = run_study(study, out, command=command)
@@ -132,4 +120,4 @@ def run_bench(out: str | Path, **flags) -> dict:
                                              "data": list(study.data), "methods": list(study.methods)}, machine)
 
 
-__all__ = ["command_of", "make_study", "numbers", "run_bench", "settings_of"]
+__all__ = ["command_of", "make_study", "run_bench", "settings_of"]
