@@ -2,8 +2,8 @@
 
 The flags of ``train`` and ``sweep-T`` are generated from the configuration's fields (``config``), those of
 ``bench`` from ``bench.options.BenchOptions``'s by the same helper (``add_option_flag``); heavy modules (torch
-and what needs it) are imported only once a command runs, so ``--help`` is instant. Every bad input ends in one line on stderr and exit status 2; nothing of an existing run is
-touched.
+and what needs it) are imported only once a command runs, so ``--help`` is instant. Every bad input ends in
+one line on stderr and exit status 2; nothing of an existing run is touched.
 """
 
 from __future__ import annotations
