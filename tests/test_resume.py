@@ -20,7 +20,8 @@ from scorefast.config import Config
 from scorefast.config.recipes import RECIPES
 from scorefast.run import RunDir
 from scorefast.time_sampling import TIME_SAMPLERS
-from scorefast.training.recipe import context, jobs, train_network
+from scorefast.training.context import context
+from scorefast.training.recipe import jobs, train_network
 
 STEPS, EVERY = 16, 4  # the adaptive sampler measures at steps 4, 8 and 12
 TINY = {"data": "moons", "n_data": 200, "batch_size": 16, "width": 16, "eval_every": 1000, "eval_samples": 16,

@@ -55,11 +55,20 @@ for _name, _help in (("moons", "two interleaved half circles"), ("8gaussians", "
                      ("sharpbroad", "a broad Gaussian amid sharp ones (Haxholli & Lorenzi 2023)"),
                      ("gaussian2d", "one correlated Gaussian, whose score and likelihood are exact")):
     DATASETS.declare(_name, _help, kind="points")
-for _name, _help in (("digits", "scikit-learn's 1,797 8x8 digits, 17 levels"),
-                     ("digits32", "the same digits resized to 32x32"),
-                     ("photos32", "eight 32x32 grayscale crops of scikit-learn's two photos"),
-                     ("mnist", "5,000 real 28x28 MNIST digits (needs scorefast[mnist])")):
-    DATASETS.declare(_name, _help, kind="image")
+MNIST_RUN = {"steps": 600, "batch_size": 64, "eval_every": 600, "eval_samples": 500}
+"""mnist's own run when no run size is given (``config.recipes.data_defaults``): chosen to train, sample and score
+in 10 minutes on 2 CPU cores (docs/recipes.md)."""
+MNIST_FID = 256
+"""Final samples of an mnist run scored by the standard FID (with scorefast[fid]; ``training.recipe.final_fid``)."""
+for _name, _help, _tags in (
+        ("digits", "scikit-learn's 1,797 8x8 digits, 17 levels", {}),
+        ("digits32", "the same digits resized to 32x32", {}),
+        ("photos32", "eight 32x32 grayscale crops of scikit-learn's two photos", {}),
+        ("mnist", f"5,000 real 28x28 MNIST digits (needs scorefast[mnist]); unless --steps, --batch-size or "
+         f"--time-budget is given, {MNIST_RUN['steps']} steps of batch {MNIST_RUN['batch_size']} evaluated once at "
+         f"the end on {MNIST_RUN['eval_samples']} samples (about 10 minutes on 2 CPU cores), and the standard FID of "
+         f"{MNIST_FID} of them with scorefast[fid]", {"run": MNIST_RUN, "fid_samples": MNIST_FID})):
+    DATASETS.declare(_name, _help, kind="image", **_tags)
 
 METRICS = Registry("metric", flag="metric", title="sample-quality metric")
 METRICS.declare("swd", "sliced Wasserstein distance (any data)")

@@ -106,10 +106,12 @@ def cmd_train(args) -> int:
     from .training.recipe import train
     summary = train(cfg, resume=args.resume, progress=not args.quiet)
     print(f"run directory: {summary['run']}")
-    print(f"  {summary['metric_name']} = {summary['metric']:.4f} (n = {summary['eval_samples']})   training "
+    fid = f"   fid = {summary['fid']:.2f} (n = {summary['fid_samples']})" if "fid" in summary else ""
+    print(f"  {summary['metric_name']} = {summary['metric']:.4f} (n = {summary['eval_samples']}){fid}   training "
           f"{summary['train_seconds']:.1f} s   steps {summary['steps']}")
-    if summary.get("metric_note"):
-        print(f"  note: {summary['metric_note']}")
+    for note in (summary.get("metric_note"), summary.get("fid_note")):
+        if note:
+            print(f"  note: {note}")
     print(f"  pictures: {Path(summary['run']) / 'samples.png'}, {Path(summary['run']) / 'metrics.png'}")
     return 0
 

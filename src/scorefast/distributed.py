@@ -35,9 +35,10 @@ import torch.distributed as dist
 
 from .errors import run_command
 from .run import RunDir
+from .training.context import context
 from .training.interrupt import Interrupt
 from .training.launcher import assignment, layout
-from .training.recipe import Group, context, jobs, train_network
+from .training.recipe import Group, jobs, train_network
 
 
 class Watchdog(threading.Thread):

@@ -126,11 +126,14 @@ class Evaluator:
         notes = [text for text in (note(name, len(samples)) for name in names) if text]
         return {**out, "note": "; ".join(notes)} if notes else out
 
+    def score(self, samples: Tensor, ds: Dataset) -> dict:
+        """{'metric', 'metric_name'}: the periodic metric of ``samples`` against the held-out ``ds``."""
+        name = metric_name(ds, self.metric)
+        return {"metric": quality(name, samples, ds.x), "metric_name": name}
+
     def __call__(self, model, sde: SDE, ds: Dataset, prior=None, device=None) -> dict:
         """{'metric', 'metric_name'}: the periodic metric of fresh fixed-seed samples."""
-        name = metric_name(ds, self.metric)
-        x = self.samples(model, sde, ds.shape, prior, device)
-        return {"metric": quality(name, x, ds.x), "metric_name": name}
+        return self.score(self.samples(model, sde, ds.shape, prior, device), ds)
 
 
 def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: int = 100, hutchinson: int | None = None,

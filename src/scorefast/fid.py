@@ -201,10 +201,12 @@ def kid_from_features(a: np.ndarray, b: np.ndarray, subset_size: int = 1000, sub
     return float(np.mean(values))
 
 
-def fid(samples: torch.Tensor, reference: torch.Tensor, cache_dir: str | Path | None = None) -> float:
+def fid(samples: torch.Tensor, reference: torch.Tensor, cache_dir: str | Path | None = None,
+        progress: bool = False) -> float:
     """The standard FID of samples against reference images (both (N, C, H, W) in [-1, 1]); the reference's
     features are cached."""
-    return fid_from_features(features(samples), reference_features(reference, cache_dir))
+    return fid_from_features(features(samples, progress=progress),
+                             reference_features(reference, cache_dir, progress=progress))
 
 
 def kid(samples: torch.Tensor, reference: torch.Tensor, cache_dir: str | Path | None = None, seed: int = 0) -> float:

@@ -30,7 +30,7 @@ from ..methods.targets import TARGETS
 from ..registry import Registry, check, coerce, field_type, flag_of, help_of, options_of
 from ..time_sampling import TIME_SAMPLERS
 from ..weightings import WEIGHTINGS
-from .recipes import DEFAULT_RECIPE, RECIPES
+from .recipes import DEFAULT_RECIPE, RECIPES, data_defaults
 from .schedules import EMA_PROFILES, LR_SCHEDULES
 from .sections import SECTIONS
 
@@ -132,7 +132,7 @@ class Config:
         data_kind = self.data_kind
         chosen = selected(given, data_kind)
         name = given.get("recipe", DEFAULT_RECIPE)
-        defaults = _coerced(RECIPES[name].defaults(data_kind), f"recipe '{name}'")
+        defaults = _coerced({**RECIPES[name].defaults(data_kind), **data_defaults(spec, given)}, f"recipe '{name}'")
         # a recipe's option of a plug-in that is not selected does not apply
         flags = {**{k: v for k, v in defaults.items() if applies(k, chosen)}, **given}
         for section, cls in SECTIONS.items():

@@ -1,7 +1,8 @@
 """Training recipes: named sets of defaults for the flags of ``scorefast train``.
 
 A recipe fills in the flags a run was not given (a flag given always wins; a recipe's option of a
-plug-in the given flags replace is dropped). Every flag's own default is scorefast 0.1's, so ``plain``
+plug-in the given flags replace is dropped); a built-in data set may declare defaults of its own over the
+recipe's (``data_defaults``). Every flag's own default is scorefast 0.1's, so ``plain``
 sets nothing: t uniform on [eps, T], the epsilon weighting, a fixed EMA, a constant learning rate; it
 stays the reference in every benchmark. The default recipe lists what it changes, each change chosen
 by measurement (docs/recipes.md).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..choices import DATASETS
 from ..registry import Registry
 
 
@@ -55,9 +57,22 @@ EDM = Recipe(
      "sampler": "heun", "eval_steps": 17},
     {"image": {"sigma_data": 0.5, "dropout": 0.13}})
 
+RUN_SIZE = ("steps", "batch_size", "time_budget")
+"""The flags that size a run: any of them given drops a data set's own run as a whole."""
+
+
+def data_defaults(spec: str, given: dict) -> dict:
+    """A built-in data set's own run (its ``run`` tag in ``choices.DATASETS``: a size that fits a few minutes on a
+    CPU, with the evaluation that suits it) for the flags not ``given``; nothing when any of ``RUN_SIZE`` is given,
+    so that a run of the user's own size trains at the recipe's batch."""
+    if spec not in DATASETS or any(flag in given for flag in RUN_SIZE):
+        return {}
+    return {k: v for k, v in (DATASETS.tag(spec, "run") or {}).items() if k not in given}
+
+
 RECIPES = Registry("recipe", flag="recipe", title="training recipe", default="fast")
 for _recipe in (PLAIN, FAST, EDM):
     RECIPES.add(_recipe.name, _recipe, _recipe.description)
 DEFAULT_RECIPE: str = RECIPES.default
 
-__all__ = ["DEFAULT_RECIPE", "EDM", "FAST", "PLAIN", "RECIPES", "Recipe"]
+__all__ = ["DEFAULT_RECIPE", "EDM", "FAST", "PLAIN", "RECIPES", "RUN_SIZE", "Recipe", "data_defaults"]

@@ -2,18 +2,16 @@
 
     summary = train(Config(data="moons", out="runs/moons", steps=4000))
 
-The partition says which networks to train (one per interval; a single network is one interval); each
-is trained by ``loop.fit`` on its ``objective.Objective`` (the target's goal, the time sampler, the
-weighting and the coupling), with the hooks of ``hooks``. A prior at T is
-fitted before, alongside or after training, as the prior plug-in says. Networks run one after another
-here, or side by side under torchrun (``launcher``; the worker is ``scorefast.distributed``), and are
-assembled by the partition into the model that is sampled and evaluated at the end.
-"""
+The run is checked before anything is written (``context``). The partition says which networks to train (one
+per interval; a single network is one interval); each is trained by ``loop.fit`` on its ``objective.Objective``
+(the target's goal, the time sampler, the weighting and the coupling), with the hooks of ``hooks``. A prior at T
+is fitted before, alongside or after training, as the prior plug-in says (``prior_fit``). Networks run one after
+another here, or side by side under torchrun (``launcher``; the worker is ``scorefast.distributed``), and are
+assembled by the partition into the model that is sampled and evaluated at the end."""
 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,46 +20,24 @@ import numpy as np
 import torch
 
 from .. import __version__, fid
-from ..checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write, load_checkpoint
+from ..choices import DATASETS
 from ..config import Config
 from ..config.recipes import RECIPES
-from ..data import Dataset, ToModel, to_model
+from ..data import to_model
 from ..errors import UserError
-from ..evaluate import Evaluator, check_metric, metric_name, quality, sample_steps
+from ..evaluate import Evaluator, metric_name, sample_steps
 from ..methods.partitions import Job
-from ..run import RunDir, new_model, resolve_device, split_data
-from ..sde import SDE
+from ..run import RunDir, new_model
 from ..time_sampling import FixedTime
 from . import launcher
+from .context import RunContext, context
 from .hooks import AdaptTimes, Checkpointer, MetricsLog, PeriodicMetric, PostHocEMA, Progress, Snapshots, TensorBoard
 from .interrupt import Interrupt, Interrupted
 from .loop import Budget, Diverged, RandomBatches, TrainState, fit, rng_state, set_rng_state
 from .optim import EMA, Optimiser, posthoc_emas
-from .systems import check_compile, training_step
-
-
-@dataclass
-class RunContext:
-    """What every network of a run shares: configuration, directory, SDE, edges, data, device, and the
-    data's standard deviation (EDM's sigma_data: --sigma-data, else measured on the training data)."""
-
-    cfg: Config
-    run: RunDir
-    sde: SDE
-    edges: list[float]
-    train: Dataset
-    test: Dataset
-    device: torch.device
-
-    @property
-    def to_model(self) -> ToModel:
-        """The conversion of every stored training batch to model space (dequantisation, flips)."""
-        return ToModel(self.train.levels, bool(self.cfg.data.dequantise), bool(self.cfg.data.xflip))
-
-    @property
-    def sigma_data(self) -> float:
-        given = self.cfg.data.sigma_data
-        return float(given) if given is not None else self.train.std() or 1.0
+from .prior_fit import PriorFit, prior_for_eval
+from .systems import training_step
 
 
 @dataclass
@@ -103,51 +79,6 @@ class Group:
         return states
 
 
-def context(cfg: Config, run: RunDir) -> RunContext:
-    """Check everything a run needs (data, partition, target, layout) without writing anything; the
-    configuration was resolved for the kind of data it reads."""
-    train, test = split_data(cfg)
-    if train.kind != cfg.data_kind:
-        raise UserError(f"data '{cfg.data.spec}' holds {train.kind} data, but the configuration was resolved for "
-                        f"{cfg.data_kind} data (was the file replaced?)")
-    cfg.validate()
-    if cfg.launch.compile:
-        check_compile()
-    cfg = data_options(cfg, train)
-    if cfg.optim.batch_size > len(train) and len(train) >= 10:
-        raise UserError(f"--batch-size {cfg.optim.batch_size} is larger than the {len(train)} training examples of "
-                        f"'{cfg.data.spec}'")
-    sde = cfg.sde.build()
-    edges = cfg.edges(sde)
-    cfg.partition.check_steps(edges, cfg.budget.max_steps)
-    if len(train) < 2 and hasattr(cfg.time_sampler.bind(sde, edges[0], edges[-1]), "update"):
-        raise UserError(f"data '{cfg.data.spec}': one example, but --time-sampler {cfg.time_sampler.name} keeps a "
-                        "probe set out of training, which would leave none; use more data or --time-sampler uniform")
-    cfg.target.check(train.shape)
-    with torch.device("meta"):  # the network's options are checked without allocating it
-        shapes = new_model(cfg, sde, train.shape, cfg.partition.time_conditioned)
-    run.check_weights(shapes)
-    if cfg.launch.workers > 1:
-        launcher.layout(cfg.launch.workers, len(edges) - 1)
-    return RunContext(cfg, run, sde, edges, train, test, resolve_device(cfg.launch.device))
-
-
-def data_options(cfg: Config, train: Dataset) -> Config:
-    """The configuration with --xflip and --dequantise resolved for the data (so config.json records what ran);
-    one line for an option the data cannot take (and for --eval-metric fid or kid without its extra)."""
-    data = cfg.data
-    if cfg.log.eval_metric != "auto":
-        check_metric(cfg.log.eval_metric, train)
-    if data.xflip and train.kind == "points":
-        raise UserError(f"--xflip flips images; '{cfg.data.spec}' holds points")
-    if data.dequantise and not train.levels:
-        raise UserError(f"--dequantise needs discrete images (digits, mnist, 8-bit files); '{cfg.data.spec}' "
-                        "has no intensity levels")
-    resolved = {"xflip": train.flips if data.xflip is None else data.xflip,
-                "dequantise": bool(train.levels) if data.dequantise is None else data.dequantise}
-    return cfg.replace(**resolved) if resolved != {"xflip": data.xflip, "dequantise": data.dequantise} else cfg
-
-
 def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, steps: int | None = None,
                   init: dict | None = None, evaluate: bool = True, progress: bool = True,
                   interrupt: Interrupt | None = None) -> dict:
@@ -155,7 +86,9 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
 
     ``steps`` overrides the run's budget (the shared warm-start network), ``init`` is a state dict to
     start from. Checkpoints go to checkpoints/net-{index}.pt; the periodic metric needs a whole model, so
-    it is computed only for a run's single network, by the rank that writes. With ``interrupt``, a signal
+    it is computed only for a run's single network, by the rank that writes. When it is evaluated after
+    the budget's last step, its samples are the final model's under the final protocol, so the summary keeps
+    them (``final``: samples, seconds, metric) for :func:`finish` to reuse. With ``interrupt``, a signal
     stops the loop after its current step, whose checkpoint is saved, and raises :class:`Interrupted`."""
     interrupt = interrupt or Interrupt()
     cfg, run, sde = ctx.cfg, ctx.run, ctx.sde
@@ -212,12 +145,18 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
         prior = prior_for_eval(ctx, cache)
         if prior is False:
             return None
-        ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
-                       metric=cfg.log.eval_metric, levels=ctx.to_model.sample_levels)
+        ev = evaluator(ctx)
         with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-            return ev(state.ema.model, sde, ctx.test, prior, ctx.device)
+            began = time.perf_counter()
+            samples = ev.samples(state.ema.model, sde, ctx.test.shape, prior, ctx.device)
+            seconds = time.perf_counter() - began
+            row = ev.score(samples, ctx.test)
+        if budget.complete(state):
+            final.update(samples=samples, seconds=seconds, **row)
+        return row
 
     cache: dict = {}
+    final: dict = {}
     checkpointer = Checkpointer(path, cfg.log.ckpt_every, collect, budget.complete, writer)
     adapt = [] if probe is None else \
         [AdaptTimes(times, lambda: times.bound(model, sde, probe, cfg.optim.seed), cfg.time_sampler.adapt_every,
@@ -246,7 +185,16 @@ def train_network(ctx: RunContext, job: Job, group: Group | None = None, *, step
     if interrupt.requested and not budget.complete(state):
         raise Interrupted(interrupt.signum, f"the checkpoint of step {state.step} is saved in {path.parent}")
     return {"index": job.index, "step": state.step, "wall": state.wall, "loss": state.loss, "precompute": info,
-            "precompute_seconds": precompute}
+            "precompute_seconds": precompute, "final": final or None}
+
+
+def evaluator(ctx: RunContext) -> Evaluator:
+    """The run's evaluation protocol, one for the periodic metric and the final samples (so that the first's samples
+    after the last step are the second's); its metric is named for the training data, whose held-out part may be
+    too small to tell (``evaluate.metric_name``)."""
+    cfg = ctx.cfg
+    return Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
+                     metric=metric_name(ctx.train, cfg.log.eval_metric), levels=ctx.to_model.sample_levels)
 
 
 def probe_split(x: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,73 +202,6 @@ def probe_split(x: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, to
     n = min(size, max(1, x.shape[0] // 10))
     order = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed + 4242)).to(x.device)
     return x[order[n:]], x[order[:n]]
-
-
-def prior_for_eval(ctx: RunContext, cache: dict):
-    """The fitted prior at T once it exists (None when the run samples from N(0, I)); False while it is
-    still being fitted: the periodic metric waits, since samples from N(0, I) at T < 1 would misstate it."""
-    cfg = ctx.cfg
-    if not cfg.prior.needed(ctx.sde):
-        return None
-    if "prior" not in cache:
-        if not ctx.run.prior_path.exists():
-            return False
-        cache["prior"] = ctx.run.load_prior(cfg, ctx.sde, ctx.train.dim, ctx.device)
-    return cache["prior"]
-
-
-def new_prior(ctx: RunContext):
-    """The run's prior at T, initialised from its own seed (the training RNG is left where it was)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(ctx.cfg.optim.seed)
-        return ctx.cfg.prior.build(ctx.train.dim, ctx.sde)
-
-
-def fit_prior(ctx: RunContext, prior, progress: bool) -> dict:
-    """Fit ``prior`` on forward samples of the training data at T and save it to checkpoints/prior.pt (it
-    draws only from its own generators, so it can run in a thread beside training)."""
-    cfg = ctx.cfg
-    info = prior.fit(ctx.train.x.flatten(1), ctx.sde, seed=cfg.optim.seed, progress=progress,
-                     **cfg.prior.fit_options())
-    save_checkpoint(ctx.run.prior_path, {"prior": cfg.prior.to_dict(), "dim": ctx.train.dim,
-                                         "state": prior.state_dict(), "fit": info})
-    return info
-
-
-class PriorFit:
-    """Fits the prior when the plug-in says: before training, alongside it (a thread), or after it."""
-
-    def __init__(self, ctx: RunContext, progress: bool):
-        self.ctx, self.progress = ctx, progress
-        self.thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def pending(self) -> bool:
-        cfg = self.ctx.cfg
-        return cfg.prior.needed(self.ctx.sde) and not self.ctx.run.prior_path.exists()
-
-    def start(self) -> None:
-        if not self.pending():
-            return
-        if self.ctx.cfg.prior.fit == "before":
-            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
-        elif self.ctx.cfg.prior.fit == "alongside":
-            self.thread = threading.Thread(target=self._work, args=(new_prior(self.ctx),), daemon=True)
-            self.thread.start()
-
-    def _work(self, prior) -> None:
-        try:
-            fit_prior(self.ctx, prior, False)
-        except BaseException as exc:  # re-raised in the main thread by finish()
-            self.error = exc
-
-    def finish(self) -> None:
-        if self.thread is not None:
-            self.thread.join()
-            if self.error is not None:
-                raise self.error
-        if self.pending():
-            fit_prior(self.ctx, new_prior(self.ctx), self.progress)
 
 
 def warm_start(ctx: RunContext, progress: bool, interrupt: Interrupt | None = None) -> dict | None:
@@ -378,6 +259,7 @@ def _train(ctx: RunContext, resume: bool, progress: bool) -> dict:
     if progress:
         print(f"scorefast: recipe '{cfg.recipe.name}': {RECIPES[cfg.recipe.name].description}", file=sys.stderr)
     began = time.perf_counter()
+    trained: list[dict] = []
     with Interrupt() as interrupt:
         init = warm_start(ctx, progress, interrupt)
         prior = PriorFit(ctx, progress)
@@ -385,10 +267,10 @@ def _train(ctx: RunContext, resume: bool, progress: bool) -> dict:
         if cfg.launch.workers > 1:
             launcher.launch(cfg, run.path)
         else:
-            for job in jobs(ctx):
-                train_network(ctx, job, init=init, progress=progress, interrupt=interrupt)
+            trained = [train_network(ctx, job, init=init, progress=progress, interrupt=interrupt) for job in jobs(ctx)]
         prior.finish()
-    return finish(ctx, progress, elapsed=time.perf_counter() - began)
+    drawn = trained[0]["final"] if len(trained) == 1 else None
+    return finish(ctx, progress, elapsed=time.perf_counter() - began, drawn=drawn)
 
 
 def prepare(cfg: Config) -> Path:
@@ -402,29 +284,31 @@ def prepare(cfg: Config) -> Path:
     return run.path
 
 
-def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None) -> dict:
-    """Assemble the trained model, sample with it, evaluate, plot, and write summary.json."""
+def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None, drawn: dict | None = None) -> dict:
+    """Assemble the trained model, sample with it, evaluate, plot, and write summary.json. ``drawn`` (samples,
+    seconds, metric) are the samples the periodic metric drew after the last step, from the same model under the
+    same protocol: they are used as they are, not drawn again."""
     from ..plots import plot_metrics, plot_samples
     cfg, run, sde = ctx.cfg, ctx.run, ctx.sde
-    model = run.load_model(cfg, sde, ctx.train.shape).to(ctx.device)
-    prior = prior_for_eval(ctx, {})
     states = [load_checkpoint(run.checkpoint(k)) for k in range(len(ctx.edges) - 1)]
-    ev = Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
-                   levels=ctx.to_model.sample_levels)
-    t0 = time.perf_counter()
-    samples = ev.samples(model, sde, ctx.train.shape, prior, ctx.device)
-    sample_seconds = time.perf_counter() - t0
-    name = metric_name(ctx.train, cfg.log.eval_metric)
+    if drawn is None:
+        model = run.load_model(cfg, sde, ctx.train.shape).to(ctx.device)
+        ev = evaluator(ctx)
+        t0 = time.perf_counter()
+        samples = ev.samples(model, sde, ctx.train.shape, prior_for_eval(ctx, {}), ctx.device)
+        drawn = {"samples": samples, "seconds": time.perf_counter() - t0, **ev.score(samples, ctx.test)}
+    samples, name = drawn["samples"], drawn["metric_name"]
     summary = {"run": str(run.path), "data": cfg.data.spec, "shape": list(ctx.train.shape), "method": cfg.target.name,
                "sde": cfg.sde.name, "T": cfg.sde.T, "prior": cfg.prior.name, "partition": cfg.partition.name,
                "networks": len(states), "steps": [int(s["step"]) for s in states],
                "train_seconds": sum(float(s["wall"]) for s in states),
                "max_network_seconds": max(float(s["wall"]) for s in states), "elapsed_seconds": elapsed,
-               "metric_name": name, "metric": quality(name, samples, ctx.test.x), "sample_seconds": sample_seconds,
+               "metric_name": name, "metric": drawn["metric"], "sample_seconds": drawn["seconds"],
                "eval_samples": cfg.log.eval_samples, "eval_steps": sample_steps(cfg.log.eval_steps, sde),
                "scorefast_version": __version__}
     if fid.note(name, cfg.log.eval_samples):
         summary["metric_note"] = fid.note(name, cfg.log.eval_samples)
+    summary.update(final_fid(ctx, samples, name, progress))
     if run.prior_path.exists():
         summary["prior_fit"] = load_checkpoint(run.prior_path).get("fit")
     atomic_write(run.path / "samples.npy", lambda f: np.save(f, samples.numpy()), what="samples")
@@ -435,5 +319,25 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None)
     return summary
 
 
-__all__ = ["Group", "RunContext", "context", "data_options", "finish", "jobs", "prepare", "train",
-           "train_network"]
+def final_fid(ctx: RunContext, samples: torch.Tensor, metric: str, progress: bool = True) -> dict:
+    """The standard FID of the first final samples against as many held-out images, as many as the built-in data set
+    declares (``fid_samples`` in ``choices.DATASETS``: mnist), for the summary ('fid', 'fid_samples',
+    'fid_seconds', 'fid_note' below 2,048 samples); without the FID extra only a note saying how to get it. Nothing
+    for other data, or when the periodic metric is the FID already."""
+    spec = ctx.cfg.data.spec
+    declared = DATASETS.tag(spec, "fid_samples") if spec in DATASETS else None
+    n = min(declared or 0, len(samples), len(ctx.test))
+    if n < 2 or metric == "fid":
+        return {}
+    if not fid.available():
+        return {"fid_note": f"no standard FID: it needs the Inception network, {fid.INSTALL}"}
+    if progress:
+        print(f"scorefast: the standard FID of {n} samples (Inception: about 0.2 s an image on 2 CPU cores; the "
+              "held-out images' features are cached after the first run)", file=sys.stderr)
+    began = time.perf_counter()
+    value = fid.fid(samples[:n], ctx.test.x[:n], progress=progress and sys.stderr.isatty())
+    out = {"fid": value, "fid_samples": n, "fid_seconds": time.perf_counter() - began}
+    return {**out, "fid_note": fid.note("fid", n)} if fid.note("fid", n) else out
+
+
+__all__ = ["Group", "finish", "jobs", "prepare", "train", "train_network"]
