@@ -1,16 +1,15 @@
 """Auxiliary densities at the end time T of a shortened diffusion (Franzese et al. 2023; docs/methods.md 2).
 
-The score network is trained on t in [eps, T] only, with T < 1; a density nu at T is fitted by maximum
-likelihood to forward samples x_T = alpha_T x0 + sigma_T z of the data. Sampling draws x_T ~ nu and
-runs any sampler from T; the likelihood adds log nu(x_T) at the end of the PF-ODE.
+The score network is trained on t in [eps, T] only, with T < 1; a density nu at T is fitted by maximum likelihood to
+forward samples x_T = alpha_T x0 + sigma_T z of the data. Sampling draws x_T ~ nu and runs any sampler from T; the
+likelihood adds log nu(x_T) at the end of the PF-ODE.
 
-All behind :class:`Prior` (an ``nn.Module``, so a checkpoint stores it as a state dict):
-N(0, prior_std^2 I) (the baseline; no fit), the moment-matched Gaussian (closed form), a Gaussian
-mixture (online EM on fresh forward samples) and a zuko flow (spline NSF up to d = 16, affine MAF
-above, on the residual whitened by the moment-matched Gaussian, so it starts at that Gaussian and
-converges in few steps). Every fit draws fresh noise per batch, has its own step budget and early
-stopping, and keeps the state with the best NLL on held-out forward samples; its cost is returned so
-that a time-to-quality comparison can count it. The plug-ins that choose among them are in ``priors``.
+All behind :class:`Prior` (an ``nn.Module``, so a checkpoint stores it as a state dict): N(0, prior_std^2 I) (the
+baseline; no fit), the moment-matched Gaussian (closed form), a Gaussian mixture (online EM on fresh forward
+samples) and a zuko flow (spline NSF up to d = 16, affine MAF above, on the residual whitened by the moment-matched
+Gaussian, so it starts at that Gaussian and converges in few steps). Every fit draws fresh noise per batch, has its
+own step budget and early stopping, and keeps the state with the best NLL on held-out forward samples; its cost is
+returned so that a time-to-quality comparison can count it. The plug-ins that choose among them are in ``priors``.
 """
 
 from __future__ import annotations
@@ -39,8 +38,8 @@ def _gaussian_logp(u: Tensor, log_diag: Tensor) -> Tensor:
 
 
 def _whiten(x: Tensor, mean: Tensor, tril: Tensor) -> Tensor:
-    """u = L^{-1}(x - m) for x (B, d): (B, d) for one Gaussian (mean (d,), tril (d, d)), (B, k, d) for k
-    of them (mean (k, d), tril (k, d, d)); one triangular solve with B right-hand sides per Gaussian."""
+    """u = L^{-1}(x - m) for x (B, d): (B, d) for one Gaussian (mean (d,), tril (d, d)), (B, k, d) for k of them
+    (mean (k, d), tril (k, d, d)); one triangular solve with B right-hand sides per Gaussian."""
     if mean.ndim == 1:
         return torch.linalg.solve_triangular(tril, (x - mean).T, upper=False).T
     diff = (x[None] - mean[:, None, :]).transpose(1, 2)
@@ -81,8 +80,8 @@ class ForwardSampler:
 
 
 class EarlyStopping:
-    """Call with each validation NLL; True once ``patience`` evaluations in a row failed to improve on
-    the best by more than ``min_delta`` nats (smaller gains are not worth the fitting time)."""
+    """Call with each validation NLL; True once ``patience`` evaluations in a row failed to improve on the best by
+    more than ``min_delta`` nats (smaller gains are not worth the fitting time)."""
 
     def __init__(self, patience: int, min_delta: float):
         self.patience, self.min_delta = patience, min_delta
@@ -99,9 +98,9 @@ class EarlyStopping:
 class Prior(nn.Module):
     """A density nu on flat R^d at the end time T.
 
-    ``fit`` splits off held-out data points (10 % when there are at least 50, else it validates on
-    fixed-noise forward samples of all of them), builds a fixed validation set of forward samples,
-    and calls ``_fit``; it returns ``{'seconds', 'steps', 'val_nll'}`` (val_nll in nats per sample).
+    ``fit`` splits off held-out data points (10 % when there are at least 50, else it validates on fixed-noise
+    forward samples of all of them), builds a fixed validation set of forward samples, and calls ``_fit``; it
+    returns ``{'seconds', 'steps', 'val_nll'}`` (val_nll in nats per sample).
     """
 
     name = "prior"
@@ -140,21 +139,19 @@ class Prior(nn.Module):
             n_val: int = 4096) -> dict:
         """Fit nu to forward samples of the data ``x0`` at ``sde.T`` (see the class docstring).
 
-        A step is one optimiser step on ``batch_size`` fresh forward samples (flow) or one online-EM
-        step on them (GMM); ``lr`` is the flow's Adam rate. ``patience`` counts evaluations (every
-        ``eval_every`` steps) in a row without a validation gain of 2e-4 nats per dimension; the
-        state with the best validation NLL is kept.
+        A step is one optimiser step on ``batch_size`` fresh forward samples (flow) or one online-EM step on them
+        (GMM); ``lr`` is the flow's Adam rate. ``patience`` counts evaluations (every ``eval_every`` steps) in a
+        row without a validation gain of 2e-4 nats per dimension; the state with the best validation NLL is kept.
         """
         if x0.shape[0] < 1:
             raise UserError(f"prior '{self.name}': no data points to fit on")
         x0 = self._check_input(x0.detach())
         if not torch.isfinite(x0).all():
             raise UserError(f"prior '{self.name}': the data contain non-finite values")
-        for label, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience), ("n_val", n_val)):
-            if v < 1:
+        for label, v in (("steps", steps), ("batch_size", batch_size), ("patience", patience), ("n_val", n_val),
+                         ("lr", lr)):
+            if not v > 0:
                 raise UserError(f"prior '{self.name}': {label} must be positive, got {v}")
-        if lr <= 0:
-            raise UserError(f"prior '{self.name}': lr must be positive, got {lr}")
         start = time.perf_counter()
         x0 = x0.to(self._buffer().device, torch.get_default_dtype())
         gen = torch.Generator(device=x0.device).manual_seed(seed)
@@ -206,8 +203,8 @@ class StandardPrior(Prior):
 
 
 class GaussianPrior(Prior):
-    """Moment-matched N(m, C), in closed form from the data: m = alpha_T E[x0],
-    C = alpha_T^2 Cov[x0] + sigma_T^2 I (full covariance; the exact moments of p_T)."""
+    """Moment-matched N(m, C), in closed form from the data: m = alpha_T E[x0], C = alpha_T^2 Cov[x0] + sigma_T^2 I
+    (full covariance; the exact moments of p_T)."""
 
     name = "gaussian"
 
@@ -243,10 +240,10 @@ class GaussianPrior(Prior):
 class GMMPrior(Prior):
     """Gaussian mixture with k full-covariance components.
 
-    Fitted by online EM (Cappe & Moulines 2009): each step draws a fresh batch of forward samples
-    (at least 4 k d of them, so that every covariance is estimable) and moves the averaged
-    sufficient statistics by rho_i = (i + 1)^-0.6, so the estimate converges to the maximum-likelihood
-    mixture of p_T itself, not of one finite sample. k-means++ seeding.
+    Fitted by online EM (Cappe & Moulines 2009): each step draws a fresh batch of forward samples (at least 4 k d of
+    them, so that every covariance is estimable) and moves the averaged sufficient statistics by rho_i = (i + 1)^-0.6,
+    so the estimate converges to the maximum-likelihood mixture of p_T itself, not of one finite sample. k-means++
+    seeding.
     """
 
     name = "gmm"
@@ -335,14 +332,13 @@ class GMMPrior(Prior):
 
 
 class FlowPrior(Prior):
-    """A zuko normalizing flow on the whitened residual u = L^{-1}(x - m), (m, L L^T) the
-    moment-matched Gaussian: log nu(x) = log q_flow(u) - log|det L|.
+    """A zuko normalizing flow on the whitened residual u = L^{-1}(x - m), (m, L L^T) the moment-matched Gaussian:
+    log nu(x) = log q_flow(u) - log|det L|.
 
-    The last layer of every hyper-network starts at zero, which makes each spline (or affine) map
-    the identity: the flow starts exactly at the moment-matched Gaussian and early stopping can only
-    improve on it. Adam with a cosine decay over the step budget.
-    ``kind`` is 'nsf' (rational-quadratic splines) or 'maf' (affine, about 10x cheaper per step at
-    d = 64); 'auto' picks nsf up to d = 16 and maf above.
+    The last layer of every hyper-network starts at zero, which makes each spline (or affine) map the identity: the
+    flow starts exactly at the moment-matched Gaussian and early stopping can only improve on it. Adam with a cosine
+    decay over the step budget. ``kind`` is 'nsf' (rational-quadratic splines) or 'maf' (affine, about 10x cheaper
+    per step at d = 64); 'auto' picks nsf up to d = 16 and maf above.
     """
 
     name = "flow"
@@ -364,10 +360,7 @@ class FlowPrior(Prior):
         self.kind, self.transforms, self.bins = kind, int(transforms), int(bins)
         self.hidden = int(hidden) if hidden else max(64, 2 * dim)
         opts = {"transforms": self.transforms, "hidden_features": (self.hidden, self.hidden)}
-        if kind == "nsf":
-            self.flow = zuko.flows.NSF(dim, bins=self.bins, **opts)
-        else:
-            self.flow = zuko.flows.MAF(dim, **opts)
+        self.flow = zuko.flows.NSF(dim, bins=self.bins, **opts) if kind == "nsf" else zuko.flows.MAF(dim, **opts)
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("tril", torch.eye(dim))
         self._identity_init()
@@ -402,8 +395,7 @@ class FlowPrior(Prior):
 
     def _fit(self, train, sde, x_val, draw, gen, *, steps, batch_size, lr, patience, seed, progress,
              eval_every, **opts):
-        mean, cov = forward_moments(train, sde)
-        _store_moments(self, mean, cov)
+        _store_moments(self, *forward_moments(train, sde))
         self._identity_init(torch.Generator(device=self.mean.device).manual_seed(seed))
         opt = torch.optim.Adam(self.flow.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.1 * lr)
