@@ -137,9 +137,10 @@ def alive_in_session(sid: int) -> list[int]:
     return found
 
 
-def saved(out: Path) -> list[int]:
+def saved(out: Path, said: str = "") -> list[int]:
+    """The step of each run's checkpoint; none may be half-written (``said``: the bench's output, shown if one is)."""
     from scorefast.checkpoint import load_checkpoint
-    assert not list(out.glob("runs/*/checkpoints/*.tmp"))
+    assert not list(out.glob("runs/*/checkpoints/*.tmp")), said
     return [int(load_checkpoint(c)["step"]) for c in out.glob("runs/*/checkpoints/net-0.pt")]
 
 
@@ -178,7 +179,7 @@ def test_jobs_do_not_outlive_a_bench_killed_by_sigkill(tmp_path):
     while alive_in_session(p.pid):
         assert time.time() < deadline, f"left running: {alive_in_session(p.pid)}"
         time.sleep(0.2)
-    steps = saved(out)
+    steps = saved(out, p.stderr.read())  # every writer of the pipe is gone: read to its end
     assert len(steps) == 2 and min(steps) >= 50
 
 
