@@ -371,4 +371,10 @@ def test_digits_trains_with_the_default_recipe(tmp_path):
                  "--batch-size", "64", "--eval-samples", "16", "--eval-steps", "4", "--quiet", "--threads", "1"]) == 0
     saved = json.loads((out / "config.json").read_text())["config"]
     assert saved["recipe"] == {"name": DEFAULT_RECIPE}
+    # what trained is the recipe's image part (the flags given aside), not the flags' own defaults
+    image = Config(data_kind="image").flags()
+    assert (saved["net"]["param"], saved["time_sampler"]["name"], saved["weighting"]["name"],
+            saved["ema_profile"]["name"], saved["optim"]["lr"]) == \
+        (image["param"], image["time_sampler"], image["weighting"], image["ema_profile"], image["lr"]) != \
+        ("eps", "uniform", "epsilon", "fixed", Config(recipe="plain").optim.lr)
     assert load_checkpoint(out / "checkpoints" / "net-0.pt")["step"] == 12
