@@ -306,8 +306,8 @@ def finish(ctx: RunContext, progress: bool = True, elapsed: float | None = None,
                "metric_name": name, "metric": drawn["metric"], "sample_seconds": drawn["seconds"],
                "eval_samples": cfg.log.eval_samples, "eval_steps": sample_steps(cfg.log.eval_steps, sde),
                "scorefast_version": __version__}
-    if fid.note(name, cfg.log.eval_samples):
-        summary["metric_note"] = fid.note(name, cfg.log.eval_samples)
+    if note := fid.note(name, cfg.log.eval_samples):
+        summary["metric_note"] = note
     summary.update(final_fid(ctx, samples, name, progress))
     if run.prior_path.exists():
         summary["prior_fit"] = load_checkpoint(run.prior_path).get("fit")
@@ -337,7 +337,8 @@ def final_fid(ctx: RunContext, samples: torch.Tensor, metric: str, progress: boo
     began = time.perf_counter()
     value = fid.fid(samples[:n], ctx.test.x[:n], progress=progress and sys.stderr.isatty())
     out = {"fid": value, "fid_samples": n, "fid_seconds": time.perf_counter() - began}
-    return {**out, "fid_note": fid.note("fid", n)} if fid.note("fid", n) else out
+    note = fid.note("fid", n)
+    return {**out, "fid_note": note} if note else out
 
 
 __all__ = ["Group", "finish", "jobs", "prepare", "train", "train_network"]
