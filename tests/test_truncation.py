@@ -21,7 +21,7 @@ from scorefast.analytic import GaussianScore
 from scorefast.errors import UserError
 from scorefast.likelihood import log_likelihood
 from scorefast.methods.densities import FlowPrior, GaussianPrior, StandardPrior, forward_moments
-from scorefast.methods.elbo import choose_T, elbo, kernel_from_eps, prior_gap_bound
+from scorefast.methods.elbo import choose_T, elbo, kernel_from_eps, prior_gap, prior_gap_bound
 from scorefast.methods.priors import PRIORS
 from scorefast.sampling import sample
 from scorefast.sde import SDE, VESDE, VPSDE, SubVPSDE
@@ -234,6 +234,35 @@ def test_prior_gap_bound_is_an_upper_bound_on_the_kl(device):
         p_T = _gaussian(sde.alpha(T) * MU, sde.alpha(T) ** 2 * COV + sde.sigma(T) ** 2 * eye)
         ref = _gaussian(torch.zeros(2, dtype=torch.float64), sde.prior_std() ** 2 * eye)
         assert float(torch.distributions.kl_divergence(p_T, ref)) <= prior_gap_bound(sde, x0) + 1e-6
+
+
+def test_prior_gap_of_one_point_is_the_closed_form_kl():
+    """One data point makes p_T the Gaussian N(alpha_T x0, sigma_T^2 I): against N(0, s^2 I) the Monte-Carlo KL is
+    the closed form (prior_gap_bound is exact there), and the moment-matched prior is p_T itself (0 on every draw)."""
+    x0 = torch.tensor([[1.5, -0.5, 2.0]], dtype=torch.float64)
+    for sde in (VPSDE(T=0.3), VESDE(T=0.5)):
+        gap = prior_gap(sde, x0, StandardPrior(3, std=sde.prior_std()), n=20000,
+                        generator=torch.Generator().manual_seed(0))
+        assert gap["kl"] == pytest.approx(prior_gap_bound(sde, x0), abs=4 * gap["sem"] + 1e-3)
+        assert gap["kl_per_dim"] == pytest.approx(gap["kl"] / 3)
+        matched = GaussianPrior.from_moments(*[m.float() for m in forward_moments(x0, sde)])
+        exact = prior_gap(sde, x0, matched, n=1000, generator=torch.Generator().manual_seed(1))
+        assert abs(exact["kl"]) < 1e-3 and exact["sem"] < 1e-4
+
+
+def test_prior_gap_of_a_mixture_lies_between_zero_and_the_bound_and_the_matched_gaussian_is_closer():
+    """Two separated points (a bimodal p_T): 0 < KL[p_T || moment-matched] < KL[p_T || standard] <= the convexity
+    bound; by a margin far beyond the Monte-Carlo error."""
+    x0 = torch.tensor([[3.0, 0.0], [-1.0, 0.0]], dtype=torch.float64)
+    sde = VPSDE(T=0.2)
+    g = torch.Generator().manual_seed(2)
+    standard = prior_gap(sde, x0, StandardPrior(2), n=20000, generator=g)
+    matched = prior_gap(sde, x0, GaussianPrior.from_moments(*[m.float() for m in forward_moments(x0, sde)]),
+                        n=20000, generator=g)
+    assert 10 * matched["sem"] < matched["kl"] < standard["kl"] - 10 * standard["sem"]
+    assert standard["kl"] <= prior_gap_bound(sde, x0) + 4 * standard["sem"]
+    with pytest.raises(UserError, match="n must be"):
+        prior_gap(sde, x0, StandardPrior(2), n=1)
 
 
 def test_choose_T():
