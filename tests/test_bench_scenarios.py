@@ -12,7 +12,7 @@ from scorefast.bench.report import Tables
 from scorefast.bench.runs import Part
 from scorefast.bench.scenarios import Setting
 from scorefast.bench.study import Budget, Study
-from scorefast.config.recipes import DEFAULT_RECIPE
+from scorefast.config.recipes import DEFAULT_RECIPE, data_defaults
 from scorefast.errors import UserError
 
 DIGITS = Part("digits", None, 64, "image", 1797)
@@ -125,6 +125,20 @@ def test_the_image_method_presets_start_from_the_default_recipe():
     assert {name: PRESETS[name].data for name in ("readme-recipe", "readme-truncation", "readme-parallel")} == {
         "readme-recipe": ("checkerboard", "8gaussians", "sharpbroad"), "readme-truncation": ("offcentre",),
         "readme-parallel": ("checkerboard", "8gaussians")}
+
+
+def test_the_mnist_preset_trains_every_recipe_at_the_size_train_gives_mnist():
+    """readme-images-mnist-cpu times what `scorefast train --data mnist` trains: mnist's own steps and batch for
+    plain, the default recipe and EDM's (whose own batch would otherwise differ)."""
+    study = make_study(BenchOptions(preset="readme-images-mnist-cpu"))
+    own = data_defaults("mnist", {})
+    (part,) = study.parts()
+    variants = study.variants(part)
+    assert (part.spec, str(study.budget), study.seeds) == ("mnist", f"{own['steps']}steps", 3)
+    assert {v.name for v in variants} == {"plain", "default", "recipe-edm"}
+    configs = [Config(part.kind, **v.flags) for v in variants]
+    assert {(c.optim.batch_size, c.budget.steps) for c in configs} == {(own["batch_size"], own["steps"])}
+    assert study.protocol.samples < make_study(BenchOptions(preset="readme-images-cpu")).protocol.samples
 
 
 def test_a_base_recipe_given_on_the_command_line_is_in_the_command_that_makes_the_study_again():
