@@ -233,6 +233,24 @@ def test_a_study_of_images_to_memorise_times_the_sample_metric_not_the_nll():
     assert table["rows"][1]["ratio_other"] == [(1.0, "?")] * 3
 
 
+def test_a_study_whose_protocol_targets_the_sample_metric_is_judged_by_it():
+    """Protocol(target='metric') (the MNIST preset's: its NLL is biased at the steps a CPU affords): every seed's
+    target is plain's final sample metric, the NLL's ratio beside it; the target is not part of the curves' key,
+    so curves already evaluated are reused; any other target is one clear error."""
+    rows = [{**r, "target": "metric", "curve": {**r["curve"], "points": [{**p, "nll": 10 - p["nll"]}
+                                                                         for p in r["curve"]["points"]]}}
+            for r in hand_rows()]
+    tables = Tables(rows)
+    assert tables.key("d") == "metric" and Tables([{**r, "target": "nll"} for r in hand_rows()]).key("d") == "nll"
+    table = tables.table("d", "targets")
+    assert table["target"] == "metric" and table["rows"][1]["verdict"] == "helps: 0.38x time to target (3 seeds)"
+    assert "time to plain's final swd, s | x plain (swd) | x plain (NLL) |" in markdown(table)[0]
+    assert Protocol(points=5, target="metric").key() == Protocol(points=5).key() != Protocol(points=4).key()
+    with pytest.raises(UserError, match="target must be one of nll, metric, got 'fid'"):
+        Protocol(target="fid")
+    assert make_study(BenchOptions(preset="readme-images-mnist-cpu")).protocol.target == "metric"
+
+
 def test_a_plugin_option_in_the_settings_reaches_only_the_variants_selecting_the_plugin():
     study = make_study(BenchOptions(preset="readme-memorise"))
     part = Part("photos32", 1, 3 * 32 * 32, "image")

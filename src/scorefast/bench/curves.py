@@ -28,10 +28,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..checkpoint import load_checkpoint, read_json, write_json
+from ..errors import UserError
 from ..run import RunDir
 from .shapes import CURVE, checked
 
 SNAPSHOT = re.compile(r"net-(\d+)-(\d+)\.pt$")
+TARGETS = ("nll", "metric")
 TIMING = 2  # 1: queued networks timed turn by turn, no launch cost; 2: as they ran (``run_wall``)
 
 
@@ -40,7 +42,9 @@ class Protocol:
     """The evaluation of every curve point: held-out NLL (``nll_n`` points, ``nll_steps`` RK4 steps at
     T = 1) and the sample metric (``samples`` ODE samples, ``sample_steps`` steps; ``metric`` one of
     ``evaluate.METRICS``, None for the data's own); ``points`` snapshots at most per curve, besides the
-    final weights."""
+    final weights; ``target`` what plain's final value sets every seed's target on: 'nll', or 'metric' (the
+    sample metric: images judged by their samples where the NLL the protocol affords is not to be trusted).
+    The target only judges the curves, so it is not part of their key."""
 
     nll_n: int = 1000
     nll_steps: int = 100
@@ -49,10 +53,15 @@ class Protocol:
     points: int = 10
     seed: int = 7
     metric: str | None = None
+    target: str = "nll"
+
+    def __post_init__(self):
+        if self.target not in TARGETS:
+            raise UserError(f"the bench's evaluation target must be one of {', '.join(TARGETS)}, got '{self.target}'")
 
     def key(self) -> str:
-        """A short hash of the protocol (with the data's own metric, None, the key earlier curves have)."""
-        fields = {k: v for k, v in asdict(self).items() if not (k == "metric" and v is None)}
+        """A short hash of what the curves hold (with the data's own metric, None, the key earlier curves have)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "target" and not (k == "metric" and v is None)}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -133,10 +133,12 @@ class Tables:
         return list(dict.fromkeys(r["variant"] for r in self.rows if r["data"] == data))
 
     def key(self, data: str) -> str:
-        """What the target of ``data`` is set on: the held-out NLL; the sample metric for a few images to memorise
-        (no held-out data: their NLL is that of the training images themselves)."""
-        curves = [r["curve"] for r in self.rows if r["data"] == data and r["status"] == "ok"]
-        return "metric" if curves and curves[0]["metric_name"] == "ssim_gap" else "nll"
+        """What the target of ``data`` is set on: the held-out NLL; the sample metric where the study's protocol
+        says so (``Protocol.target``) and for a few images to memorise (no held-out data: their NLL is that of the
+        training images themselves)."""
+        ok = [r for r in self.rows if r["data"] == data and r["status"] == "ok"]
+        return "metric" if ok and (ok[0]["curve"]["metric_name"] == "ssim_gap" or ok[0].get("target") == "metric") \
+            else "nll"
 
     def targets(self, data: str, key: str = "nll") -> dict[int, float]:
         return {s: r["curve"]["points"][-1][key] for s, r in self.ok(data, BASELINE).items()
@@ -415,8 +417,9 @@ def write_markdown(out: Path, head: str, results: dict) -> None:
              f"{machine.get('threads')} torch threads, load average {machine.get('loadavg_start', '?')} at the start "
              f"and {machine.get('loadavg', '?')} at the end.", "",
              f"Budget {study.get('budget')} per network, seeds {study.get('seeds')}. Target of a seed = plain DSM's "
-             "final held-out NLL (for a few images to memorise, which leave nothing held out: its final "
-             "ssim_gap, 1 - the mean best-match SSIM of its samples); 'x plain' = the variant's time to it / "
+             "final held-out NLL (its final sample metric where the study's protocol says so, and for a few images "
+             "to memorise, which leave nothing held out: its final ssim_gap, 1 - the mean best-match SSIM of its "
+             "samples); 'x plain' = the variant's time to it / "
              "plain's, paired by seed (evaluate.time_to). Wall-clock as the run ran (timing rules "
              f"{TIMING}): precomputation included, interval networks queued on a worker one after the other, "
              "workers side by side as the slowest plus torchrun's launch; every variant had the same cores "

@@ -81,7 +81,7 @@ def run_job(part: Part, variant: Variant, seed: int, out: Path, protocol: Protoc
     row = {"data": part.label, "spec": part.spec, "n_data": part.n, "variant": variant.name,
            "scenario": variant.scenario.name, "group": variant.scenario.group, "role": variant.scenario.role,
            "seed": seed, "status": "ok", "reused": False, "warnings": [], "variant_T": variant.T,
-           "controls": list(variant.controls),
+           "target": protocol.target, "controls": list(variant.controls),
            "resources": {"workers": int(variant.flags.get("workers", 1)), "threads": variant.flags.get("threads")}}
     if variant.skipped:
         return {**row, "status": "n/a", "error": variant.skipped}
