@@ -1,11 +1,12 @@
-"""How far each prior at T is from p_T on images: why a shorter diffusion time samples badly at small T.
+"""How far each prior at T is from p_T on images: how much of a truncated run's sample error a prior can explain.
 
-    OMP_NUM_THREADS=2 python benchmarks/prior_gap.py --data digits                      # every prior, minutes
-    OMP_NUM_THREADS=2 python benchmarks/prior_gap.py --data mnist --priors standard,gaussian
+    OMP_NUM_THREADS=1 python benchmarks/prior_gap.py --data digits --prior-steps 100    # every prior, 5 minutes
+    OMP_NUM_THREADS=1 python benchmarks/prior_gap.py --data mnist --priors standard,gaussian   # 2 minutes
     OMP_NUM_THREADS=2 python benchmarks/prior_gap.py --data digits --T 0.4 --quick      # a smoke test
 
 (benchmarks/results/prior_gap.txt holds both tables; at d = 784 a step of the gmm's online EM and of the flow
 costs seconds, so mnist is measured with the closed-form priors.)
+
 A run truncated at T < 1 starts its samples from a prior nu fitted at T; by data processing, KL[p_T || nu] bounds
 the prior's share of the error of the samples' law, whatever the score network. ``elbo.prior_gap`` measures it
 exactly up to Monte Carlo for p_T the forward marginal (the trainer's VP SDE) of the training images in model

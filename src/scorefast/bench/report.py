@@ -133,11 +133,9 @@ class Tables:
         return list(dict.fromkeys(r["variant"] for r in self.rows if r["data"] == data))
 
     def key(self, data: str) -> str:
-        """What the target of ``data`` is set on: the held-out NLL; the sample metric where the study's protocol
-        says so (``Protocol.target``) and for a few images to memorise (no held-out data: their NLL is that of the
-        training images themselves)."""
+        """What a seed's target is set on: the held-out NLL, or the sample metric (``Protocol.target``; ssim_gap)."""
         ok = [r for r in self.rows if r["data"] == data and r["status"] == "ok"]
-        return "metric" if ok and (ok[0]["curve"]["metric_name"] == "ssim_gap" or ok[0].get("target") == "metric") \
+        return "metric" if ok and (ok[0].get("target") == "metric" or ok[0]["curve"]["metric_name"] == "ssim_gap") \
             else "nll"
 
     def targets(self, data: str, key: str = "nll") -> dict[int, float]:
@@ -417,16 +415,15 @@ def write_markdown(out: Path, head: str, results: dict) -> None:
              f"{machine.get('threads')} torch threads, load average {machine.get('loadavg_start', '?')} at the start "
              f"and {machine.get('loadavg', '?')} at the end.", "",
              f"Budget {study.get('budget')} per network, seeds {study.get('seeds')}. Target of a seed = plain DSM's "
-             "final held-out NLL (its final sample metric where the study's protocol says so, and for a few images "
-             "to memorise, which leave nothing held out: its final ssim_gap, 1 - the mean best-match SSIM of its "
-             "samples); 'x plain' = the variant's time to it / "
-             "plain's, paired by seed (evaluate.time_to). Wall-clock as the run ran (timing rules "
-             f"{TIMING}): precomputation included, interval networks queued on a worker one after the other, "
-             "workers side by side as the slowest plus torchrun's launch; every variant had the same cores "
-             "(the resources column). A target met at a run's first snapshot gives only a bound ('<= x'), as "
-             "does a reference that never reaches it (timed at its whole budget). Ratio cells are the interval "
-             "over seeds; other cells min / median / max. Verdict: 'helps' only when the whole interval lies "
-             "below 1, 'slower' when above, else 'no measurable difference' (always so with one seed).", ""]
+             "final held-out NLL, or its final sample metric where the study's protocol says so (for a few images to "
+             "memorise, which leave nothing held out: ssim_gap, 1 - the mean best-match SSIM of its samples); 'x "
+             "plain' = the variant's time to it / plain's, paired by seed (evaluate.time_to). Wall-clock as the run "
+             f"ran (timing rules {TIMING}): precomputation included, interval networks queued on a worker one after the"
+             " other, workers side by side as the slowest plus torchrun's launch; every variant had the same cores "
+             "(the resources column). A target met at a run's first snapshot gives only a bound ('<= x'), as does a "
+             "reference that never reaches it (timed at its whole budget). Ratio cells are the interval over seeds; "
+             "other cells min / median / max. Verdict: 'helps' only when the whole interval lies below 1, 'slower' "
+             "when above, else 'no measurable difference' (always so with one seed).", ""]
     for data in dict.fromkeys(r["data"] for r in results["rows"]):
         lines += [f"## {data}", ""]
         for t in (t for t in results["tables"] if t["data"] == data):
