@@ -137,10 +137,12 @@ class Evaluator:
 
 
 def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: int = 100, hutchinson: int | None = None,
-             batch_size: int = 1000, seed: int = 0, progress: bool = False, with_elbo: bool = False) -> dict:
+             batch_size: int = 1000, seed: int = 0, progress: bool = False, with_elbo: bool = False,
+             schedule: str = "uniform") -> dict:
     """Held-out NLL in nats per example (PF-ODE + log nu(x_T)), and bits/dim for discrete images
     (uniformly dequantised). Exact divergence for d <= 64 unless ``hutchinson`` probes are asked for.
-    ``steps`` RK4 steps would span [eps, 1]: a truncated run uses the same step size, so about T of them.
+    ``steps`` RK4 steps would span [eps, 1]: a truncated run uses the same step size, so about T of them,
+    on ``schedule``'s grid (``likelihood.log_likelihood``).
     ``with_elbo`` adds the ELBO's parts (which bound the reverse-SDE model, not the PF-ODE model whose NLL
     this is: -ELBO can fall below the NLL)."""
     from .likelihood import bits_per_dim, dequantize, log_likelihood
@@ -162,7 +164,8 @@ def test_nll(model, sde: SDE, ds: Dataset, prior=None, device=None, *, steps: in
     parts = []
     for xb in x.split(batch_size):
         parts.append(log_likelihood(model, sde, xb.to(device), steps=sample_steps(steps, sde), hutchinson=probes,
-                                    prior_logp=prior_logp, generator=gen, progress=progress).detach().cpu())
+                                    prior_logp=prior_logp, generator=gen, progress=progress,
+                                    schedule=schedule).detach().cpu())
     logp = torch.cat(parts)
     out = {"nll_nats": float(-logp.mean()), "nll_nats_sem": float(logp.std() / len(logp) ** 0.5), "n": len(logp),
            "dim": ds.dim, "T": sde.T, "divergence": "exact" if probes == 0 else f"hutchinson-{probes}"}
