@@ -9,11 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
+from .bracket import bracket
 from .curves import QUICK_PROTOCOL, Protocol
 from .options import BenchOptions
 from .presets import PRESETS, Preset, get_preset
 from .scenarios import Selection
-from .study import Budget, Study, run_study
+from .study import Budget, Study, run_study, stderr_line
 
 RESERVED = {"seed": "--seeds", "out": "--out", "data": "--data", "n_data": "--n-data", "T": "--T",
             "workers": "--workers", "threads": "--threads", "recipe": "--methods (each variant sets it)",
@@ -113,7 +114,8 @@ def run_bench(options: BenchOptions) -> dict:
     study = make_study(options)
     command = command_of(study, out)
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    rows = run_study(study, out, command=command)
+    rows = bracket(run_study(study, out, command=command), study.protocol, out, stderr_line,
+                   threads=study.jobs * study.cores_per_run)
     machine = {**machine_info(), "loadavg_start": load}
     machine["threads"] = study.threads or machine["threads"]
     return write_report(rows, out, command, {"budget": str(study.budget), "seeds": study.seeds,

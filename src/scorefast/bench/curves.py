@@ -42,9 +42,11 @@ class Protocol:
     """The evaluation of every curve point: held-out NLL (``nll_n`` points, ``nll_steps`` RK4 steps at
     T = 1) and the sample metric (``samples`` ODE samples, ``sample_steps`` steps; ``metric`` one of
     ``evaluate.METRICS``, None for the data's own); ``points`` snapshots at most per curve, besides the
-    final weights; ``target`` what plain's final value sets every seed's target on: 'nll', or 'metric' (the
+    final weights; ``refine`` rounds of bisection over the kept snapshots where a curve first meets its seed's
+    target (``bench.bracket``); ``target`` what plain's final value sets every seed's target on: 'nll', or 'metric' (the
     sample metric: images judged by their samples where the NLL the protocol affords is not to be trusted).
-    The target only judges the curves, so it is not part of their key."""
+    The target and the refinement only judge the curves (refined points are kept apart), so neither is part of
+    their key."""
 
     nll_n: int = 1000
     nll_steps: int = 100
@@ -54,18 +56,22 @@ class Protocol:
     seed: int = 7
     metric: str | None = None
     target: str = "nll"
+    refine: int = 4
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise UserError(f"the bench's evaluation target must be one of {', '.join(TARGETS)}, got '{self.target}'")
+        if isinstance(self.refine, bool) or not isinstance(self.refine, int) or self.refine < 0:
+            raise UserError(f"the bench's evaluation refine must be a whole number >= 0, got {self.refine!r}")
 
     def key(self) -> str:
         """A short hash of what the curves hold (with the data's own metric, None, the key earlier curves have)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "target" and not (k == "metric" and v is None)}
+        fields = {k: v for k, v in asdict(self).items()
+                  if k not in ("target", "refine") and not (k == "metric" and v is None)}
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
-QUICK_PROTOCOL = Protocol(nll_n=200, nll_steps=20, samples=500, sample_steps=20, points=3)
+QUICK_PROTOCOL = Protocol(nll_n=200, nll_steps=20, samples=500, sample_steps=20, points=3, refine=2)
 
 
 def snapshot_steps(run: Path, networks: int) -> list[int]:
@@ -132,8 +138,9 @@ def outside_walls(run: RunDir, cfg) -> float:
     return seconds
 
 
-def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
-    """The curve of a finished run: {'points': [{step, wall, nll, metric}], 'nll_key', 'metric_name', ...}."""
+def evaluate_run(path: str | Path, protocol: Protocol, steps: list[int] | None = None) -> dict:
+    """The curve of a finished run: {'points': [{step, wall, nll, metric}], 'nll_key', 'metric_name', ...}:
+    the ``Protocol.points`` spread snapshots and the final weights, or only the kept snapshots at ``steps``."""
     import torch
 
     from ..evaluate import Evaluator, quality, test_nll
@@ -152,9 +159,11 @@ def evaluate_run(path: str | Path, protocol: Protocol) -> dict:
     evaluator = Evaluator(protocol.samples, "ode", protocol.sample_steps, levels=final.sample_levels(held))
     states = [load_checkpoint(rd.checkpoint(k)) for k in range(networks)]
     last = min(int(s["step"]) for s in states)
-    steps = spread([s for s in snapshot_steps(rd.path, networks) if s < last], max(0, protocol.points - 1))
+    if steps is None:
+        steps = [*spread([s for s in snapshot_steps(rd.path, networks) if s < last], max(0, protocol.points - 1)),
+                 None]
     points = []
-    for step in [*steps, None]:
+    for step in steps:
         if step is None:
             model, walls = final.model, [float(s["wall"]) for s in states]
         else:

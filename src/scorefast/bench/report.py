@@ -1,11 +1,11 @@
 """The report of a study: OUT/report.md, OUT/results.json and the pictures beside them.
 
 Per data set and method family, one table: every variant's resources, final held-out NLL and sample metric, its
-training seconds, and its time to the target - plain DSM's final NLL of the same seed (its final sample metric for a
-few images to memorise) - as a ratio to plain's own time (``evaluate.time_to``: linear between snapshots), paired by
-seed. Under the table one sentence per method says what it did, by one rule with a margin (``verdict``: the interval
-of the per-seed ratios must lie wholly below 1), against plain and against each of its controls (the control made
-for the same end time where there are several). A time met at the first snapshot, or a reference that never reaches
+training seconds, and its time to the target - plain's final NLL (or sample metric) of the same seed - as a ratio to
+plain's own time (``evaluate.time_to``: linear between snapshots, narrowed by ``bench.bracket``), paired by seed.
+Under the table one sentence per method says what it did, by one rule with a margin (``verdict``: the interval of
+the per-seed ratios must lie wholly below 1), against plain and against each of its controls (the control made for
+the same end time where there are several). A time met at the first snapshot, or a reference that never reaches
 the target (timed at its whole budget), gives a bound, never a measured ratio.
 """
 

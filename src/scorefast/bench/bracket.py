@@ -1,0 +1,97 @@
+"""Each curve's first meeting with its seed's target, narrowed by bisection over the run's kept snapshots.
+
+A curve holds a few snapshots spread geometrically (``Protocol.points``); between two of them a run can move
+far, and a time to target interpolated linearly across such a gap can be off by much of the gap (a curve that
+falls fast and then flattens meets the target long before the chord does). Every run keeps a snapshot every
+2 % of its budget, so once every run of a study has its curve (and so every seed its target: plain's final
+values), the bench evaluates the kept snapshot in the middle of the gap where a curve first meets its target,
+for the target the study judges by and for the one shown beside it, ``Protocol.refine`` rounds at most: each
+round halves the gap, and a gap with no kept snapshot inside is as narrow as the run allows. The points are
+cached apart from the curve (``refined_points``), so a study run again evaluates nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from ..checkpoint import read_json, write_json
+from .curves import TIMING, Protocol, evaluate_run, snapshot_steps
+from .report import Tables
+from .shapes import MAYBE_NUMBER, NUMBER, checked
+
+POINTS = {str: {"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric": MAYBE_NUMBER}}
+
+
+def gap(points: list[dict], target: float, key: str) -> tuple[int, int] | None:
+    """The steps of the point before the first that meets ``target`` (lower is better) and of that point: where
+    ``evaluate.time_to`` interpolates. None when no point meets it, or the first point does (nothing earlier is
+    known), or the point before has no value."""
+    for i, point in enumerate(points):
+        if point[key] is not None and point[key] <= target:
+            before = points[i - 1] if i else None
+            return None if before is None or before[key] is None else (before["step"], point["step"])
+    return None
+
+
+def refined_points(run: Path, protocol: Protocol, cache: Path, steps: list[int]) -> tuple[list[dict], int]:
+    """The points of the kept snapshots at ``steps`` (``curves.evaluate_run``), from
+    ``cache/<run>-<protocol>-t<timing rules>-refined.json`` where evaluated before; and how many were evaluated now."""
+    file = cache / f"{run.name}-{protocol.key()}-t{TIMING}-refined.json"
+    known = checked(read_json(file, "refined curve points"), POINTS, file) if file.exists() else {}
+    missing = [s for s in steps if str(s) not in known]
+    if missing:
+        known.update({str(p["step"]): p for p in evaluate_run(run, protocol, missing)["points"]})
+        write_json(file, known)
+    return [known[str(s)] for s in steps], len(missing)
+
+
+def narrowed(row: dict, targets: dict[str, float], protocol: Protocol, cache: Path) -> int:
+    """Narrow ``row``'s curve around each of ``targets`` ({key: value}) in place; how many snapshots were evaluated."""
+    run, points, evaluated = Path(row["run"]), list(row["curve"]["points"]), 0
+    kept = snapshot_steps(run, row["curve"]["networks"])
+    for key, target in targets.items():
+        for _ in range(protocol.refine):
+            found = gap(points, target, key)
+            inside = [s for s in kept if found and found[0] < s < found[1]]
+            if not inside:
+                break
+            middle = min(inside, key=lambda s: abs(s - (found[0] + found[1]) / 2))
+            new, n = refined_points(run, protocol, cache, [middle])
+            points, evaluated = sorted(points + new, key=lambda p: p["step"]), evaluated + n
+    row["curve"] = {**row["curve"], "points": points}
+    return evaluated
+
+
+def bracket(rows: list[dict], protocol: Protocol, out: Path, say: Callable[[str], None],
+            threads: int = 1) -> list[dict]:
+    """Every finished row of a study with its curve narrowed around its seed's targets (``narrowed``): the key the
+    study is judged by, then the other; evaluated on ``threads`` torch threads (the study's cores: no run trains
+    now, and the points' wall-clock is the snapshots' own)."""
+    import torch
+    if protocol.refine == 0:
+        return rows
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        narrow_all(Tables(rows), protocol, out, say)
+    finally:
+        torch.set_num_threads(before)
+    return rows
+
+
+def narrow_all(tables: Tables, protocol: Protocol, out: Path, say: Callable[[str], None]) -> None:
+    for data in tables.parts:
+        judged = tables.key(data)
+        targets = {key: tables.targets(data, key) for key in (judged, "metric" if judged == "nll" else "nll")}
+        for row in tables.rows:
+            if row["data"] != data or row["status"] != "ok":
+                continue
+            mine = {key: by_seed[row["seed"]] for key, by_seed in targets.items() if row["seed"] in by_seed}
+            n = narrowed(row, mine, protocol, out / "curves")
+            if n:
+                say(f"bench: {data}: {row['variant']}, seed {row['seed']}: {n} more snapshots evaluated where it "
+                    "meets its target")
+
+
+__all__ = ["bracket", "gap", "narrow_all", "narrowed", "refined_points"]
