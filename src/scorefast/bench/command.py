@@ -119,7 +119,8 @@ def run_bench(options: BenchOptions) -> dict:
     machine = {**machine_info(), "loadavg_start": load}
     machine["threads"] = study.threads or machine["threads"]
     return write_report(rows, out, command, {"budget": str(study.budget), "seeds": study.seeds,
-                                             "data": list(study.data), "methods": list(study.methods)}, machine)
+                                             "data": list(study.data), "methods": list(study.methods),
+                                             "refine": study.protocol.refine}, machine)
 
 
 __all__ = ["command_of", "make_study", "run_bench", "settings_of"]

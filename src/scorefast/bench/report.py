@@ -255,11 +255,8 @@ def markdown(table: dict) -> list[str]:
 
 def ratio_cell(ratios: Sequence) -> str:
     """The per-seed ratios of a table cell: their interval (``span``), and how many seeds never got there."""
-    rs = [as_ratio(r) for r in ratios]
-    reached = [r for r in rs if r[0] is not None]
-    parts = ([span(*interval(reached))] if reached else []) + ([f"{len(rs) - len(reached)} never"]
-                                                               if len(reached) < len(rs) else [])
-    return ", ".join(parts) or "-"
+    reached, never = [r for r in map(as_ratio, ratios) if r[0] is not None], sum(as_ratio(r)[0] is None for r in ratios)
+    return ", ".join(([span(*interval(reached))] if reached else []) + ([f"{never} never"] if never else [])) or "-"
 
 
 def resources(rows) -> str:
@@ -416,14 +413,16 @@ def write_markdown(out: Path, head: str, results: dict) -> None:
              f"and {machine.get('loadavg', '?')} at the end.", "",
              f"Budget {study.get('budget')} per network, seeds {study.get('seeds')}. Target of a seed = plain DSM's "
              "final held-out NLL, or its final sample metric where the study's protocol says so (for a few images to "
-             "memorise, which leave nothing held out: ssim_gap, 1 - the mean best-match SSIM of its samples); 'x "
-             "plain' = the variant's time to it / plain's, paired by seed (evaluate.time_to). Wall-clock as the run "
-             f"ran (timing rules {TIMING}): precomputation included, interval networks queued on a worker one after the"
-             " other, workers side by side as the slowest plus torchrun's launch; every variant had the same cores "
-             "(the resources column). A target met at a run's first snapshot gives only a bound ('<= x'), as does a "
-             "reference that never reaches it (timed at its whole budget). Ratio cells are the interval over seeds; "
-             "other cells min / median / max. Verdict: 'helps' only when the whole interval lies below 1, 'slower' "
-             "when above, else 'no measurable difference' (always so with one seed).", ""]
+             "memorise, which leave nothing held out: ssim_gap, 1 - the mean best-match SSIM of its samples); 'x plain'"
+             " = the variant's time to it / plain's, paired by seed (evaluate.time_to, linear between snapshots; where"
+             f" a curve meets its target, up to {study.get('refine', 0)} rounds of bisection over the run's kept "
+             f"snapshots, bench.bracket). Wall-clock as the run ran (timing rules {TIMING}): precomputation included, "
+             "interval networks queued on a worker one after the other, workers side by side as the slowest plus "
+             "torchrun's launch; every variant had the same cores (the resources column). A target met at a run's "
+             "first snapshot gives only a bound ('<= x'), as does a reference that never reaches it (timed at its "
+             "whole budget). Ratio cells span the seeds, other cells are min / median / max. Verdict: 'helps' only "
+             "when the whole interval lies below 1, 'slower' when above, else 'no measurable difference' (always so "
+             "with one seed).", ""]
     for data in dict.fromkeys(r["data"] for r in results["rows"]):
         lines += [f"## {data}", ""]
         for t in (t for t in results["tables"] if t["data"] == data):
