@@ -478,3 +478,14 @@ def test_quick_bench_through_the_cli(tmp_path, capsys):
     first = float(load_checkpoint(f"{interval['run']}/checkpoints/net-0.pt")["wall"])
     assert all(p["wall"] > first for p in interval["curve"]["points"])
     assert interval["resources"] == {"workers": 1, "threads": 1}
+
+
+def test_a_report_that_trains_nothing_keeps_the_machine_its_runs_were_timed_on(tmp_path):
+    from scorefast.bench.command import timed_on
+    now = {"cpus": 2, "loadavg_start": [3.0, 3.0, 3.0]}
+    results = tmp_path / "results.json"
+    assert timed_on(results, now) == now  # no earlier report
+    results.write_text(json.dumps({"machine": {"cpus": 2, "loadavg_start": [0.9, 1.6, 1.6], "loadavg": [2.0]}}))
+    assert timed_on(results, now)["loadavg_start"] == [0.9, 1.6, 1.6]
+    results.write_text("{\"machine\": ")
+    assert timed_on(results, now) == now  # a damaged report is rewritten, never trusted

@@ -88,12 +88,15 @@ CURVE = {"points": [{"step": 20, "wall": 1.0, "nll": 2.0, "metric": 0.1}], "nll_
     ("curves/abc-x-t2.json", json.dumps({**CURVE, "points": 3}), "is damaged: points is an integer, expected an array"),
     ("curves/abc-x-t2.json", json.dumps({**CURVE, "points": [{"step": 1, "wall": "soon", "nll": 1, "metric": 1}]}),
      "points[0].wall is a string, expected an integer or a number"),
+    ("curves/abc-x-t2-refined.json", json.dumps({"36": {"step": 36, "wall": 1.0, "nll": 1.0}}),
+     "is damaged: 36.metric is missing"),
 ])
 def test_a_damaged_study_folder_is_named_and_kept(tmp_path, capsys, file, content, needle):
     out = tmp_path / "study"
     (out / "curves").mkdir(parents=True)
     (out / "study.json").write_text(json.dumps(STUDY))
     (out / "curves" / "kept.json").write_text(json.dumps(CURVE))
+    (out / "curves" / "0-kept-refined.json").write_text(json.dumps({"20": CURVE["points"][0]}))  # read first: fine
     (out / file).write_text(content)
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["bench", "--data", "moons", "--budget", "40steps", "--out", str(out)]) == 2

@@ -15,12 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..checkpoint import read_json, write_json
+from ..checkpoint import write_json
 from .curves import TIMING, Protocol, evaluate_run, snapshot_steps
 from .report import Tables
-from .shapes import MAYBE_NUMBER, NUMBER, checked
-
-POINTS = {str: {"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric": MAYBE_NUMBER}}
+from .shapes import saved_curve
 
 
 def gap(points: list[dict], target: float, key: str) -> tuple[int, int] | None:
@@ -38,7 +36,7 @@ def refined_points(run: Path, protocol: Protocol, cache: Path, steps: list[int])
     """The points of the kept snapshots at ``steps`` (``curves.evaluate_run``), from
     ``cache/<run>-<protocol>-t<timing rules>-refined.json`` where evaluated before; and how many were evaluated now."""
     file = cache / f"{run.name}-{protocol.key()}-t{TIMING}-refined.json"
-    known = checked(read_json(file, "refined curve points"), POINTS, file) if file.exists() else {}
+    known = saved_curve(file) if file.exists() else {}
     missing = [s for s in steps if str(s) not in known]
     if missing:
         known.update({str(p["step"]): p for p in evaluate_run(run, protocol, missing)["points"]})

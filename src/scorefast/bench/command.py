@@ -118,9 +118,22 @@ def run_bench(options: BenchOptions) -> dict:
                    threads=study.jobs * study.cores_per_run)
     machine = {**machine_info(), "loadavg_start": load}
     machine["threads"] = study.threads or machine["threads"]
+    if not any(r["status"] == "ok" and not r["reused"] for r in rows):
+        machine = timed_on(out / "results.json", machine)
     return write_report(rows, out, command, {"budget": str(study.budget), "seeds": study.seeds,
                                              "data": list(study.data), "methods": list(study.methods),
                                              "refine": study.protocol.refine}, machine)
 
 
-__all__ = ["command_of", "make_study", "run_bench", "settings_of"]
+def timed_on(results: Path, machine: dict) -> dict:
+    """The machine (its load averages) of the report that timed a study's runs, when a re-report trains nothing:
+    the load of the machine that re-reports says nothing about the runs; ``machine`` where there is none."""
+    from ..checkpoint import read_json
+    try:
+        earlier = read_json(results, "results.json").get("machine") if results.exists() else None
+    except UserError:
+        earlier = None
+    return earlier if isinstance(earlier, dict) and "loadavg_start" in earlier else machine
+
+
+__all__ = ["command_of", "make_study", "run_bench", "settings_of", "timed_on"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from ..checkpoint import load_checkpoint, read_json, write_json
 from ..errors import UserError
 from ..run import RunDir
-from .shapes import CURVE, checked
+from .shapes import saved_curve
 
 SNAPSHOT = re.compile(r"net-(\d+)-(\d+)\.pt$")
 TARGETS = ("nll", "metric")
@@ -198,7 +198,7 @@ def cached_curve(path: str | Path, protocol: Protocol, cache: Path) -> dict:
     changes, so a study run again re-evaluates nothing; a curve of other timing rules is evaluated anew)."""
     file = cache / f"{Path(path).name}-{protocol.key()}-t{TIMING}.json"
     if file.exists():
-        return checked(read_json(file, "cached curve"), CURVE, file)
+        return saved_curve(file)
     curve = evaluate_run(path, protocol)
     write_json(file, curve)
     return curve

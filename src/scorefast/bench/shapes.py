@@ -11,15 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import display_path
+from ..checkpoint import display_path, read_json
 from ..errors import UserError
 
 NUMBER = (int, float)
 MAYBE_NUMBER = (int, float, type(None))
 
 STUDY = {"data": [str], "budget": str, "variants": {str: {str: {str: object}}}}
-CURVE = {"points": [{"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric": MAYBE_NUMBER}],
-         "nll_key": str, "metric_name": str, "networks": int, "T": NUMBER}
+POINT = {"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric": MAYBE_NUMBER}
+CURVE = {"points": [POINT], "nll_key": str, "metric_name": str, "networks": int, "T": NUMBER}
+REFINED = {str: POINT}  # a curve's narrowed points by step (``bench.bracket``), kept apart from the curve
 RESULTS = {"command": str, "tables": [{"data": str, "group": str, "rows": [{"variant": str}]}], "rows": [dict]}
 
 NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "an array",
@@ -36,7 +37,8 @@ def problem(value, shape, where: str = "") -> str | None:
         if not isinstance(value, dict):
             return f"{where or 'the file'} is {kind(value)}, expected an object"
         if list(shape) == [str]:
-            return next((p for k, v in value.items() if (p := problem(v, shape[str], f"{where}.{k}"))), None)
+            return next((p for k, v in value.items()
+                         if (p := problem(v, shape[str], f"{where + '.' if where else ''}{k}"))), None)
         for key, inner in shape.items():
             if key not in value:
                 return f"{where + '.' if where else ''}{key} is missing"
@@ -54,6 +56,13 @@ def kind(value) -> str:
     return "a boolean" if isinstance(value, bool) else NAMES.get(type(value), type(value).__name__)
 
 
+def saved_curve(file: Path):
+    """A file of a study's curves folder, checked: a curve, or a curve's narrowed points (``-refined.json``)."""
+    refined = file.name.endswith("-refined.json")
+    return checked(read_json(file, "refined curve points" if refined else "cached curve"), REFINED if refined
+                   else CURVE, file)
+
+
 def checked(value, shape, file: Path, remedy: str = "delete it to evaluate the run again"):
     """``value`` if it has ``shape``, else a UserError naming ``file``, what is wrong and ``remedy``."""
     found = problem(value, shape)
@@ -63,4 +72,4 @@ def checked(value, shape, file: Path, remedy: str = "delete it to evaluate the r
     return value
 
 
-__all__ = ["CURVE", "RESULTS", "STUDY", "checked", "problem"]
+__all__ = ["CURVE", "POINT", "REFINED", "RESULTS", "STUDY", "checked", "problem", "saved_curve"]

@@ -36,7 +36,7 @@ from .jobs import side_by_side
 from .options import BenchOptions
 from .runs import Part, Variant, run_job
 from .scenarios import SCENARIOS, Setting
-from .shapes import CURVE, STUDY, checked
+from .shapes import STUDY, checked, saved_curve
 
 BUDGET = re.compile(r"^\s*([-+]?\d+(?:\.\d*)?(?:e[-+]?\d+)?)\s*(steps|s)\s*$", re.IGNORECASE)
 
@@ -280,7 +280,7 @@ def open_folder(out: Path, identity: dict, extra: dict) -> None:
                             "equal cores); its rows would not compare with new ones: choose another --out")
         identity = grown(saved, json.loads(json.dumps(identity)), out)
         for file in sorted((out / "curves").glob("*.json")):
-            checked(read_json(file, "cached curve"), CURVE, file)
+            saved_curve(file)
     elif out.is_dir() and any(out.iterdir()):
         raise UserError(f"--out '{out}' is not empty and holds no study.json; choose another --out")
     try:
