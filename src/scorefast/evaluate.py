@@ -192,16 +192,22 @@ def time_to(curve: Sequence[tuple[float, float]], target: float, lower_is_better
     """
     if not lower_is_better:
         return time_to([(s, -v) for s, v in curve], -target, bounded=bounded)
-    prev = None
-    for seconds, value in curve:
-        if math.isfinite(value) and value <= target:
-            if prev is None or not math.isfinite(prev[1]):
-                return (float(seconds), False) if bounded else float(seconds)
-            (s0, v0), (s1, v1) = prev, (seconds, value)
-            found = float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
-            return (found, True) if bounded else found
-        prev = (seconds, value)
-    return (None, True) if bounded else None
+    curve = list(curve)
+    i = first_reach([v for _, v in curve], target)
+    if i is None:
+        return (None, True) if bounded else None
+    if i == 0 or not math.isfinite(curve[i - 1][1]):
+        return (float(curve[i][0]), False) if bounded else float(curve[i][0])
+    (s0, v0), (s1, v1) = curve[i - 1], curve[i]
+    found = float(s0 + (s1 - s0) * (v0 - target) / (v0 - v1))
+    return (found, True) if bounded else found
 
 
-__all__ = ["METRICS", "Evaluator", "check_metric", "metric_name", "quality", "sample_steps", "test_nll", "time_to"]
+def first_reach(values: Sequence[float], target: float) -> int | None:
+    """The index of the first value that reaches ``target`` (finite and <= it; lower is better), None if none does:
+    what reaching a target means for ``time_to`` and for the bench's narrowing of a crossing."""
+    return next((i for i, v in enumerate(values) if math.isfinite(v) and v <= target), None)
+
+
+__all__ = ["METRICS", "Evaluator", "check_metric", "first_reach", "metric_name", "quality", "sample_steps", "test_nll",
+           "time_to"]

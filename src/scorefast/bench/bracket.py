@@ -12,30 +12,30 @@ cached apart from the curve (``refined_points``), so a study run again evaluates
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from ..checkpoint import write_json
+from ..evaluate import first_reach
 from .curves import TIMING, Protocol, evaluate_run, snapshot_steps
 from .report import Tables
-from .shapes import saved_curve
+from .shapes import REFINED_SUFFIX, saved_curve
 
 
 def gap(points: list[dict], target: float, key: str) -> tuple[int, int] | None:
     """The steps of the point before the first that meets ``target`` (lower is better) and of that point: where
     ``evaluate.time_to`` interpolates. None when no point meets it, or the first point does (nothing earlier is
     known), or the point before has no value."""
-    for i, point in enumerate(points):
-        if point[key] is not None and point[key] <= target:
-            before = points[i - 1] if i else None
-            return None if before is None or before[key] is None else (before["step"], point["step"])
-    return None
+    values = [math.nan if p[key] is None else p[key] for p in points]
+    i = first_reach(values, target)
+    return None if not i or not math.isfinite(values[i - 1]) else (points[i - 1]["step"], points[i]["step"])
 
 
 def refined_points(run: Path, protocol: Protocol, cache: Path, steps: list[int]) -> tuple[list[dict], int]:
     """The points of the kept snapshots at ``steps`` (``curves.evaluate_run``), from
     ``cache/<run>-<protocol>-t<timing rules>-refined.json`` where evaluated before; and how many were evaluated now."""
-    file = cache / f"{run.name}-{protocol.key()}-t{TIMING}-refined.json"
+    file = cache / f"{run.name}-{protocol.key()}-t{TIMING}{REFINED_SUFFIX}"
     known = saved_curve(file) if file.exists() else {}
     missing = [s for s in steps if str(s) not in known]
     if missing:

@@ -8,6 +8,7 @@ import shlex
 from dataclasses import replace
 from pathlib import Path
 
+from ..checkpoint import read_json
 from ..errors import UserError
 from .bracket import bracket
 from .curves import QUICK_PROTOCOL, Protocol
@@ -128,7 +129,6 @@ def run_bench(options: BenchOptions) -> dict:
 def timed_on(results: Path, machine: dict) -> dict:
     """The machine (its load averages) of the report that timed a study's runs, when a re-report trains nothing:
     the load of the machine that re-reports says nothing about the runs; ``machine`` where there is none."""
-    from ..checkpoint import read_json
     try:
         earlier = read_json(results, "results.json").get("machine") if results.exists() else None
     except UserError:

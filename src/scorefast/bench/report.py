@@ -255,7 +255,8 @@ def markdown(table: dict) -> list[str]:
 
 def ratio_cell(ratios: Sequence) -> str:
     """The per-seed ratios of a table cell: their interval (``span``), and how many seeds never got there."""
-    reached, never = [r for r in map(as_ratio, ratios) if r[0] is not None], sum(as_ratio(r)[0] is None for r in ratios)
+    rs = [as_ratio(r) for r in ratios]
+    reached, never = [r for r in rs if r[0] is not None], sum(r[0] is None for r in rs)
     return ", ".join(([span(*interval(reached))] if reached else []) + ([f"{never} never"] if never else [])) or "-"
 
 

@@ -21,6 +21,7 @@ STUDY = {"data": [str], "budget": str, "variants": {str: {str: {str: object}}}}
 POINT = {"step": int, "wall": NUMBER, "nll": MAYBE_NUMBER, "metric": MAYBE_NUMBER}
 CURVE = {"points": [POINT], "nll_key": str, "metric_name": str, "networks": int, "T": NUMBER}
 REFINED = {str: POINT}  # a curve's narrowed points by step (``bench.bracket``), kept apart from the curve
+REFINED_SUFFIX = "-refined.json"  # how a file of narrowed points is named in a study's curves folder
 RESULTS = {"command": str, "tables": [{"data": str, "group": str, "rows": [{"variant": str}]}], "rows": [dict]}
 
 NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object", list: "an array",
@@ -58,7 +59,7 @@ def kind(value) -> str:
 
 def saved_curve(file: Path):
     """A file of a study's curves folder, checked: a curve, or a curve's narrowed points (``-refined.json``)."""
-    refined = file.name.endswith("-refined.json")
+    refined = file.name.endswith(REFINED_SUFFIX)
     return checked(read_json(file, "refined curve points" if refined else "cached curve"), REFINED if refined
                    else CURVE, file)
 
@@ -72,4 +73,4 @@ def checked(value, shape, file: Path, remedy: str = "delete it to evaluate the r
     return value
 
 
-__all__ = ["CURVE", "POINT", "REFINED", "RESULTS", "STUDY", "checked", "problem", "saved_curve"]
+__all__ = ["CURVE", "POINT", "REFINED", "REFINED_SUFFIX", "RESULTS", "STUDY", "checked", "problem", "saved_curve"]
