@@ -54,6 +54,19 @@ def test_evaluator_is_fixed_seed_and_scaled_to_T(device):
     assert out["metric_name"] == "swd" and out["metric"] < 0.15  # the exact score samples the data
 
 
+def test_evaluator_of_a_run_takes_its_settings_and_the_overrides():
+    from scorefast.config.sections import LogSection
+    log = LogSection(eval_samples=64, eval_steps=30, sampler="heun", schedule="karras")
+    own = Evaluator.of_run(log, metric="swd")
+    assert (own.n, own.sampler, own.steps, own.schedule, own.scale_steps, own.metric) == \
+        (64, "heun", 30, "karras", True, "swd")
+    given = Evaluator.of_run(log, n=8, steps=7, seed=3)
+    assert (given.n, given.steps, given.scale_steps, given.seed, given.schedule) == (8, 7, False, 3, "karras")
+    assert Evaluator.of_run(log, sampler="ode").schedule is None  # another sampler: its own grid, not the run's
+    assert Evaluator.of_run(log, sampler="heun").schedule == "karras"  # the run's sampler keeps the run's grid
+    assert Evaluator.of_run(log, sampler="ode", schedule="logsnr").schedule == "logsnr"
+
+
 @pytest.mark.parametrize("kw, needle", [({"n": 0}, "--n"), ({"steps": 0}, "--steps"), ({"sampler": "x"}, "sampler")])
 def test_evaluator_refuses_bad_settings(kw, needle):
     with pytest.raises(UserError, match=needle):

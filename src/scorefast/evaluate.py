@@ -102,6 +102,19 @@ class Evaluator:
         if self.metric != "auto":
             METRICS.get(self.metric)
 
+    @classmethod
+    def of_run(cls, log, n: int | None = None, sampler: str | None = None, steps: int | None = None,
+               schedule: str | None = None, **fields) -> Evaluator:
+        """The evaluation protocol of a run's ``log`` settings (``config.sections.LogSection``), with ``n``,
+        ``sampler``, ``steps`` and ``schedule`` overriding the run's own where given: steps given are taken as they
+        are (not scaled to [eps, T]), and another sampler than the run's keeps its own schedule unless one is
+        named."""
+        if schedule is None and (sampler is None or sampler == log.sampler):
+            schedule = log.schedule
+        return cls(n=log.eval_samples if n is None else n, sampler=log.sampler if sampler is None else sampler,
+                   steps=log.eval_steps if steps is None else steps, scale_steps=steps is None, schedule=schedule,
+                   **fields)
+
     def samples(self, model, sde: SDE, shape: tuple[int, ...], prior=None, device=None,
                 progress: bool = False) -> Tensor:
         from .sampling import sample

@@ -335,14 +335,7 @@ class Run:
         self.check_sizes(n, steps)
         if sampler is not None:  # another sampler than the run's: it must suit the run's objective too
             self.config.objective.check(sampler=sampler, fitted_prior=False, batch_size=0)
-        log = self.config.log
-        if sampler is not None and schedule is None and sampler != log.sampler:
-            schedule = None  # another sampler: its own schedule, not the run's
-        elif schedule is None:
-            schedule = log.schedule
-        return Evaluator(n=n, sampler=log.sampler if sampler is None else sampler,
-                         steps=log.eval_steps if steps is None else steps, seed=seed, scale_steps=steps is None,
-                         schedule=schedule)
+        return Evaluator.of_run(self.config.log, n, sampler, steps, schedule, seed=seed)
 
     def check_sizes(self, n: int, steps: int | None, probes: int | None = None) -> None:
         """Refuse, before anything is allocated, steps or Hutchinson probes past their stated limits

@@ -37,9 +37,9 @@ FAST = Recipe(
     "fast", "evaluation by DPM-Solver++(2M) in 40 steps on 1,000 samples within 10 % of the run; on 2-D points "
     "learning rate 4e-3 (warm-up 200, then 1/sqrt(step / 500)) and the adaptive time sampler; on images EDM's "
     "preconditioning, ln(sigma) ~ N(-1.2, 1.2^2) and the EDM weighting, batch 256, learning rate 2e-3 (warm-up 100, "
-    "then 1/sqrt(step / 400)) and a power EMA of sigma_rel 0.10 (on the 8x8 digits U-Net plain's final NLL in "
-    "0.22-0.24x of its time over 3 seeds, ending better: preconditioning and noise levels make each step count, the "
-    "smaller batch makes steps cheaper, the decay keeps the late gain); interval edges by time allocation",
+    "then 1/sqrt(step / 400)) and a power EMA of sigma_rel 0.10 (preconditioning and noise levels make each step "
+    "count, the smaller batch makes steps cheaper, the decay keeps the late gain; measured by the readme-images-cpu "
+    "bench preset); interval edges by time allocation",
     {"sampler": "dpmpp-2m", "eval_steps": 40, "eval_samples": 1000, "eval_budget": 0.1, "partition": "allocation"},
     {"points": {"lr": 4e-3, "warmup": 200, "lr_schedule": "rsqrt", "lr_ref_steps": 500,
                 "time_sampler": "adaptive"},

@@ -192,9 +192,8 @@ def evaluator(ctx: RunContext) -> Evaluator:
     """The run's evaluation protocol, one for the periodic metric and the final samples (so that the first's samples
     after the last step are the second's); its metric is named for the training data, whose held-out part may be
     too small to tell (``evaluate.metric_name``)."""
-    cfg = ctx.cfg
-    return Evaluator(cfg.log.eval_samples, cfg.log.sampler, cfg.log.eval_steps, schedule=cfg.log.schedule,
-                     metric=metric_name(ctx.train, cfg.log.eval_metric), levels=ctx.to_model.sample_levels)
+    return Evaluator.of_run(ctx.cfg.log, metric=metric_name(ctx.train, ctx.cfg.log.eval_metric),
+                            levels=ctx.to_model.sample_levels)
 
 
 def probe_split(x: torch.Tensor, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
