@@ -76,6 +76,12 @@ def test_sample_nll_evaluate(trained, tmp_path, capsys):
     assert main(["evaluate", "--run", str(trained), "--data", "moons", "--n", "300", "--steps", "20", "--json"]) == 0
     ev = json.loads(capsys.readouterr().out)
     assert ev["swd"] > 0 and np.isfinite(ev["mmd"])
+    # without --data: the run's own held-out split, the same figures as naming the run's data
+    assert main(["nll", "--run", str(trained), "--n", "80", "--steps", "20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["nll_nats"] == res["nll_nats"]
+    assert main(["evaluate", "--run", str(trained), "--n", "300", "--steps", "20", "--json"]) == 0
+    own = json.loads(capsys.readouterr().out)
+    assert (own["swd"], own["mmd"], own["n_reference"]) == (ev["swd"], ev["mmd"], ev["n_reference"])
 
 
 @pytest.mark.cpu_only

@@ -330,7 +330,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     elif command in ("nll", "evaluate"):
         e = sub.add_parser(command, help=helps[command])
         _run_flags(e)
-        e.add_argument("--data", required=True, help="data spec; the run's own data means its held-out split")
+        e.add_argument("--data", default=None, help="data spec (default: the run's own data); the run's own data "
+                       "means its held-out split")
         e.add_argument("--json", action="store_true", help="print one JSON object")
         if command == "nll":
             e.add_argument("--n", type=int, default=1000, help="examples to evaluate (default: 1000)")

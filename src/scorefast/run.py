@@ -366,9 +366,10 @@ class Run:
         from .ksampling import Denoiser
         return Denoiser(self.model, self.sde)
 
-    def heldout(self, spec: str, n: int | None = None) -> Dataset:
-        """The data to evaluate on: the run's own held-out split when ``spec`` is the training data."""
+    def heldout(self, spec: str | None = None, n: int | None = None) -> Dataset:
+        """The data to evaluate on: the run's own held-out split when ``spec`` is the training data or None."""
         cfg = self.config
+        spec = cfg.data.spec if spec is None else spec
         ds = split_data(cfg)[1] if spec == cfg.data.spec else load_data(spec, seed=cfg.optim.seed + 1)
         if tuple(ds.shape) != tuple(self.shape):
             raise UserError(f"data '{spec}': examples of shape {tuple(ds.shape)} do not match the run's "
@@ -379,10 +380,11 @@ class Run:
             ds = ds.subset(slice(0, n))
         return ds
 
-    def nll(self, spec: str, n: int | None = 1000, steps: int = 100, hutchinson: int | None = None,
+    def nll(self, spec: str | None = None, n: int | None = 1000, steps: int = 100, hutchinson: int | None = None,
             batch_size: int = 1000, seed: int = 0, progress: bool = True) -> dict:
         """Test NLL in nats per example (PF-ODE + the prior at T), and bits/dim for discrete images
-        (uniformly dequantised). See :func:`scorefast.evaluate.test_nll`."""
+        (uniformly dequantised), on ``spec`` (None: the run's held-out split). See
+        :func:`scorefast.evaluate.test_nll`."""
         from .evaluate import test_nll
         self.check_sizes(min(n or batch_size, batch_size), steps, hutchinson)
         out = test_nll(self.model, self.sde, self.heldout(spec, n), self.prior, self.device, steps=steps,
@@ -395,10 +397,12 @@ class Run:
         dequantised pixels, whose samples stand for the discrete images of their bins; None otherwise."""
         return ds.levels if self.config.data.dequantise else None
 
-    def evaluate(self, spec: str, n: int = 2000, sampler: str | None = None, steps: int | None = None, seed: int = 0,
-                 progress: bool = True, schedule: str | None = None, metrics: Sequence[str] | None = None) -> dict:
-        """Sample quality of ``n`` samples against held-out data: ``metrics`` (names of ``evaluate.METRICS``;
-        default SWD and MMD, plus the digits Frechet distance for digits), checked before sampling."""
+    def evaluate(self, spec: str | None = None, n: int = 2000, sampler: str | None = None, steps: int | None = None,
+                 seed: int = 0, progress: bool = True, schedule: str | None = None,
+                 metrics: Sequence[str] | None = None) -> dict:
+        """Sample quality of ``n`` samples against held-out data (``spec``; None: the run's own): ``metrics``
+        (names of ``evaluate.METRICS``; default SWD and MMD, plus the digits Frechet distance for digits), checked
+        before sampling."""
         from .evaluate import check_metric
         ds = self.heldout(spec)
         for name in metrics or ():
