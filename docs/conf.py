@@ -37,5 +37,5 @@ nitpick_ignore_regex = [
               r"concurrent|contextlib|io|os|abc|Tensor|Path|Callable|Iterator|Sequence|Mapping|Iterable|"
               r"nn|optional|Any)(\..*)?"),
     # a type alias, a TypeVar, and internal types that public signatures mention
-    ("py:class", r"(scorefast\.sde\.)?ScoreFn|scorefast\.registry\.T|scorefast\.training\.optim\.EMA|EMAProfile"),
+    ("py:class", r"(scorefast\.sde\.)?ScoreFn|scorefast\.registry\.T|scorefast\.training\.optim\.EMA|EMAProfile|LogSection"),
 ]

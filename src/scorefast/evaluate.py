@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,9 @@ from .choices import METRICS, SAMPLERS, SCHEDULES
 from .data import Dataset, quantise
 from .errors import UserError
 from .sde import SDE
+
+if TYPE_CHECKING:
+    from .config.sections import LogSection
 
 Tensor = torch.Tensor
 
@@ -103,12 +107,11 @@ class Evaluator:
             METRICS.get(self.metric)
 
     @classmethod
-    def of_run(cls, log, n: int | None = None, sampler: str | None = None, steps: int | None = None,
+    def of_run(cls, log: LogSection, n: int | None = None, sampler: str | None = None, steps: int | None = None,
                schedule: str | None = None, **fields) -> Evaluator:
-        """The evaluation protocol of a run's ``log`` settings (``config.sections.LogSection``), with ``n``,
-        ``sampler``, ``steps`` and ``schedule`` overriding the run's own where given: steps given are taken as they
-        are (not scaled to [eps, T]), and another sampler than the run's keeps its own schedule unless one is
-        named."""
+        """The evaluation protocol of a run's ``log`` settings, with ``n``, ``sampler``, ``steps`` and ``schedule``
+        overriding the run's own where given: steps given are taken as they are (not scaled to [eps, T]), and
+        another sampler than the run's keeps its own schedule unless one is named."""
         if schedule is None and (sampler is None or sampler == log.sampler):
             schedule = log.schedule
         return cls(n=log.eval_samples if n is None else n, sampler=log.sampler if sampler is None else sampler,
