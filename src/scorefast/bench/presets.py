@@ -110,6 +110,11 @@ preset(Preset("readme-images-cpu", "readme-images at the size of a 2-core CPU: 8
               evaluation={"nll_n": 300, "nll_steps": 40, "samples": 500, "sample_steps": 40, "points": 4}))
 
 
+# the curves of MNIST at the size of a 2-core CPU, shared by its studies so that their plain and default runs and
+# curves are one (the same flags, budget and protocol: a study reuses another's runs and cached points)
+MNIST_CPU_EVALUATION = {"nll_n": 32, "nll_steps": 20, "samples": 300, "sample_steps": 20, "points": 5,
+                        "target": "metric", "refine": 3}
+
 preset(Preset("readme-images-mnist-cpu", "readme-images on 28x28 MNIST at the size of a 2-core CPU: what "
               "scorefast train --data mnist trains (its own run size, every recipe at that batch), the curves "
               "scored by the digits Frechet distance of 300 samples (20 RK4 steps) and the held-out NLL of 32 images "
@@ -118,13 +123,11 @@ preset(Preset("readme-images-mnist-cpu", "readme-images on 28x28 MNIST at the si
               "protocol costs about ten minutes of one thread), 3 rounds of narrowing where a curve meets it (the 5 "
               "points are 9 snapshots apart there)",
               data=("mnist",), methods="baselines,recipes", budget=f"{MNIST_RUN['steps']}steps", seeds=3, threads=1,
-              jobs=2, settings={"batch_size": MNIST_RUN["batch_size"]},
-              evaluation={"nll_n": 32, "nll_steps": 20, "samples": 300, "sample_steps": 20, "points": 5,
-                          "target": "metric", "refine": 3}))
+              jobs=2, settings={"batch_size": MNIST_RUN["batch_size"]}, evaluation=MNIST_CPU_EVALUATION))
 
 
-IMAGE_METHODS = ("trunc-gaussian,-t1-likelihood,intervals-2,empirical,-batch-4x,coupling-minibatch-ot,"
-                 "coupling-immiscible")
+IMAGE_METHODS = "trunc-gaussian,-t1-likelihood,intervals-2,empirical,-batch-4x"
+IMAGE_AND_COUPLINGS = f"{IMAGE_METHODS},coupling-minibatch-ot,coupling-immiscible"
 
 preset(Preset("readme-images-methods-cpu", "the methods on top of the default recipe, each beside its control on "
               "top of it, training the trainer's U-Net on 8x8 digits at the size of a 2-core CPU (600 steps, the "
@@ -133,14 +136,22 @@ preset(Preset("readme-images-methods-cpu", "the methods on top of the default re
               "batch; the empirical target against twice the batch (512); the minibatch-OT and immiscible noise "
               "couplings against the default recipe itself (the independent coupling); plain DSM stays the "
               "reference of every time to target",
-              data=("digits",), methods=IMAGE_METHODS, budget="600steps", seeds=3, T=(0.6,), threads=1, jobs=2,
+              data=("digits",), methods=IMAGE_AND_COUPLINGS, budget="600steps", seeds=3, T=(0.6,), threads=1, jobs=2,
               base_recipe=DEFAULT_RECIPE,
               evaluation={"nll_n": 300, "nll_steps": 40, "samples": 500, "sample_steps": 40, "points": 4}))
+
+preset(Preset("readme-images-methods-mnist-cpu", "the methods of readme-images-methods-cpu (the couplings aside) "
+              "on 28x28 MNIST at the size of readme-images-mnist-cpu, whose plain and default runs and curves it "
+              "shares: every run what scorefast train --data mnist trains, each method and its control on top of "
+              "the default recipe, each seed's target plain's final digits Frechet distance of 300 samples",
+              data=("mnist",), methods=IMAGE_METHODS, budget=f"{MNIST_RUN['steps']}steps", seeds=3, T=(0.6,),
+              threads=1, jobs=2, settings={"batch_size": MNIST_RUN["batch_size"]}, base_recipe=DEFAULT_RECIPE,
+              evaluation=MNIST_CPU_EVALUATION))
 
 preset(Preset("readme-images-methods", "readme-images-methods-cpu at GPU size: the same methods and controls on top "
               "of the default recipe, on 8x8 digits and 28x28 MNIST, 2,000 steps, scored by the standard FID of "
               "1,000 samples against the held-out images (needs scorefast[fid])",
-              data=("digits", "mnist"), methods=IMAGE_METHODS, budget="2000steps", seeds=3, T=(0.6,), threads=1,
+              data=("digits", "mnist"), methods=IMAGE_AND_COUPLINGS, budget="2000steps", seeds=3, T=(0.6,), threads=1,
               settings={"arch": "unet"}, base_recipe=DEFAULT_RECIPE,
               evaluation={"nll_n": 500, "nll_steps": 50, "samples": 1000, "sample_steps": 50, "points": 6,
                           "metric": "fid"}))
