@@ -98,6 +98,28 @@ def test_jobs_side_by_side_train_the_same_runs_as_one_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two narrowing processes need two cores")
+def test_narrowing_spread_over_processes_evaluates_the_same_points_as_one_process(tmp_path):
+    import copy
+
+    from scorefast.bench.bracket import bracket
+    # twice the batch meets plain's final values between two of the spread snapshots: narrowed there
+    study = tiny_study(methods=("plain", "batch-2x"), seeds=1, budget=Budget.parse("100steps"), snapshot_every=5,
+                       evaluation=replace(TINY, points=4))
+    rows = run_study(study, tmp_path / "study", say=lambda s: None)
+    lines: dict[int, list[str]] = {1: [], 2: []}
+    narrowed = {}
+    for processes in (2, 1):  # each with a cache of its own: both evaluate every point
+        (tmp_path / str(processes) / "curves").mkdir(parents=True)
+        narrowed[processes] = bracket(copy.deepcopy(rows), replace(study.protocol, refine=3), tmp_path / str(processes),
+                                      lines[processes].append, processes=processes, threads=1)
+    assert lines[1] and sorted(lines[2]) == sorted(lines[1])  # the same runs narrowed by as many points
+    for a, b in zip(narrowed[2], narrowed[1]):
+        assert a["curve"] == b["curve"] and len(a["curve"]["points"]) >= 2
+    assert len(narrowed[1][1]["curve"]["points"]) > len(rows[1]["curve"]["points"])
+
+
+@pytest.mark.slow
 def test_a_study_may_score_its_samples_by_another_metric(tmp_path):
     from scorefast.evaluate import METRICS
     study = tiny_study(methods=("plain",), seeds=1, budget=Budget.parse("20steps"), snapshot_every=10,

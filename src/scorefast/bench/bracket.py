@@ -13,7 +13,10 @@ cached apart from the curve (``refined_points``), so a study run again evaluates
 from __future__ import annotations
 
 import math
+import multiprocessing
+import signal
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 from ..checkpoint import write_json
@@ -44,8 +47,9 @@ def refined_points(run: Path, protocol: Protocol, cache: Path, steps: list[int])
     return [known[str(s)] for s in steps], len(missing)
 
 
-def narrowed(row: dict, targets: dict[str, float], protocol: Protocol, cache: Path) -> int:
-    """Narrow ``row``'s curve around each of ``targets`` ({key: value}) in place; how many snapshots were evaluated."""
+def narrowed(row: dict, targets: dict[str, float], protocol: Protocol, cache: Path) -> tuple[list[dict], int]:
+    """``row``'s curve points narrowed around each of ``targets`` ({key: value}), and how many snapshots were
+    evaluated for them."""
     run, points, evaluated = Path(row["run"]), list(row["curve"]["points"]), 0
     kept = snapshot_steps(run, row["curve"]["networks"])
     for key, target in targets.items():
@@ -57,39 +61,68 @@ def narrowed(row: dict, targets: dict[str, float], protocol: Protocol, cache: Pa
             middle = min(inside, key=lambda s: abs(s - (found[0] + found[1]) / 2))
             new, n = refined_points(run, protocol, cache, [middle])
             points, evaluated = sorted(points + new, key=lambda p: p["step"]), evaluated + n
-    row["curve"] = {**row["curve"], "points": points}
-    return evaluated
+    return points, evaluated
 
 
-def bracket(rows: list[dict], protocol: Protocol, out: Path, say: Callable[[str], None],
+def narrowing_worker(threads: int) -> None:
+    """A process of ``narrow_all``'s pool: ``threads`` torch threads; a Ctrl-C ends it at once (the points it
+    evaluated are cached, so the same bench command goes on from there)."""
+    import torch
+    torch.set_num_threads(threads)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def narrow_all(tables: Tables, protocol: Protocol, out: Path, say: Callable[[str], None], processes: int = 1,
+               threads: int = 1) -> None:
+    """Narrow every finished row of ``tables`` in place around its seed's targets; rows of one run (a control
+    that is another scenario's run) are narrowed once. The rounds of one run depend on each other, those of two
+    runs do not: with ``processes`` > 1 the runs are spread over that many processes of ``threads`` torch
+    threads each (in this process otherwise, on its own threads)."""
+    work: dict[str, tuple[list[dict], dict[str, float]]] = {}  # run -> its rows, its seed's targets
+    for data in tables.parts:
+        judged = tables.key(data)
+        targets = {key: tables.targets(data, key) for key in (judged, "metric" if judged == "nll" else "nll")}
+        for row in tables.rows:
+            if row["data"] == data and row["status"] == "ok":
+                mine = {key: by_seed[row["seed"]] for key, by_seed in targets.items() if row["seed"] in by_seed}
+                work.setdefault(row["run"], ([], mine))[0].append(row)
+
+    def done(run: str, points: list[dict], n: int) -> None:
+        rows = work[run][0]
+        for row in rows:
+            row["curve"] = {**row["curve"], "points": points}
+        if n:
+            say(f"bench: {rows[0]['data']}: {rows[0]['variant']}, seed {rows[0]['seed']}: {n} more snapshots "
+                "evaluated where it meets its target")
+
+    cache = out / "curves"
+    if processes == 1:
+        for run, (rows, mine) in work.items():
+            done(run, *narrowed(rows[0], mine, protocol, cache))
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=narrowing_worker,
+                             initargs=(threads,)) as pool:
+        running = {pool.submit(narrowed, rows[0], mine, protocol, cache): run for run, (rows, mine) in work.items()}
+        for future in as_completed(running):
+            done(running[future], *future.result())
+
+
+def bracket(rows: list[dict], protocol: Protocol, out: Path, say: Callable[[str], None], processes: int = 1,
             threads: int = 1) -> list[dict]:
     """Every finished row of a study with its curve narrowed around its seed's targets (``narrowed``): the key the
-    study is judged by, then the other; evaluated on ``threads`` torch threads (the study's cores: no run trains
-    now, and the points' wall-clock is the snapshots' own)."""
+    study is judged by, then the other; on the study's cores (no run trains now, and the points' wall-clock is the
+    snapshots' own): its runs spread over ``processes`` processes of ``threads`` torch threads each."""
     import torch
     if protocol.refine == 0:
         return rows
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        narrow_all(Tables(rows), protocol, out, say)
+        narrow_all(Tables(rows), protocol, out, say, processes, threads)
     finally:
         torch.set_num_threads(before)
     return rows
 
 
-def narrow_all(tables: Tables, protocol: Protocol, out: Path, say: Callable[[str], None]) -> None:
-    for data in tables.parts:
-        judged = tables.key(data)
-        targets = {key: tables.targets(data, key) for key in (judged, "metric" if judged == "nll" else "nll")}
-        for row in tables.rows:
-            if row["data"] != data or row["status"] != "ok":
-                continue
-            mine = {key: by_seed[row["seed"]] for key, by_seed in targets.items() if row["seed"] in by_seed}
-            n = narrowed(row, mine, protocol, out / "curves")
-            if n:
-                say(f"bench: {data}: {row['variant']}, seed {row['seed']}: {n} more snapshots evaluated where it "
-                    "meets its target")
-
-
-__all__ = ["bracket", "gap", "narrow_all", "narrowed", "refined_points"]
+__all__ = ["bracket", "gap", "narrow_all", "narrowed", "narrowing_worker", "refined_points"]

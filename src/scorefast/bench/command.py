@@ -116,7 +116,7 @@ def run_bench(options: BenchOptions) -> dict:
     command = command_of(study, out)
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     rows = bracket(run_study(study, out, command=command), study.protocol, out, stderr_line,
-                   threads=study.jobs * study.cores_per_run)
+                   processes=study.jobs, threads=study.cores_per_run)
     machine = {**machine_info(), "loadavg_start": load}
     machine["threads"] = study.threads or machine["threads"]
     if not any(r["status"] == "ok" and not r["reused"] for r in rows):

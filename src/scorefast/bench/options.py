@@ -47,8 +47,9 @@ class BenchOptions:
     threads: int | None = option(None, "torch CPU threads of each worker (default: the cores shared out over jobs x "
                                  "workers); every variant gets the same cores: one that trains one network in one "
                                  "process gets workers x threads threads", min=1)
-    jobs: int | None = option(None, "runs trained side by side, each in its own process (default: 1); jobs x "
-                              "workers x threads beyond the cores is refused", min=1)
+    jobs: int | None = option(None, "runs trained side by side, each in its own process (default: 1), and as "
+                              "many narrowed side by side; jobs x workers x threads beyond the cores is refused",
+                              min=1)
     snapshot_every: int | None = option(None, "steps between kept snapshots (default: 2% of a step budget, 200 "
                                         "under a time budget); the evaluated ones are spread geometrically", min=1)
     metric: str | None = option(None, "the sample metric of every curve point (default: the data's own periodic "
