@@ -95,8 +95,8 @@ def narrow_all(tables: Tables, protocol: Protocol, out: Path, say: Callable[[str
             say(f"bench: {rows[0]['data']}: {rows[0]['variant']}, seed {rows[0]['seed']}: {n} more snapshots "
                 "evaluated where it meets its target")
 
-    cache = out / "curves"
-    if processes == 1:
+    cache, processes = out / "curves", min(processes, len(work))  # no process started for want of a run
+    if processes <= 1:
         for run, (rows, mine) in work.items():
             done(run, *narrowed(rows[0], mine, protocol, cache))
         return
